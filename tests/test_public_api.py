@@ -1,0 +1,55 @@
+"""The public surface: what `import contextual` exports, and what it doesn't import."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from importlib.resources import files
+
+import contextual
+
+
+def test_all_is_sorted_and_complete():
+    public = {name for name in dir(contextual) if not name.startswith("_")}
+    modules = {name for name in public if inspect.ismodule(getattr(contextual, name))}
+    assert contextual.__all__ == sorted(contextual.__all__)
+    assert set(contextual.__all__) - {"__version__"} == public - modules
+
+
+def test_public_objects_report_the_public_module():
+    for name in contextual.__all__:
+        obj = getattr(contextual, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__module__ == "contextual", name
+
+
+def test_every_public_object_is_documented():
+    for name in contextual.__all__:
+        obj = getattr(contextual, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert inspect.getdoc(obj), name
+            assert "versionadded" in (obj.__doc__ or ""), name
+
+
+def test_version_is_a_string():
+    assert isinstance(contextual.__version__, str)
+    assert contextual.__version__
+
+
+def test_import_pulls_in_the_standard_library_only():
+    code = (
+        "import sys; before = set(sys.modules); import contextual; "
+        "new = sorted(set(sys.modules) - before); print('\\n'.join(new))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    stdlib = sys.stdlib_module_names
+    foreign = [m for m in out if m.split(".")[0] not in stdlib and m.split(".")[0] != "contextual"]
+    assert foreign == []
+    assert not any(m.startswith("contextual.integrations") for m in out)
+
+
+def test_package_is_typed():
+    assert files("contextual").joinpath("py.typed").is_file()

@@ -1,0 +1,266 @@
+"""Construction, identity, attribute access and defaults of ContextStore."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import pickle
+import random
+import threading
+
+import pytest
+
+import contextual
+from contextual import ContextStore
+
+# -- construction -------------------------------------------------------------
+
+
+def test_name_backend_and_propagate_are_readable(make_store, backend):
+    store = make_store(backend, name="api.readable", propagate=False)
+    assert store.name == "api.readable"
+    assert store.backend == backend
+    assert store.propagate is False
+    assert make_store(backend).propagate is True
+
+
+def test_default_backend_is_context(make_store):
+    assert make_store().backend == "context"
+
+
+def test_repr_names_store_and_backend(make_store):
+    plain = make_store("thread", name="api.repr")
+    assert repr(plain) == "<ContextStore 'api.repr' backend='thread'>"
+    quiet = make_store(name="api.repr.quiet", propagate=False)
+    assert repr(quiet) == "<ContextStore 'api.repr.quiet' backend='context' propagate=False>"
+
+
+def test_repr_does_not_show_values(store):
+    store["password"] = "hunter2"
+    assert "hunter2" not in repr(store)
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown backend 'greenlet'.*'context', 'thread'"):
+        ContextStore("api.badbackend", backend="greenlet")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown backend"):
+        ContextStore("api.badbackend", backend=["thread"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_empty_name_is_refused(name):
+    with pytest.raises(ValueError, match="non-empty"):
+        ContextStore(name)
+
+
+def test_non_str_name_is_refused():
+    with pytest.raises(TypeError, match="store name must be a str, got int"):
+        ContextStore(3)  # type: ignore[arg-type]
+
+
+def test_propagate_must_be_a_bool():
+    with pytest.raises(TypeError, match="propagate must be True or False"):
+        ContextStore("api.propagate", propagate="yes")  # type: ignore[arg-type]
+
+
+def test_failed_construction_leaves_the_name_free():
+    with pytest.raises(TypeError):
+        ContextStore("api.free", defaults=42)  # type: ignore[arg-type]
+    store = ContextStore("api.free")
+    assert contextual.get_store("api.free") is store
+
+
+def test_subclassing_is_refused():
+    class Mine(ContextStore):
+        __slots__ = ()
+
+    with pytest.raises(TypeError, match="not meant to be subclassed"):
+        Mine("api.subclass")
+
+
+def test_store_cannot_be_pickled_or_copied(store):
+    for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match=r"can't be pickled or copied.*snapshot"):
+            attempt(store)
+
+
+# -- attribute access ---------------------------------------------------------
+
+
+def test_attribute_access_reads_and_writes_keys(store):
+    store.user = "ada"
+    assert store.user == "ada"
+    assert store["user"] == "ada"
+    store["role"] = "admin"
+    assert store.role == "admin"
+    del store.user
+    assert "user" not in store
+
+
+def test_missing_attribute_raises_attribute_error(store):
+    with pytest.raises(AttributeError, match="has no value 'user'") as info:
+        store.user  # noqa: B018
+    assert info.value.name == "user"
+    assert info.value.obj is store
+    assert not hasattr(store, "user")
+    assert getattr(store, "user", "fallback") == "fallback"
+    with pytest.raises(AttributeError, match="has no value 'user'"):
+        del store.user
+
+
+@pytest.mark.parametrize("name", ["_private", "__dunder__", "_local", "_var", "_name"])
+def test_underscore_attributes_are_never_keys(store, name):
+    store[name] = "item"
+    with pytest.raises(AttributeError):
+        getattr(store, name + "_absent")
+    with pytest.raises(AttributeError, match="Use item access"):
+        setattr(store, name, "x")
+    with pytest.raises(AttributeError, match="Use item access"):
+        delattr(store, name)
+    assert store[name] == "item"
+
+
+@pytest.mark.parametrize("name", ["get", "keys", "scope", "snapshot", "name", "backend", "clear"])
+def test_method_names_are_reserved_for_attribute_writes(store, name):
+    original = getattr(type(store), name)
+    with pytest.raises(AttributeError, match=rf"store\['{name}'\]"):
+        setattr(store, name, "x")
+    with pytest.raises(AttributeError, match="reserved"):
+        delattr(store, name)
+    assert getattr(type(store), name) is original
+    # The key itself is still usable by item access, and the method still works.
+    store[name] = "value"
+    assert store[name] == "value"
+    assert callable(store.get) or name == "get"
+    assert store.get(name) == "value"
+
+
+def test_internals_survive_attempts_to_clobber_them(store, backend):
+    for name in ("_name", "_propagate", "_local", "_var", "_get", "__class__"):
+        with pytest.raises(AttributeError):
+            setattr(store, name, None)
+    store["x"] = 1
+    assert store["x"] == 1
+    assert store.backend == backend
+
+
+def test_dir_lists_identifier_keys(store):
+    store.update({"user": 1, "not an identifier": 2, "get": 3})
+    listing = dir(store)
+    assert "user" in listing
+    assert "not an identifier" not in listing
+    assert "scope" in listing
+    assert listing.count("get") == 1
+
+
+# -- defaults -----------------------------------------------------------------
+
+
+def test_mapping_defaults_act_as_if_set(make_store, backend):
+    store = make_store(backend, defaults={"user": None, "lang": "en"})
+    assert dict(store) == {"user": None, "lang": "en"}
+    assert store.user is None
+    del store["lang"]
+    assert dict(store) == {"user": None}
+    store.clear()
+    assert dict(store) == {}
+
+
+def test_mapping_defaults_are_copied_at_creation(make_store, backend):
+    source = {"a": 1}
+    store = make_store(backend, defaults=source)
+    source["a"] = 2
+    source["b"] = 3
+    assert dict(store) == {"a": 1}
+
+
+def test_writes_never_alter_the_defaults_of_other_threads(make_store, backend):
+    store = make_store(backend, defaults={"a": 1})
+    store["a"] = 2
+    store["b"] = 3
+    seen = {}
+    thread = threading.Thread(target=lambda: seen.update(store))
+    thread.start()
+    thread.join()
+    assert seen == {"a": 1}
+
+
+def test_callable_defaults_run_once_per_thread(make_store, backend):
+    calls = []
+
+    def factory():
+        calls.append(threading.get_ident())
+        return {"rng_seed": len(calls)}
+
+    store = make_store(backend, defaults=factory)
+    first = store["rng_seed"]
+    assert store["rng_seed"] == first
+    assert len(calls) == 1
+
+    seen = {}
+
+    def worker():
+        seen["value"] = store["rng_seed"]
+        seen["again"] = store["rng_seed"]
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"value": 2, "again": 2}
+    assert len(calls) == 2
+    assert calls[0] != calls[1] or backend == "context"
+
+
+def test_callable_defaults_per_thread_object(make_store, backend):
+    store = make_store(backend, defaults=lambda: {"rng": random.Random()})
+    mine = store["rng"]
+    assert store["rng"] is mine
+    other = []
+    thread = threading.Thread(target=lambda: other.append(store["rng"]))
+    thread.start()
+    thread.join()
+    assert other[0] is not mine
+
+
+def test_callable_defaults_must_return_a_mapping(make_store, backend):
+    store = make_store(backend, defaults=lambda: ["user"])
+    with pytest.raises(TypeError, match=r"defaults\(\) factory .* must be a mapping"):
+        store["user"]
+
+
+def test_callable_defaults_must_use_str_keys(make_store, backend):
+    store = make_store(backend, defaults=lambda: {1: "x"})
+    with pytest.raises(TypeError, match="non-str key 1"):
+        len(store)
+
+
+def test_failing_factory_is_retried_on_next_access(make_store, backend):
+    attempts = []
+
+    def factory():
+        attempts.append(1)
+        if len(attempts) == 1:
+            msg = "database not ready"
+            raise RuntimeError(msg)
+        return {"ready": True}
+
+    store = make_store(backend, defaults=factory)
+    with pytest.raises(RuntimeError, match="database not ready"):
+        store["ready"]
+    assert store["ready"] is True
+    assert len(attempts) == 2
+
+
+@pytest.mark.parametrize("bad", [42, "user", [("a", 1)]])
+def test_defaults_of_the_wrong_type_are_refused(bad):
+    with pytest.raises(TypeError, match="defaults must be a mapping or a zero-argument callable"):
+        ContextStore("api.baddefaults", defaults=bad)
+
+
+def test_defaults_with_non_str_keys_are_refused():
+    with pytest.raises(TypeError, match="non-str key 1"):
+        ContextStore("api.badkeys", defaults={1: "x"})  # type: ignore[dict-item]
+
+
+def test_pop_signature_shows_a_readable_sentinel(store):
+    assert "= <missing>" in str(inspect.signature(store.pop))
