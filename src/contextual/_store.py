@@ -7,7 +7,7 @@ gives the semantics users rely on:
 
 * a task's writes can't reach its parent or siblings, because they share
   dicts only by reference and nobody writes into a shared one;
-* ``snapshot()``, iteration and ``capture()`` are O(1) and consistent, because
+* ``snapshot()`` and iteration are O(1) and consistent, because
   the dict they hold can't change underneath them;
 * a scope restores by putting the entry dict back.
 """
@@ -118,8 +118,8 @@ class ContextStore(MutableMapping[str, Any]):
     * a new thread starts from the defaults (on Python up to 3.13, and on any
       build where ``sys.flags.thread_inherit_context`` is false; where it is
       true, the thread starts with a copy of its starter's values);
-    * a pool worker or child process sees nothing of the caller unless the
-      work is propagated (see :func:`contextual.capture`).
+    * a thread-pool worker or a child process sees nothing of the caller:
+      pools reuse threads that were started elsewhere.
 
     ``backend="thread"`` keeps values in a :class:`threading.local`:
 
@@ -128,7 +128,7 @@ class ContextStore(MutableMapping[str, Any]):
       ``threading.local`` does; prefer ``"context"`` under asyncio);
     * another thread never sees them, not even while this thread is alive;
       they are freed when the thread exits;
-    * a pool worker or child process sees nothing unless propagated.
+    * a thread-pool worker or a child process sees nothing of the caller.
 
     In both backends writes never flow back from a child to its parent.
 
@@ -149,8 +149,10 @@ class ContextStore(MutableMapping[str, Any]):
             mapping, or a zero-argument callable returning one, called once per
             thread or once per context on first access (like the ``__init__``
             of a ``threading.local`` subclass).
-        propagate: Whether :func:`contextual.capture` carries this store into
-            pool workers, threads and processes.
+        propagate: Whether this store travels when context is captured and
+            carried into pool workers, threads and processes; ``False`` keeps
+            it in the thread or task that wrote it (a registry of per-thread
+            connections, say).
 
     Raises:
         TypeError: ``name`` is not a str, ``defaults`` is neither a mapping nor
@@ -254,7 +256,7 @@ class ContextStore(MutableMapping[str, Any]):
 
     @property
     def propagate(self) -> bool:
-        """Whether :func:`contextual.capture` carries this store.
+        """Whether this store travels with captured context (see ``propagate=``).
 
         .. versionadded:: 0.1.0
         """
@@ -273,8 +275,7 @@ class ContextStore(MutableMapping[str, Any]):
     def __reduce__(self) -> str | tuple[Any, ...]:
         msg = (
             f"{self!r} is a live view of per-thread or per-task values and can't be "
-            "pickled or copied. Copy its values with dict(store.snapshot()), or carry "
-            "them to another process with contextual.capture()."
+            "pickled or copied. Copy or send its values instead: dict(store.snapshot())."
         )
         raise TypeError(msg)
 
