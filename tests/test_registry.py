@@ -22,26 +22,26 @@ def test_get_store_of_an_unknown_name_says_how_to_fix_it():
         get_store("registry.nobody")
 
 
-def test_duplicate_live_name_is_refused_and_the_first_store_is_untouched(backend):
-    first = ContextStore("registry.dup", backend=backend)  # type: ignore[arg-type]
+def test_duplicate_live_name_is_refused_and_the_first_store_is_untouched(backend, unique_name):
+    first = ContextStore(unique_name, backend=backend)  # type: ignore[arg-type]
     first["a"] = 1
     for other in ("context", "thread"):
-        with pytest.raises(ValueError, match=r"already named 'registry\.dup'.*get_store"):
-            ContextStore("registry.dup", backend=other)  # type: ignore[arg-type]
-    assert get_store("registry.dup") is first
+        with pytest.raises(ValueError, match=r"already named .*get_store"):
+            ContextStore(unique_name, backend=other)  # type: ignore[arg-type]
+    assert get_store(unique_name) is first
     assert dict(first) == {"a": 1}
 
 
-def test_name_is_free_again_once_the_store_is_gone():
-    store = ContextStore("registry.reuse")
+def test_name_is_free_again_once_the_store_is_gone(unique_name):
+    store = ContextStore(unique_name)
     del store
     gc.collect()
-    again = ContextStore("registry.reuse")
-    assert get_store("registry.reuse") is again
+    again = ContextStore(unique_name)
+    assert get_store(unique_name) is again
 
 
 def test_dead_stores_leave_the_registry():
-    names = [f"registry.dead.{i}" for i in range(50)]
+    names = [f"registry.dead.{i}.{id(object())}" for i in range(50)]
     stores = [ContextStore(n) for n in names]
     del stores
     gc.collect()
@@ -59,7 +59,7 @@ def test_list_stores_keeps_creation_order(make_store):
     assert listed == [a, b]
 
 
-def test_concurrent_registration_of_one_name_lets_exactly_one_win():
+def test_concurrent_registration_of_one_name_lets_exactly_one_win(unique_name):
     count = 8
     barrier = threading.Barrier(count)
     won: list[ContextStore] = []
@@ -68,7 +68,7 @@ def test_concurrent_registration_of_one_name_lets_exactly_one_win():
     def contender() -> None:
         barrier.wait(timeout=10)
         try:
-            won.append(ContextStore("registry.race"))
+            won.append(ContextStore(unique_name))
         except ValueError as exc:
             refused.append(exc)
 
@@ -79,7 +79,7 @@ def test_concurrent_registration_of_one_name_lets_exactly_one_win():
         t.join()
     assert len(won) == 1
     assert len(refused) == count - 1
-    assert get_store("registry.race") is won[0]
+    assert get_store(unique_name) is won[0]
 
 
 def test_concurrent_registration_of_many_names_loses_none():
@@ -109,13 +109,13 @@ def test_concurrent_registration_of_many_names_loses_none():
     assert len(expected) == count * per_thread // 2
 
 
-def test_a_late_death_notice_does_not_evict_the_name_s_new_owner():
-    old = ContextStore("registry.late")
-    stale = _registry._refs["registry.late"]
+def test_a_late_death_notice_does_not_evict_the_name_s_new_owner(unique_name):
+    old = ContextStore(unique_name)
+    stale = _registry._refs[unique_name]
     del old
     gc.collect()
-    new = ContextStore("registry.late")
+    new = ContextStore(unique_name)
     # The collector may clear a weak reference and run its callback later,
     # after a new store took the name; that notice must not evict it.
     _registry._dead.append(stale)
-    assert get_store("registry.late") is new
+    assert get_store(unique_name) is new

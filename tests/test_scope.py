@@ -20,8 +20,9 @@ def test_scope_sets_values_inside_and_restores_outside(store):
 
 
 def test_scope_returns_a_store_scope(store):
-    assert isinstance(store.scope(a=1), StoreScope)
-    assert "idle" in repr(store.scope(a=1))
+    scope = store.scope(b=2, a=1)
+    assert isinstance(scope, StoreScope)
+    assert repr(scope) == f"<StoreScope of {store!r} keys=['a', 'b']>"
 
 
 def test_scope_undoes_every_change_made_inside(store):
@@ -101,21 +102,63 @@ def test_a_scope_object_can_be_reused_after_it_exits(store):
     assert "a" not in store
 
 
-def test_entering_an_active_scope_again_is_refused(store):
-    scope = store.scope(a=1)
+def test_a_scope_object_can_be_entered_again_while_active(store):
+    scope = store.scope(level="inner")
+    store["level"] = "outer"
     with scope:
-        with pytest.raises(ScopeError, match="already active"):
-            scope.__enter__()
-        assert "active" in repr(scope)
-        assert store["a"] == 1
-    assert "a" not in store
+        store["written"] = 1
+        with scope:
+            assert store["level"] == "inner"
+            store["level"] = "changed"
+        assert dict(store) == {"level": "inner", "written": 1}
+    assert dict(store) == {"level": "outer"}
+
+
+def test_one_scope_object_shared_by_concurrent_threads(make_store, backend):
+    store = make_store(backend)
+    shared = store.scope(role="admin")
+    count = 6
+    barrier = threading.Barrier(count)
+    seen: dict[int, object] = {}
+
+    def work(i: int) -> None:
+        store["i"] = i
+        with shared:
+            store["inside"] = i
+            barrier.wait(timeout=10)  # every thread is inside the same scope object
+            seen[i] = dict(store)
+        seen[-i - 1] = dict(store)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(count):
+        assert seen[i] == {"i": i, "role": "admin", "inside": i}
+        assert seen[-i - 1] == {"i": i}
 
 
 def test_exiting_a_scope_that_was_not_entered_is_refused(store):
     scope = store.scope(a=1)
+    store["kept"] = True
     with pytest.raises(ScopeError, match="exited without being entered"):
         scope.__exit__(None, None, None)
-    assert isinstance(ScopeError("x"), (ContextualError, RuntimeError))
+    assert dict(store) == {"kept": True}
+
+
+def test_scope_error_is_a_runtime_error_and_a_contextual_error():
+    assert issubclass(ScopeError, RuntimeError)
+    assert issubclass(ScopeError, ContextualError)
+
+
+def test_a_second_exit_is_harmless(store):
+    scope = store.scope(a=1)
+    with scope:
+        pass
+    store["after"] = 1
+    scope.__exit__(None, None, None)
+    assert dict(store) == {"after": 1}
 
 
 def test_async_with(store):
@@ -206,6 +249,36 @@ def test_decorated_coroutines_run_concurrently_in_one_loop(make_store):
     assert asyncio.run(main()) == [(i, i) for i in range(4)]
 
 
+def test_interleaved_decorated_coroutines_leave_a_thread_store_clean(make_store):
+    # On a "thread" store, coroutines on one loop share values while they
+    # overlap (that is threading.local); when they end in the other order
+    # than they started, nothing of either may stay behind.
+    store = make_store("thread")
+    store["request"] = None
+    first_in, second_in, first_may_end = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    @store.scope(request="A")
+    async def handle_a() -> None:
+        first_in.set()
+        await first_may_end.wait()
+
+    @store.scope(request="B")
+    async def handle_b() -> object:
+        await first_in.wait()
+        second_in.set()
+        first_may_end.set()
+        await asyncio.sleep(0)  # handle_a ends while this scope is still open
+        await asyncio.sleep(0)
+        return store["request"]
+
+    async def main() -> object:
+        _, seen_by_b = await asyncio.gather(handle_a(), handle_b())
+        return seen_by_b
+
+    assert asyncio.run(main()) == "B"
+    assert dict(store) == {"request": None}
+
+
 def test_decorating_a_generator_function_is_refused(store):
     def gen():  # pragma: no cover - never called
         yield 1
@@ -223,10 +296,34 @@ def test_decorating_a_non_callable_is_refused(store):
         store.scope(a=1)(5)  # type: ignore[type-var]
 
 
+def test_decorates_an_object_with_an_async_call(store):
+    class Handler:
+        async def __call__(self) -> object:
+            await asyncio.sleep(0)
+            return store["job"]
+
+    handler = store.scope(job="callable")(Handler())
+    assert asyncio.run(handler()) == "callable"
+    assert "job" not in store
+
+
+def test_a_sync_function_returning_a_coroutine_is_refused_with_advice(store):
+    async def body() -> object:  # pragma: no cover - closed before it runs
+        return store["job"]
+
+    @store.scope(job="lost")
+    def wrapper() -> object:
+        return body()
+
+    with pytest.raises(TypeError, match=r"returned a coroutine.*Decorate the 'async def'"):
+        wrapper()
+    assert "job" not in store
+
+
 # -- exits that run somewhere else --------------------------------------------
 
 
-def test_async_generator_closed_by_another_task_restores_by_value(make_store):
+def test_async_generator_closed_by_another_task_that_inherited_the_scope(make_store):
     store = make_store("context")
     seen = {}
 
@@ -244,72 +341,130 @@ def test_async_generator_closed_by_another_task_restores_by_value(make_store):
         gen = agen()
         seen["first"] = await gen.__anext__()
         await asyncio.create_task(closer(gen))
+        seen["main.after"] = dict(store)
 
     asyncio.run(main())
     assert seen == {
         "first": "generator",
         # The closer task was created while the generator's scope was open
-        # in main, so it inherited the scope's value; closing the generator
-        # from there undoes it there, without a token error.
+        # in main, so it inherited the scope, and closing the generator there
+        # undoes it there, without a token error...
         "closer.before": {"user": "generator"},
         "closer.after": {},
+        # ...but no exit elsewhere can reach main's context: like a plain
+        # ContextVar, main keeps the value of a generator that never ended
+        # in it.
+        "main.after": {"user": "generator"},
     }
 
 
-def test_exit_in_another_context_leaves_unrelated_values_alone(make_store):
+def test_exit_in_an_unrelated_context_changes_nothing_there(make_store):
     store = make_store("context")
     store["user"] = "outer"
-    scope = store.scope(user="scoped", extra=1)
+    unrelated = contextvars.copy_context()  # taken before the scope existed
     entered = contextvars.copy_context()
+    scope = store.scope(user="scoped", extra=1)
     entered.run(scope.__enter__)
     assert entered.run(lambda: dict(store)) == {"user": "scoped", "extra": 1}
 
-    other = contextvars.copy_context()
-
     def exit_elsewhere() -> object:
-        store["user"] = "someone else"
-        store["extra"] = 1  # the very object the scope set: small ints are shared
+        store.update(user="scoped", extra=1)  # equal values, but this context's own
         scope.__exit__(None, None, None)
         return dict(store)
 
-    # "user" holds another value here, so it is left alone; "extra" holds
-    # the very object the scope set, so it is undone.
-    assert other.run(exit_elsewhere) == {"user": "someone else"}
+    assert unrelated.run(exit_elsewhere) == {"user": "scoped", "extra": 1}
+    assert entered.run(lambda: dict(store)) == {"user": "scoped", "extra": 1}
     assert dict(store) == {"user": "outer"}
 
 
-def test_generator_closed_in_another_thread_restores_by_value(make_store):
-    store = make_store("thread")
-    marker = object()
+def test_generator_closed_in_another_thread_changes_nothing_there(make_store, backend):
+    store = make_store(backend)
+    store["user_id"] = 42
 
     def gen():
-        with store.scope(owner=marker):
-            yield store["owner"]
+        with store.scope(user_id=0):
+            yield store["user_id"]
             yield "never reached"  # pragma: no cover
 
-    kept, reverted = gen(), gen()
-    assert next(reverted) is marker  # entered first: its entry state is empty
-    assert next(kept) is marker
+    running = gen()
+    assert next(running) == 0
     seen = {}
 
     def close_here() -> None:
-        store["owner"] = "the other thread's own value"
-        kept.close()
-        seen["other value"] = dict(store)
-        store["owner"] = marker
-        reverted.close()
-        seen["same object"] = dict(store)
+        store["user_id"] = 0  # the very object the scope set: small ints are shared
+        running.close()
+        seen["other"] = dict(store)
 
     thread = threading.Thread(target=close_here)
     thread.start()
     thread.join()
-    assert seen == {
-        # Another value is left alone; the very object the scope set is undone.
-        "other value": {"owner": "the other thread's own value"},
-        "same object": {},
-    }
+    # The other thread never saw the scope: it keeps its own value, and
+    # never receives the entering thread's 42.
+    assert seen == {"other": {"user_id": 0}}
     # The entering thread is out of reach of a close that ran elsewhere.
-    assert store["owner"] is marker
+    assert store["user_id"] == 0
+
+
+@pytest.mark.parametrize("order", ["first-in-first-out", "last-in-first-out"])
+def test_generators_closed_in_either_order_leave_nothing_behind(store, order):
+    store["base"] = "kept"
+
+    def holding(**values):
+        with store.scope(**values):
+            store[f"written_by_{next(iter(values))}"] = True
+            yield
+            yield  # pragma: no cover
+
+    one, two = holding(a=1), holding(b=2)
+    next(one)
+    next(two)
+    assert dict(store) == {
+        "base": "kept",
+        "a": 1,
+        "written_by_a": True,
+        "b": 2,
+        "written_by_b": True,
+    }
+    first, second = (one, two) if order == "first-in-first-out" else (two, one)
+    first.close()
+    remaining = {"a": 1, "written_by_a": True} if first is two else {"b": 2, "written_by_b": True}
+    assert dict(store) == {"base": "kept", **remaining}
+    second.close()
+    assert dict(store) == {"base": "kept"}
+
+
+def test_out_of_order_exit_keeps_what_later_scopes_changed(store):
+    store.update(user="outer", lang="en")
+    outer = store.scope(user="a", role="reader")
+    middle = store.scope(role="writer")
+    inner = store.scope(user="c")
+    outer.__enter__()
+    store["lang"] = "fr"  # written inside outer only
+    middle.__enter__()
+    store["note"] = "middle"
+    inner.__enter__()
+    assert dict(store) == {"user": "c", "lang": "fr", "role": "writer", "note": "middle"}
+
+    outer.__exit__(None, None, None)
+    # outer's own changes are gone; middle's and inner's stay.
+    assert dict(store) == {"user": "c", "lang": "en", "role": "writer", "note": "middle"}
+    inner.__exit__(None, None, None)
+    # inner restores its entry state, now without outer's user="a".
+    assert dict(store) == {"user": "outer", "lang": "en", "role": "writer", "note": "middle"}
+    middle.__exit__(None, None, None)
+    assert dict(store) == {"user": "outer", "lang": "en"}
+
+
+def test_out_of_order_exit_restores_keys_deleted_inside(store):
+    store.update(a=1, b=2)
+    outer, inner = store.scope(), store.scope(c=3)
+    outer.__enter__()
+    del store["a"]
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    assert dict(store) == {"b": 2, "c": 3, "a": 1}
+    inner.__exit__(None, None, None)
+    assert dict(store) == {"a": 1, "b": 2}
 
 
 def test_scope_exit_with_a_never_written_context_and_factory_defaults(make_store):
@@ -325,16 +480,18 @@ def test_scope_exit_with_a_never_written_context_and_factory_defaults(make_store
     assert calls == [1]
 
 
-def test_exit_elsewhere_puts_back_the_entry_values_of_every_key_it_owns(make_store):
+def test_exit_in_a_context_that_inherited_the_scope_restores_its_entry_state(make_store):
     store = make_store("context")
     store["user"] = "outer"
-    user, role = object(), object()
-    scope = store.scope(user=user, role=role)
-    contextvars.copy_context().run(scope.__enter__)
+    scope = store.scope(user="scoped", role="admin")
+    entered = contextvars.copy_context()
+    entered.run(scope.__enter__)
+    child = entered.run(contextvars.copy_context)
 
-    def exit_elsewhere() -> object:
-        store.update(user=user, role=role, other="kept")
+    def exit_in_child() -> object:
+        store["written_in_child"] = True  # inside the inherited scope
         scope.__exit__(None, None, None)
         return dict(store)
 
-    assert contextvars.copy_context().run(exit_elsewhere) == {"user": "outer", "other": "kept"}
+    assert child.run(exit_in_child) == {"user": "outer"}
+    assert entered.run(lambda: dict(store)) == {"user": "scoped", "role": "admin"}

@@ -129,7 +129,9 @@ class StoreMachine(RuleBasedStateMachine):
             seen.append(dict(self.s))
 
         thread = threading.Thread(target=write)
-        thread.start()
+        # From an empty context, so a thread starts alike on interpreters
+        # whose threads inherit their starter's context.
+        contextvars.Context().run(thread.start)
         thread.join()
         assert seen == [self.defaults, {**self.defaults, key: value}]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import threading
 import weakref
@@ -45,11 +46,11 @@ def test_other_threads_never_see_values_while_the_owner_is_alive(make_store):
     def owner() -> None:
         store["secret"] = "owner"
         written.set()
-        checked.wait(timeout=10)
+        seen["owner in order"] = checked.wait(timeout=10)
         seen["owner"] = dict(store)
 
     def other() -> None:
-        written.wait(timeout=10)
+        seen["other in order"] = written.wait(timeout=10)
         seen["other"] = dict(store)
         store["secret"] = "other"
         checked.set()
@@ -59,7 +60,12 @@ def test_other_threads_never_see_values_while_the_owner_is_alive(make_store):
         t.start()
     for t in threads:
         t.join()
-    assert seen == {"owner": {"secret": "owner"}, "other": {}}
+    assert seen == {
+        "owner in order": True,
+        "other in order": True,
+        "owner": {"secret": "owner"},
+        "other": {},
+    }
     assert dict(store) == {}
 
 
@@ -113,10 +119,10 @@ def test_values_are_freed_when_the_thread_exits(make_store):
     assert "payload" not in store
 
 
-def test_values_are_freed_when_the_store_is_dropped():
+def test_values_are_freed_when_the_store_is_dropped(unique_name):
     value = Payload()
     ref = weakref.ref(value)
-    store = ContextStore("thread.dropped", backend="thread")
+    store = ContextStore(unique_name, backend="thread")
     store["payload"] = value
     del value, store
     gc.collect()
@@ -139,17 +145,18 @@ def test_scope_values_are_freed_with_the_thread(make_store):
     assert refs[0]() is None
 
 
-def test_a_new_store_never_shows_a_dead_store_s_values():
+def test_a_new_store_never_shows_a_dead_store_s_values(unique_name):
     # CPython reuses the memory of a freed object at once, so a new store
     # often gets the dead one's id(). Its values must not come back with it.
     ids = set()
     for attempt in range(200):
-        store = ContextStore(f"thread.reuse.{attempt}", backend="thread")
+        store = ContextStore(f"{unique_name}.{attempt}", backend="thread")
         assert dict(store) == {}, f"attempt {attempt} saw a dead store's values"
         store["leftover"] = attempt
         ids.add(id(store))
         del store
-    assert len(ids) < 200, "no id was ever reused, so the test proved nothing"
+    if len(ids) == 200:  # pragma: no cover - depends on the allocator
+        pytest.skip("this interpreter never reused an id(), so there was nothing to see")
 
 
 @contextmanager
@@ -187,20 +194,50 @@ def _create_and_miss(backend: str, name: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["context", "thread"])
-def test_creating_a_store_and_missing_a_key_leaves_no_cyclic_garbage(backend):
+def test_creating_a_store_and_missing_a_key_leaves_no_cyclic_garbage(backend, unique_name):
     with saving_garbage() as garbage:
-        _create_and_miss(backend, f"gc.{backend}")
+        _create_and_miss(backend, unique_name)
     assert garbage == []
 
 
 @pytest.mark.parametrize("backend", ["context", "thread"])
-def test_a_store_is_freed_by_reference_counting_alone(backend):
+def test_a_store_is_freed_by_reference_counting_alone(backend, unique_name):
     gc.disable()
     try:
-        store = ContextStore(f"gc.refcount.{backend}", backend=backend)  # type: ignore[arg-type]
+        store = ContextStore(unique_name, backend=backend)  # type: ignore[arg-type]
         store["x"] = 1
         ref = weakref.ref(store)
         del store
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_context_backend_values_live_as_long_as_their_context(make_store):
+    store = make_store("context")
+    value = Payload()
+    ref = weakref.ref(value)
+    ctx = contextvars.copy_context()
+    ctx.run(store.__setitem__, "payload", value)
+    del value
+    gc.collect()
+    assert ref() is not None  # the context still holds it
+    assert "payload" not in store
+    del ctx
+    gc.collect()
+    assert ref() is None
+
+
+def test_scope_values_are_freed_after_the_scope_exits(store):
+    value = Payload()
+    ref = weakref.ref(value)
+    scope = store.scope(payload=value)
+    with scope:
+        pass
+    del value
+    gc.collect()
+    # The scope object keeps its own arguments, nothing else.
+    assert ref() is not None
+    del scope
+    gc.collect()
+    assert ref() is None

@@ -57,6 +57,9 @@ def register(store: ContextStore) -> None:
             raise ValueError(msg)
         ref = _StoreRef(store, _dead.append)
         ref.name = name
+        # Pop first: a dead entry not swept yet would keep its old position,
+        # and list_stores() promises creation order.
+        _refs.pop(name, None)
         _refs[name] = ref
 
 

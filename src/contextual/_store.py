@@ -1,15 +1,23 @@
 """ContextStore: one mapping API over contextvars and threading.local.
 
 Every store keeps, per context (backend ``"context"``) or per OS thread
-(backend ``"thread"``), one plain ``dict`` that is never mutated after it is
-published: every write builds a new dict and swaps it in. That single rule
-gives the semantics users rely on:
+(backend ``"thread"``), one *state*: a ``(values, frame)`` tuple whose
+``values`` dict is never mutated after it is published; every write builds a
+new dict and publishes a new state. That single rule gives the semantics users
+rely on:
 
 * a task's writes can't reach its parent or siblings, because they share
   dicts only by reference and nobody writes into a shared one;
-* ``snapshot()`` and iteration are O(1) and consistent, because
-  the dict they hold can't change underneath them;
-* a scope restores by putting the entry dict back.
+* ``snapshot()`` and iteration are O(1) and consistent, because the dict they
+  hold can't change underneath them;
+* a scope restores by publishing the state it saw on entry again.
+
+``frame`` is the innermost active scope of this context or thread:
+``(scope, state_on_entry)``, so the states form a chain back to the first
+scope. The chain is what lets a scope that exits out of order (two generators
+closed in the other order, two tasks on one thread) undo its own changes and
+nothing else, and what tells an exit running in an unrelated context that
+there is nothing there to undo.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from collections.abc import (
     ValuesView,
 )
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Literal, TypeVar, final, overload
+from typing import Any, Final, Literal, TypeAlias, TypeVar, final, overload
 
 from . import _registry
 from ._errors import ScopeError
@@ -41,8 +49,11 @@ BACKENDS: Final = ("context", "thread")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-Values = dict[str, Any]
-Defaults = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+Values: TypeAlias = dict[str, Any]
+Defaults: TypeAlias = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+# (values, innermost active scope); a scope frame is (scope, state on entry).
+_State: TypeAlias = "tuple[Values, _Frame | None]"
+_Frame: TypeAlias = "tuple[StoreScope, _State]"
 
 
 class _Missing:
@@ -81,12 +92,12 @@ def _checked_values(values: object, *, source: str) -> Values:
     return result
 
 
-def _initial_values(defaults: object, name: str) -> Values | Callable[[], Values]:
-    """Return a fresh thread's or context's values: a constant dict or a factory."""
+def _initial_state(defaults: object, name: str) -> _State | Callable[[], _State]:
+    """Return a fresh thread's or context's state: a constant or a factory."""
     if defaults is None:
-        return _EMPTY
+        return (_EMPTY, None)
     if isinstance(defaults, Mapping):
-        return _checked_values(defaults, source=f"defaults of store {name!r}")
+        return (_checked_values(defaults, source=f"defaults of store {name!r}"), None)
     if callable(defaults):
         source = f"the value returned by the defaults() factory of store {name!r}"
         return functools.partial(_call_factory, defaults, source)
@@ -96,8 +107,8 @@ def _initial_values(defaults: object, name: str) -> Values | Callable[[], Values
     )
 
 
-def _call_factory(factory: Callable[[], Mapping[str, Any]], source: str) -> Values:
-    return _checked_values(factory(), source=source)
+def _call_factory(factory: Callable[[], Mapping[str, Any]], source: str) -> _State:
+    return (_checked_values(factory(), source=source), None)
 
 
 class ContextStore(MutableMapping[str, Any]):
@@ -118,8 +129,10 @@ class ContextStore(MutableMapping[str, Any]):
     * a new thread starts from the defaults (on Python up to 3.13, and on any
       build where ``sys.flags.thread_inherit_context`` is false; where it is
       true, the thread starts with a copy of its starter's values);
-    * a thread-pool worker or a child process sees nothing of the caller:
-      pools reuse threads that were started elsewhere.
+    * a thread-pool worker sees nothing of the caller (pools reuse threads
+      started elsewhere), nor does a child process started with ``spawn`` or
+      ``forkserver``; ``fork`` copies the forking thread's values, as it copies
+      all memory.
 
     ``backend="thread"`` keeps values in a :class:`threading.local`:
 
@@ -128,9 +141,15 @@ class ContextStore(MutableMapping[str, Any]):
       ``threading.local`` does; prefer ``"context"`` under asyncio);
     * another thread never sees them, not even while this thread is alive;
       they are freed when the thread exits;
-    * a thread-pool worker or a child process sees nothing of the caller.
+    * a thread-pool worker sees nothing of the caller; a process started with
+      ``fork`` gets a copy of the forking thread's values, others get nothing.
 
     In both backends writes never flow back from a child to its parent.
+
+    Create stores once, at import time, like :class:`contextvars.ContextVar`:
+    with the ``"context"`` backend, a value lives as long as the contexts that
+    hold it, even after the store itself is gone (the main thread's context
+    lives until exit).
 
     Keys are ``str``. Values are read and written by item (``store["user"]``)
     or by attribute (``store.user``), like ``threading.local``; a missing name
@@ -178,8 +197,8 @@ class ContextStore(MutableMapping[str, Any]):
 
     _name: str
     _propagate: bool
-    # Set by each backend: the class that implements scope() for it.
-    _scope_class: type[StoreScope]
+    # Names that attribute access never treats as keys; set per backend class.
+    _reserved: frozenset[str]
 
     def __new__(  # noqa: PYI034 (returns the backend's private subclass)
         cls,
@@ -220,21 +239,27 @@ class ContextStore(MutableMapping[str, Any]):
             raise TypeError(f"propagate must be True or False, got {propagate!r}.")
         object.__setattr__(self, "_name", name)
         object.__setattr__(self, "_propagate", propagate)
-        self._setup(_initial_values(defaults, name))
+        self._setup(_initial_state(defaults, name))
         _registry.register(self)
 
     # -- backend hooks ------------------------------------------------------
 
-    def _setup(self, initial: Values | Callable[[], Values]) -> None:
+    def _setup(self, initial: _State | Callable[[], _State]) -> None:
+        raise NotImplementedError
+
+    def _state(self) -> _State:
+        """Return the current thread's or context's state (never mutate it)."""
+        raise NotImplementedError
+
+    def _publish(self, state: _State) -> None:
+        """Make ``state`` the current thread's or context's state."""
         raise NotImplementedError
 
     def _current(self) -> Values:
-        """Return the current thread's or context's values (never mutate them)."""
-        raise NotImplementedError
+        return self._state()[0]
 
     def _replace(self, values: Values) -> None:
-        """Publish ``values`` as the current thread's or context's values."""
-        raise NotImplementedError
+        self._publish((values, self._state()[1]))
 
     # -- identity -----------------------------------------------------------
 
@@ -263,8 +288,12 @@ class ContextStore(MutableMapping[str, Any]):
         return self._propagate
 
     def __repr__(self) -> str:
-        extra = "" if self._propagate else " propagate=False"
-        return f"<ContextStore {self._name!r} backend={self.backend!r}{extra}>"
+        try:
+            name, propagate = self._name, self._propagate
+        except AttributeError:  # not initialised: __init__ raised
+            return "<ContextStore (uninitialised)>"
+        extra = "" if propagate else " propagate=False"
+        return f"<ContextStore {name!r} backend={self.backend!r}{extra}>"
 
     # A store is a live view, not a value: two stores are equal only if they
     # are the same store, and stores stay hashable. Compare snapshot()s to
@@ -345,17 +374,20 @@ class ContextStore(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise _key_type_error(key)
-        values = self._current().copy()
+        state = self._state()
+        values = state[0].copy()
         values[key] = value
-        self._replace(values)
+        self._publish((values, state[1]))
 
     def __delitem__(self, key: str) -> None:
-        current = self._current()
-        if key not in current:
-            raise self._missing(key)
-        values = current.copy()
+        if not isinstance(key, str):
+            raise _key_type_error(key)
+        state = self._state()
+        if key not in state[0]:
+            raise KeyError(key)
+        values = state[0].copy()
         del values[key]
-        self._replace(values)
+        self._publish((values, state[1]))
 
     @overload
     def pop(self, key: str, /) -> Any: ...
@@ -372,14 +404,14 @@ class ContextStore(MutableMapping[str, Any]):
         """
         if not isinstance(key, str):
             raise _key_type_error(key)
-        current = self._current()
-        if key not in current:
+        state = self._state()
+        if key not in state[0]:
             if default is _MISSING:
                 raise KeyError(key)
             return default
-        values = current.copy()
+        values = state[0].copy()
         value = values.pop(key)
-        self._replace(values)
+        self._publish((values, state[1]))
         return value
 
     def popitem(self) -> tuple[str, Any]:
@@ -390,12 +422,13 @@ class ContextStore(MutableMapping[str, Any]):
 
         .. versionadded:: 0.1.0
         """
-        values = self._current().copy()
-        if not values:
+        state = self._state()
+        if not state[0]:
             msg = f"popitem(): {self!r} is empty in this context"
             raise KeyError(msg)
+        values = state[0].copy()
         item = values.popitem()
-        self._replace(values)
+        self._publish((values, state[1]))
         return item
 
     def setdefault(self, key: str, default: Any = None) -> Any:
@@ -405,12 +438,12 @@ class ContextStore(MutableMapping[str, Any]):
         """
         if not isinstance(key, str):
             raise _key_type_error(key)
-        current = self._current()
-        if key in current:
-            return current[key]
-        values = current.copy()
+        state = self._state()
+        if key in state[0]:
+            return state[0][key]
+        values = state[0].copy()
         values[key] = default
-        self._replace(values)
+        self._publish((values, state[1]))
         return default
 
     def update(  # type: ignore[override]
@@ -431,7 +464,8 @@ class ContextStore(MutableMapping[str, Any]):
             if not isinstance(key, str):
                 raise _key_type_error(key)
         if incoming:
-            self._replace({**self._current(), **incoming})
+            state = self._state()
+            self._publish(({**state[0], **incoming}, state[1]))
 
     def clear(self) -> None:
         """Remove every value, defaults included, in the current thread or task.
@@ -445,12 +479,19 @@ class ContextStore(MutableMapping[str, Any]):
     def __getattr__(self, name: str) -> Any:
         # Python calls this only after normal lookup failed, so methods and
         # properties always win over keys of the same name.
-        if name[:1] != "_":
-            value = self._current().get(name, _MISSING)
-            if value is not _MISSING:
-                return value
-        msg = f"{self!r} has no value {name!r} in this context"
-        raise AttributeError(msg, name=name, obj=self)
+        if name[:1] == "_":
+            # Never a key. The message must not use repr(self): before
+            # __init__ has set the slots, repr would land here again.
+            msg = (
+                f"{type(self).__name__!r} object has no attribute {name!r} (names that start "
+                f"with '_' are never keys by attribute; use item access: store[{name!r}])"
+            )
+            raise AttributeError(msg, name=name, obj=self)
+        value = self._current().get(name, _MISSING)
+        if value is _MISSING:
+            msg = f"{self!r} has no value {name!r} in this context"
+            raise AttributeError(msg, name=name, obj=self)
+        return value
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._check_attribute(name)
@@ -458,14 +499,13 @@ class ContextStore(MutableMapping[str, Any]):
 
     def __delattr__(self, name: str) -> None:
         self._check_attribute(name)
-        current = self._current()
-        if name not in current:
+        if name not in self._current():
             msg = f"{self!r} has no value {name!r} in this context"
             raise AttributeError(msg, name=name, obj=self)
         del self[name]
 
     def _check_attribute(self, name: str) -> None:
-        if name[:1] == "_" or hasattr(type(self), name):
+        if name[:1] == "_" or name in self._reserved:
             msg = (
                 f"{name!r} can't be a key by attribute: names that start with '_' or name "
                 f"a ContextStore method or property are reserved. Use item access "
@@ -474,7 +514,7 @@ class ContextStore(MutableMapping[str, Any]):
             raise AttributeError(msg, name=name, obj=self)
 
     def __dir__(self) -> Iterable[str]:
-        keys = [k for k in self._current() if k.isidentifier() and not hasattr(type(self), k)]
+        keys = [k for k in self._current() if k.isidentifier() and k not in self._reserved]
         return sorted({*super().__dir__(), *keys})
 
     # -- scopes -------------------------------------------------------------
@@ -484,16 +524,25 @@ class ContextStore(MutableMapping[str, Any]):
 
         On exit the store is exactly as it was on entry, every key included:
         values the scope set, and anything written inside the block, are
-        undone, also when the block raises. Scopes nest.
+        undone, also when the block raises. Scopes nest, and a scope object
+        may be entered again, even while active, and from several threads or
+        tasks at once: each entry is undone by its own exit.
 
         The result is a context manager (``with`` and ``async with``) and a
-        decorator for functions and coroutine functions; as a decorator it
-        enters a fresh scope on every call, so concurrent calls don't interact.
+        decorator for functions and coroutine functions, entered afresh on
+        every call.
 
-        If the exit runs in another context than the entry (an async generator
-        closed by another task), the scope can't reach the context it changed;
-        it then undoes, in the current context, each of its own keys that still
-        holds the value it set, and never raises a token error.
+        Exits don't have to come in the reverse order of entries: when a
+        scope exits while scopes entered after it are still active (two
+        generators closed in the other order, two coroutines interleaving on
+        a ``"thread"`` store), it undoes its own changes and leaves theirs,
+        and their exits later restore a state without its changes.
+
+        An exit that runs in another context or thread (an async generator
+        closed by another task) undoes the scope there if that context
+        inherited it, and otherwise changes nothing there; it never raises.
+        It can't reach the context where the scope was entered, which keeps
+        the scope's values, as a plain :class:`contextvars.ContextVar` would.
 
         Args:
             **values: The values to set inside the scope.
@@ -512,55 +561,43 @@ class ContextStore(MutableMapping[str, Any]):
 
         .. versionadded:: 0.1.0
         """
-        return self._scope_class(self, values)
-
-    def _revert(self, values: Values, entry: Values) -> None:
-        """Undo by value, in the current context, the keys a scope still owns."""
-        current = self._current()
-        restored = None
-        for key, value in values.items():
-            if current.get(key, _MISSING) is value:
-                if restored is None:
-                    restored = current.copy()
-                old = entry.get(key, _MISSING)
-                if old is _MISSING:
-                    del restored[key]
-                else:
-                    restored[key] = old
-        if restored is not None:
-            self._replace(restored)
+        return StoreScope(self, values)
 
 
+@final
 class StoreScope:
     """What :meth:`ContextStore.scope` returns: a context manager and decorator.
 
-    One scope object is entered by one ``with`` block at a time; entering it
-    again while it is active, or exiting it without entering it, raises
-    :class:`~contextual.ScopeError`. As a decorator it can be used by any
-    number of concurrent calls.
+    A scope object holds the values to set and nothing else; the record of
+    each entry lives in the state of the context or thread that entered it.
+    So one object can be entered any number of times, nested or concurrently,
+    and every exit finds its own entry. Exiting a scope that was never
+    entered raises :class:`~contextual.ScopeError`.
 
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("_entry", "_state", "_store", "_values")
+    __slots__ = ("_entered", "_store", "_values")
 
     _store: ContextStore
     _values: Values
-    _entry: Values | None
-    _state: Any
+    _entered: bool
 
     def __init__(self, store: ContextStore, values: Values) -> None:
         self._store = store
         self._values = values
-        self._entry = None
-        self._state = None
+        self._entered = False
 
     def __repr__(self) -> str:
-        state = "active" if self._state is not None else "idle"
-        return f"<StoreScope of {self._store!r} keys={sorted(self._values)} {state}>"
+        return f"<StoreScope of {self._store!r} keys={sorted(self._values)}>"
 
     def __enter__(self) -> ContextStore:
-        raise NotImplementedError
+        store = self._store
+        state = store._state()  # noqa: SLF001
+        store._publish(({**state[0], **self._values}, (self, state)))  # noqa: SLF001
+        # Only ever set to True, so concurrent entries can't disagree.
+        self._entered = True
+        return store
 
     def __exit__(
         self,
@@ -568,19 +605,65 @@ class StoreScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        raise NotImplementedError
+        store = self._store
+        state = store._state()  # noqa: SLF001
+        frame = state[1]
+        if frame is not None and frame[0] is self:
+            store._publish(frame[1])  # noqa: SLF001
+        else:
+            self._exit_out_of_order(state)
 
-    def _already_active(self) -> ScopeError:
-        return ScopeError(
-            f"{self!r} is already active. A scope object serves one 'with' block at a "
-            "time; call store.scope(...) again for each block."
-        )
+    def _exit_out_of_order(self, state: _State) -> None:
+        # Scopes entered after this one and still active, innermost first.
+        above: list[_Frame] = []
+        frame = state[1]
+        while frame is not None and frame[0] is not self:
+            above.append(frame)
+            frame = frame[1][1]
+        if frame is None:
+            if not self._entered:
+                msg = (
+                    f"{self!r} was exited without being entered. Use it as "
+                    "'with store.scope(...):' so entry and exit pair up."
+                )
+                raise ScopeError(msg)
+            # An exit in a thread or context that never saw this scope (a
+            # generator finished elsewhere), or a second exit: nothing here
+            # is this scope's to undo, and raising would break the caller's
+            # cleanup.
+            return
+        before = frame[1][0]
+        # The values when the next scope entered: this scope's own changes,
+        # and nothing of the scopes above it.
+        after = above[-1][1][0]
+        changed = [
+            k
+            for k in before.keys() | after.keys()
+            if before.get(k, _MISSING) is not after.get(k, _MISSING)
+        ]
 
-    def _not_active(self) -> ScopeError:
-        return ScopeError(
-            f"{self!r} was exited without being entered. Use it as "
-            "'with store.scope(...):' so entry and exit pair up."
-        )
+        def undo(values: Values, shadowed: set[str]) -> Values:
+            undone = None
+            for key in changed:
+                if key in shadowed or values.get(key, _MISSING) is not after.get(key, _MISSING):
+                    continue  # changed again since: no longer this scope's
+                if undone is None:
+                    undone = values.copy()
+                old = before.get(key, _MISSING)
+                if old is _MISSING:
+                    del undone[key]
+                else:
+                    undone[key] = old
+            return values if undone is None else undone
+
+        # Rebuild the frames above, lowest first, without this one, so that
+        # their exits restore states that don't have this scope's changes.
+        parent = frame[1][1]
+        shadowed: set[str] = set()
+        for scope, (entry, _) in reversed(above):
+            parent = (scope, (undo(entry, shadowed), parent))
+            shadowed.update(scope._values)  # noqa: SLF001
+        self._store._publish((undo(state[0], shadowed), parent))  # noqa: SLF001
 
     async def __aenter__(self) -> ContextStore:
         return self.__enter__()
@@ -594,7 +677,7 @@ class StoreScope:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, fn: _F) -> _F:
-        """Decorate ``fn`` so that every call runs inside a fresh copy of this scope."""
+        """Decorate ``fn`` so that every call runs inside this scope."""
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             msg = (
                 f"scope() can't decorate the generator function {fn.__qualname__}: the "
@@ -605,21 +688,32 @@ class StoreScope:
             raise TypeError(msg)
         if not callable(fn):
             raise TypeError(f"scope() decorates functions, got {type(fn).__name__} {fn!r}.")
-        scope_class, store, values = type(self), self._store, self._values
 
-        if inspect.iscoroutinefunction(fn):
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 (an object with async __call__)
+        ):
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                with scope_class(store, values):
+                with self:
                     return await fn(*args, **kwargs)
 
             return run_async  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            with scope_class(store, values):
-                return fn(*args, **kwargs)
+            with self:
+                result = fn(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                # The scope ended before the coroutine's body could run in it.
+                result.close()
+                msg = (
+                    f"{fn!r} returned a coroutine, so scope() exited before its body ran. "
+                    "Decorate the 'async def' function itself, or use 'async with "
+                    "store.scope(...):' inside it."
+                )
+                raise TypeError(msg)
+            return result
 
         return run  # type: ignore[return-value]
 
@@ -631,31 +725,31 @@ class StoreScope:
 class _ContextVarStore(ContextStore):
     __slots__ = ("_get", "_var")
 
-    _var: contextvars.ContextVar[Values]
-    _get: Callable[[], Values]
+    _var: contextvars.ContextVar[_State]
+    _get: Callable[[], _State]
 
-    def _setup(self, initial: Values | Callable[[], Values]) -> None:
+    def _setup(self, initial: _State | Callable[[], _State]) -> None:
         var_name = f"contextual:{self._name}"
-        if isinstance(initial, dict):
+        if isinstance(initial, tuple):
             # Constant defaults: the ContextVar's own default serves every
             # context that never wrote, at the cost of a plain var.get().
             var = contextvars.ContextVar(var_name, default=initial)
-            get: Callable[[], Values] = var.get
+            get: Callable[[], _State] = var.get
         else:
             var = contextvars.ContextVar(var_name)
             get = functools.partial(_get_or_init, var, initial)
         object.__setattr__(self, "_var", var)
         object.__setattr__(self, "_get", get)
 
-    def _current(self) -> Values:
+    def _state(self) -> _State:
         return self._get()
 
-    def _replace(self, values: Values) -> None:
-        self._var.set(values)
+    def _publish(self, state: _State) -> None:
+        self._var.set(state)
 
-    # The hot paths, without the extra call through _current().
+    # The hot path, without the extra calls through _current().
     def __getitem__(self, key: str) -> Any:
-        values = self._get()
+        values = self._get()[0]
         try:
             return values[key]
         except (KeyError, TypeError):  # TypeError: an unhashable key
@@ -668,66 +762,28 @@ class _ContextVarStore(ContextStore):
         return "context"
 
 
-def _get_or_init(var: contextvars.ContextVar[Values], initial: Callable[[], Values]) -> Values:
+def _get_or_init(var: contextvars.ContextVar[_State], initial: Callable[[], _State]) -> _State:
     try:
         return var.get()
     except LookupError:
         # First access in a context that never wrote: run the defaults
         # factory once and keep its result in this context.
-        values = initial()
-        var.set(values)
-        return values
-
-
-@final
-class _ContextScope(StoreScope):
-    __slots__ = ()
-
-    _store: _ContextVarStore
-    _state: contextvars.Token[Values] | None
-
-    def __enter__(self) -> ContextStore:
-        if self._state is not None:
-            raise self._already_active()
-        store = self._store
-        entry = store._get()  # noqa: SLF001
-        self._entry = entry
-        self._state = store._var.set({**entry, **self._values})  # noqa: SLF001
-        return store
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        token, entry = self._state, self._entry
-        if token is None or entry is None:
-            raise self._not_active()
-        self._state = self._entry = None
-        try:
-            self._store._var.reset(token)  # noqa: SLF001
-        except ValueError:
-            # The token belongs to another Context: an async generator holding
-            # the scope was closed by another task, or a callback ran the exit
-            # elsewhere. Raising here would abort the caller's cleanup.
-            self._store._revert(self._values, entry)  # noqa: SLF001
-
-
-_ContextVarStore._scope_class = _ContextScope  # noqa: SLF001
+        state = initial()
+        var.set(state)
+        return state
 
 
 # -- backend "thread" --------------------------------------------------------
 
 
-def _constant(values: Values) -> Values:
-    return values
+def _constant(state: _State) -> _State:
+    return state
 
 
-class _ThreadValues(threading.local):
-    """Per-thread holder of a thread-backend store's values.
+class _ThreadState(threading.local):
+    """Per-thread holder of a thread-backend store's state.
 
-    ``v`` lives in each thread's own dict and is made on first access in each
+    ``s`` lives in each thread's own dict and is made on first access in each
     thread; ``initial`` is a slot, and the slots of a ``threading.local``
     subclass are shared by all threads. Neither ``__init__`` (it also runs
     eagerly in the creating thread, and a defaults factory must run lazily
@@ -737,41 +793,43 @@ class _ThreadValues(threading.local):
 
     __slots__ = ("initial",)
 
-    v: Values
-    initial: Callable[[], Values]
+    s: _State
+    initial: Callable[[], _State]
 
 
 @final
 class _ThreadLocalStore(ContextStore):
     __slots__ = ("_local",)
 
-    _local: _ThreadValues
+    _local: _ThreadState
 
-    def _setup(self, initial: Values | Callable[[], Values]) -> None:
-        local = _ThreadValues()
-        local.initial = initial if callable(initial) else functools.partial(_constant, initial)
+    def _setup(self, initial: _State | Callable[[], _State]) -> None:
+        local = _ThreadState()
+        local.initial = (
+            functools.partial(_constant, initial) if isinstance(initial, tuple) else initial
+        )
         object.__setattr__(self, "_local", local)
 
-    def _current(self) -> Values:
+    def _state(self) -> _State:
         try:
-            return self._local.v
+            return self._local.s
         except AttributeError:
             return self._first_access()
 
-    def _first_access(self) -> Values:
+    def _first_access(self) -> _State:
         local = self._local
-        values = local.initial()
-        local.v = values
-        return values
+        state = local.initial()
+        local.s = state
+        return state
 
-    def _replace(self, values: Values) -> None:
-        self._local.v = values
+    def _publish(self, state: _State) -> None:
+        self._local.s = state
 
     def __getitem__(self, key: str) -> Any:
         try:
-            values = self._local.v
+            values = self._local.s[0]
         except AttributeError:
-            values = self._first_access()
+            values = self._first_access()[0]
         try:
             return values[key]
         except (KeyError, TypeError):  # TypeError: an unhashable key
@@ -784,48 +842,13 @@ class _ThreadLocalStore(ContextStore):
         return "thread"
 
 
-@final
-class _ThreadScope(StoreScope):
-    __slots__ = ()
-
-    _store: _ThreadLocalStore
-    # The entering thread's threading.local __dict__: identifies that thread
-    # even if its ident is reused after it exits.
-    _state: dict[str, Any] | None
-
-    def __enter__(self) -> ContextStore:
-        if self._state is not None:
-            raise self._already_active()
-        store = self._store
-        local = store._local  # noqa: SLF001
-        entry = store._current()  # noqa: SLF001
-        self._entry = entry
-        self._state = local.__dict__
-        local.v = {**entry, **self._values}
-        return store
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        owner, entry = self._state, self._entry
-        if owner is None or entry is None:
-            raise self._not_active()
-        self._state = self._entry = None
-        local = self._store._local  # noqa: SLF001
-        if local.__dict__ is owner:
-            local.v = entry
-        else:
-            # Exited in another thread (a generator finished elsewhere): the
-            # entering thread's values are out of reach.
-            self._store._revert(self._values, entry)  # noqa: SLF001
-
-
-_ThreadLocalStore._scope_class = _ThreadScope  # noqa: SLF001
-
 _IMPLEMENTATIONS: Final[dict[str, type[ContextStore]]] = {
     "context": _ContextVarStore,
     "thread": _ThreadLocalStore,
 }
+for _impl in _IMPLEMENTATIONS.values():
+    # Python's own messages ("'ContextStore' object is not callable") name
+    # the public class, not the private backend class.
+    _impl.__name__ = _impl.__qualname__ = "ContextStore"
+    _impl._reserved = frozenset(dir(_impl))  # noqa: SLF001
+del _impl
