@@ -7,7 +7,7 @@ import contextvars
 import gc
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -17,24 +17,6 @@ from contextual import ContextStore
 
 class Payload:
     """A value that can be weakly referenced, to watch when it is freed."""
-
-
-def run_in_thread(fn: Callable[[], object]) -> object:
-    result: list[object] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(fn())
-        except BaseException as exc:  # reported to the test below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
 
 
 def test_other_threads_never_see_values_while_the_owner_is_alive(make_store):
@@ -129,7 +111,7 @@ def test_values_are_freed_when_the_store_is_dropped(unique_name):
     assert ref() is None
 
 
-def test_scope_values_are_freed_with_the_thread(make_store):
+def test_scope_values_are_freed_with_the_thread(make_store, run_in_new_thread):
     store = make_store("thread")
     refs: list[weakref.ref[Payload]] = []
 
@@ -140,7 +122,7 @@ def test_scope_values_are_freed_with_the_thread(make_store):
             pass
         store["again"] = value
 
-    run_in_thread(worker)
+    run_in_new_thread(worker)
     gc.collect()
     assert refs[0]() is None
 
