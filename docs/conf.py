@@ -112,6 +112,14 @@ else:
         (r"py:meth", rf"({_alternatives(_BUILTIN_TYPES)})\.\w+"),
     ]
 
+# Private type variables (_T, _P.args...) stand in signatures for "the type
+# you passed"; they have no page of their own. Future is concurrent.futures',
+# named as its module imports it.
+nitpick_ignore_regex += [
+    (r"py:class", r"(contextual\.[\w.]+\.)?_[A-Z]\w*(\.args|\.kwargs)?"),
+    (r"py:class", r"Future"),
+]
+
 # -- HTML -----------------------------------------------------------------------
 
 html_theme = "furo"

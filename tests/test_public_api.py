@@ -7,11 +7,15 @@ import subprocess
 import sys
 from importlib.resources import files
 
+import pytest
+
 import contextual
 
 
 def test_all_is_sorted_and_complete():
     public = {name for name in dir(contextual) if not name.startswith("_")}
+    for name in contextual.__all__:
+        assert getattr(contextual, name) is not None, name
     modules = {name for name in public if inspect.ismodule(getattr(contextual, name))}
     assert contextual.__all__ == sorted(contextual.__all__)
     assert set(contextual.__all__) - {"__version__"} == public - modules
@@ -49,6 +53,21 @@ def test_import_pulls_in_the_standard_library_only():
     foreign = [m for m in out if m.split(".")[0] not in stdlib and m.split(".")[0] != "contextual"]
     assert foreign == []
     assert not any(m.startswith("contextual.integrations") for m in out)
+    # The heavy modules load on first use of the names that need them.
+    assert {"asyncio", "concurrent.futures", "multiprocessing"}.isdisjoint(out)
+
+
+def test_lazy_names_load_on_first_use_and_unknown_names_fail():
+    code = (
+        "import sys, contextual; assert 'concurrent.futures' not in sys.modules; "
+        "from contextual import ContextExecutor; "
+        "assert ContextExecutor.__module__ == 'contextual'; "
+        "assert 'ContextExecutor' in dir(contextual); print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        contextual.nothing_here  # noqa: B018
 
 
 def test_package_is_typed():

@@ -1,32 +1,81 @@
 """contextual: context that follows the work.
 
 One store API over :mod:`contextvars` and :class:`threading.local`, scoped
-changes that always restore, and (in later layers) propagation of everything
-registered into threads, pools, asyncio and other processes.
+changes that always restore, and propagation of everything registered into
+threads, pools, asyncio and other processes.
 
 ``import contextual`` imports the standard library only; integrations live in
 ``contextual.integrations`` and are imported on demand.
 """
 
+import importlib as _importlib
+import typing as _typing
+
 from ._errors import ContextualError, ScopeError
+from ._propagation import ContextThread, Snapshot, capture
 from ._registry import get_store, list_stores
 from ._store import BACKENDS, ContextStore, StoreScope
 from ._version import __version__
 
+if _typing.TYPE_CHECKING:
+    from ._executors import (
+        ContextExecutor,
+        ContextProcessPoolExecutor,
+        set_default_executor,
+        to_thread,
+    )
+
 __all__ = [
     "BACKENDS",
+    "ContextExecutor",
+    "ContextProcessPoolExecutor",
     "ContextStore",
+    "ContextThread",
     "ContextualError",
     "ScopeError",
+    "Snapshot",
     "StoreScope",
     "__version__",
+    "capture",
     "get_store",
     "list_stores",
+    "set_default_executor",
+    "to_thread",
 ]
 
-# Public objects report the public module in reprs, tracebacks and docs.
+# Names whose modules import concurrent.futures, multiprocessing or asyncio
+# (40 ms and more): loaded on first use, so that importing contextual stays
+# cheap for code that never needs them.
+_LAZY = {
+    "ContextExecutor": "._executors",
+    "ContextProcessPoolExecutor": "._executors",
+    "set_default_executor": "._executors",
+    "to_thread": "._executors",
+}
+
+
+def _publish(obj: _typing.Any) -> _typing.Any:
+    # Public objects report the public module in reprs, tracebacks and docs.
+    if getattr(obj, "__module__", "").startswith("contextual._"):
+        obj.__module__ = __name__
+    return obj
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg, name=name, obj=None)
+    value = _publish(getattr(_importlib.import_module(module, __name__), name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("contextual._"):
-        _obj.__module__ = __name__
-del _name, _obj
+    if _name not in _LAZY:
+        _publish(globals()[_name])
+del _name

@@ -37,7 +37,7 @@ from collections.abc import (
     ValuesView,
 )
 from types import MappingProxyType, TracebackType
-from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, final, overload
+from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast, final, overload
 
 from . import _registry
 from ._errors import ScopeError
@@ -259,6 +259,14 @@ class ContextStore(MutableMapping[str, Any]):
 
     def _current(self) -> Values:
         return self._state()[0]
+
+    def _state_in(self, context: contextvars.Context) -> _State | None:
+        """Return this store's state in ``context`` without entering it (context backend)."""
+        raise NotImplementedError
+
+    def _forget_in(self, context: contextvars.Context) -> None:
+        """Make ``context`` hold this store's fresh state (context backend)."""
+        raise NotImplementedError
 
     def _replace(self, values: Values) -> None:
         self._publish((values, self._state()[1]))
@@ -725,30 +733,47 @@ class StoreScope:
 
 @final
 class _ContextVarStore(ContextStore):
-    __slots__ = ("_get", "_var")
+    __slots__ = ("_fresh", "_get", "_var")
     _backend = "context"
 
-    _var: contextvars.ContextVar[_State]
+    _var: contextvars.ContextVar[_State | None]
     _get: Callable[[], _State]
+    # What a context that never wrote holds: published by capture() for
+    # propagate=False stores, so that they don't travel.
+    _fresh: _State | None
 
     def _setup(self, initial: _State | Callable[[], _State]) -> None:
         var_name = f"contextual:{self._name}"
         if isinstance(initial, tuple):
             # Constant defaults: the ContextVar's own default serves every
             # context that never wrote, at the cost of a plain var.get().
-            var = contextvars.ContextVar(var_name, default=initial)
-            get: Callable[[], _State] = var.get
+            var: contextvars.ContextVar[_State | None] = contextvars.ContextVar(
+                var_name, default=initial
+            )
+            get = cast("Callable[[], _State]", var.get)  # never None: the default isn't
+            fresh: _State | None = initial
         else:
-            var = contextvars.ContextVar(var_name)
+            # A factory runs on first access in each context; None marks a
+            # context where it hasn't run (see _get_or_init).
+            var = contextvars.ContextVar(var_name, default=None)
             get = functools.partial(_get_or_init, var, initial)
+            fresh = None
         object.__setattr__(self, "_var", var)
         object.__setattr__(self, "_get", get)
+        object.__setattr__(self, "_fresh", fresh)
 
     def _state(self) -> _State:
         return self._get()
 
     def _publish(self, state: _State) -> None:
         self._var.set(state)
+
+    def _state_in(self, context: contextvars.Context) -> _State | None:
+        # None: a factory store whose factory never ran in that context.
+        return context.get(self._var, self._fresh)
+
+    def _forget_in(self, context: contextvars.Context) -> None:
+        context.run(self._var.set, self._fresh)
 
     # The hot path, written out per backend to save the calls through
     # _state() and _current() (a third of the cost of a hit).
@@ -761,15 +786,16 @@ class _ContextVarStore(ContextStore):
         raise self._missing(key)
 
 
-def _get_or_init(var: contextvars.ContextVar[_State], initial: Callable[[], _State]) -> _State:
-    try:
-        return var.get()
-    except LookupError:
+def _get_or_init(
+    var: contextvars.ContextVar[_State | None], initial: Callable[[], _State]
+) -> _State:
+    state = var.get()
+    if state is None:
         # First access in a context that never wrote: run the defaults
         # factory once and keep its result in this context.
         state = initial()
         var.set(state)
-        return state
+    return state
 
 
 # -- backend "thread" --------------------------------------------------------

@@ -1,0 +1,152 @@
+"""Executors that carry context: threads, the event loop's, processes.
+
+Kept apart from the snapshot machinery so that ``import contextual`` doesn't
+import :mod:`concurrent.futures`, :mod:`multiprocessing` or :mod:`asyncio`;
+``contextual`` loads this module on first use of a name it defines.
+"""
+
+from __future__ import annotations
+
+import functools
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from ._propagation import Snapshot, _in_empty_context, capture
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable, Iterable, Iterator
+
+__all__ = [
+    "ContextExecutor",
+    "ContextProcessPoolExecutor",
+    "set_default_executor",
+    "to_thread",
+]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class _Carried:
+    """A callable that runs ``fn`` in a snapshot; what ContextExecutor submits."""
+
+    __slots__ = ("fn", "snapshot")
+
+    def __init__(self, snapshot: Snapshot, fn: Callable[..., Any]) -> None:
+        self.snapshot = snapshot
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.snapshot.run(self.fn, *args, **kwargs)
+
+
+class ContextExecutor(ThreadPoolExecutor):
+    """A :class:`~concurrent.futures.ThreadPoolExecutor` that carries context.
+
+    :meth:`submit` and :meth:`map` :func:`capture` the caller's context at
+    call time, in the caller, and each task runs in that snapshot: it sees
+    the ContextVars and ``"thread"`` stores the caller saw, and nothing that
+    an earlier task on the same worker set. Its writes never reach the caller
+    or the next task. Worker threads start from an empty context on every
+    interpreter, so no worker keeps the context of the submit that started
+    it. ``initializer`` runs in that empty context.
+
+    Everything else is the standard executor's.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """Capture the caller's context and schedule ``fn(*args, **kwargs)`` to run in it."""
+        task = fn if type(fn) is _Carried else _Carried(capture(), fn)
+        return super().submit(task, *args, **kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        **kwargs: Any,
+    ) -> Iterator[_T]:
+        """Like :meth:`~concurrent.futures.Executor.map`; every call runs in one snapshot."""
+        return super().map(
+            _Carried(capture(), fn), *iterables, timeout=timeout, chunksize=chunksize, **kwargs
+        )
+
+    def _adjust_thread_count(self) -> None:
+        _in_empty_context(super()._adjust_thread_count)
+
+
+# -- asyncio -------------------------------------------------------------------
+
+
+async def to_thread(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run ``fn`` in a thread of the loop's default executor, in the caller's context.
+
+    Like :func:`asyncio.to_thread`, and it also carries ``"thread"`` stores.
+
+    .. versionadded:: 0.1.0
+    """
+    import asyncio  # noqa: PLC0415 (asyncio costs 40 ms to import; load it on use)
+
+    loop = asyncio.get_running_loop()
+    snapshot = capture()
+    return await loop.run_in_executor(None, functools.partial(snapshot.run, fn, *args, **kwargs))
+
+
+def set_default_executor(
+    loop: asyncio.AbstractEventLoop | None = None, *, max_workers: int | None = None
+) -> ContextExecutor:
+    """Give an event loop a :class:`ContextExecutor` as its default executor.
+
+    Afterwards ``loop.run_in_executor(None, fn)`` (and :func:`asyncio.to_thread`)
+    run ``fn`` in the calling task's context, ``"thread"`` stores included.
+
+    Args:
+        loop: The loop; by default the running loop.
+        max_workers: Passed to :class:`ContextExecutor`.
+
+    Returns:
+        The new executor; the loop shuts it down when it closes.
+
+    .. versionadded:: 0.1.0
+    """
+    if loop is None:
+        import asyncio  # noqa: PLC0415 (asyncio costs 40 ms to import; load it on use)
+
+        loop = asyncio.get_running_loop()
+    executor = ContextExecutor(max_workers=max_workers, thread_name_prefix="contextual")
+    loop.set_default_executor(executor)
+    return executor
+
+
+# -- processes -------------------------------------------------------------------
+
+
+class ContextProcessPoolExecutor(ProcessPoolExecutor):
+    """A :class:`~concurrent.futures.ProcessPoolExecutor` that carries stores.
+
+    :meth:`submit` captures the caller's propagating stores, as
+    :meth:`Snapshot.to_dict` data, and the task runs in the worker process
+    with :meth:`Snapshot.from_dict` applied: the stores of the same names
+    there hold the caller's values. It works under every start method
+    (``fork``, ``spawn``, ``forkserver``). The worker is put back as it was
+    after each task, so nothing leaks from one task into the next. Other
+    libraries' ContextVars don't travel (a Context can't be pickled).
+
+    A value that can't be pickled raises :class:`TypeError` at submit time,
+    naming the store and key; nothing is sent.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """Capture the caller's stores and schedule ``fn(*args, **kwargs)`` in a worker."""
+        data = capture().to_dict()
+        return super().submit(_run_from_dict, data, fn, *args, **kwargs)
+
+
+def _run_from_dict(data: dict[str, Any], fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    return Snapshot.from_dict(data).run(fn, *args, **kwargs)

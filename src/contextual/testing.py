@@ -1,0 +1,163 @@
+"""Helpers for your own test suite: catch values left behind, and start clean.
+
+Context bugs hide between tests and between requests: a value set by one and
+never undone shows up, much later, in another. These helpers make them fail
+where they happen.
+
+A pytest fixture that fails every test that leaves a value behind in any
+store (put it in your ``conftest.py``)::
+
+    import pytest
+    from contextual.testing import no_leaks
+
+
+    @pytest.fixture(autouse=True)
+    def _no_context_leaks():
+        with no_leaks():
+            yield
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from ._errors import ContextualError
+from ._registry import list_stores
+from ._store import _EMPTY, ContextStore, _State
+
+__all__ = ["LeakError", "empty_stores", "no_leaks"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class LeakError(ContextualError, AssertionError):
+    """Values were left behind in a store: raised by :func:`no_leaks`.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+def _selected(stores: tuple[ContextStore, ...]) -> list[ContextStore]:
+    for store in stores:
+        if not isinstance(store, ContextStore):
+            raise TypeError(f"expected ContextStore objects, got {type(store).__name__} {store!r}.")
+    return list(stores) if stores else list_stores()
+
+
+class no_leaks:  # noqa: N801 (used like a function: with no_leaks(): ...)
+    """Fail if a block leaves any store different from how it found it.
+
+    On entry, records the values that the current thread or task sees in
+    each store (every live store, or the ones given); on exit, compares. A
+    key added, removed or rebound raises :class:`LeakError` naming the store
+    and the keys, after the block's own exception, if any, has been left to
+    propagate. Stores created inside the block are not checked.
+
+    Use it as a context manager (``with`` or ``async with``), or as a
+    decorator for functions and coroutine functions: around a test, a
+    request handler, or a task that runs on a pooled thread.
+
+    Args:
+        *stores: The stores to check; by default every live store.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("_entry", "_stores")
+
+    def __init__(self, *stores: ContextStore) -> None:
+        self._stores = stores
+        self._entry: list[tuple[ContextStore, dict[str, Any]]] | None = None
+
+    def __enter__(self) -> None:
+        self._entry = [(s, dict(s.snapshot())) for s in _selected(self._stores)]
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        entry, self._entry = self._entry, None
+        if entry is None:
+            msg = "no_leaks() was exited without being entered."
+            raise RuntimeError(msg)
+        if exc_type is not None:
+            return  # the block's own error says more than a leak report would
+        problems = [_describe(store, before, dict(store.snapshot())) for store, before in entry]
+        report = [p for p in problems if p]
+        if report:
+            raise LeakError("values were left behind:\n" + "\n".join(report))
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self.__exit__(exc_type, *rest)
+
+    def __call__(self, fn: _F) -> _F:
+        """Decorate ``fn``: every call is checked on its own."""
+        stores = self._stores
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def check_async(*args: Any, **kwargs: Any) -> Any:
+                with no_leaks(*stores):
+                    return await fn(*args, **kwargs)
+
+            return check_async  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def check(*args: Any, **kwargs: Any) -> Any:
+            with no_leaks(*stores):
+                return fn(*args, **kwargs)
+
+        return check  # type: ignore[return-value]
+
+
+def _describe(store: ContextStore, before: dict[str, Any], after: dict[str, Any]) -> str:
+    added = sorted(after.keys() - before.keys())
+    removed = sorted(before.keys() - after.keys())
+    rebound = sorted(k for k in before.keys() & after.keys() if not _same(before[k], after[k]))
+    parts = [
+        f"{label} {keys}"
+        for label, keys in (("added", added), ("removed", removed), ("rebound", rebound))
+        if keys
+    ]
+    return f"  {store!r}: {', '.join(parts)}" if parts else ""
+
+
+def _same(a: object, b: object) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 (a value whose == fails or is ambiguous differs)
+        return False
+
+
+@contextmanager
+def empty_stores(*stores: ContextStore) -> Iterator[None]:
+    """Run a block with every store empty, then put every store back.
+
+    In the current thread or task, each store (every live store, or the ones
+    given) is emptied, defaults included, for the length of the block; on
+    exit each gets back exactly the state it had, also when the block raises.
+
+    Args:
+        *stores: The stores to empty; by default every live store.
+
+    .. versionadded:: 0.1.0
+    """
+    saved: list[tuple[ContextStore, _State]] = [
+        (store, store._state())  # noqa: SLF001
+        for store in _selected(stores)
+    ]
+    try:
+        for store, _ in saved:
+            store._publish((_EMPTY, None))  # noqa: SLF001
+        yield
+    finally:
+        for store, state in saved:
+            store._publish(state)  # noqa: SLF001

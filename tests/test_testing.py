@@ -1,0 +1,143 @@
+"""contextual.testing: helpers that users' own test suites rely on."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from contextual import ContextualError
+from contextual.testing import LeakError, empty_stores, no_leaks
+
+
+def test_no_leaks_passes_when_everything_is_put_back(make_store, backend):
+    store = make_store(backend)
+    store["kept"] = 1
+    with no_leaks(), store.scope(temp=2):
+        store["inside"] = 3
+
+
+def test_no_leaks_names_the_store_and_the_keys(make_store, backend):
+    store = make_store(backend, name=f"leaky.{backend}")
+    store.update(rebound=1, removed=2, same=3)
+
+    def leave_things_behind() -> None:
+        with no_leaks(store):
+            store["added"] = True
+            store["rebound"] = "new"
+            store["same"] = 3
+            del store["removed"]
+
+    with pytest.raises(LeakError) as info:
+        leave_things_behind()
+    message = str(info.value)
+    assert f"'leaky.{backend}'" in message
+    assert "added ['added'], removed ['removed'], rebound ['rebound']" in message
+    assert "same" not in message
+    assert isinstance(info.value, AssertionError)
+    assert isinstance(info.value, ContextualError)
+
+
+def test_no_leaks_checks_every_live_store_by_default(make_store):
+    first, second = make_store("context"), make_store("thread")
+    with pytest.raises(LeakError) as info, no_leaks():
+        second["x"] = 1
+    assert repr(second) in str(info.value)
+    assert repr(first) not in str(info.value)
+
+
+def test_no_leaks_lets_the_block_s_own_error_through(make_store):
+    store = make_store()
+
+    def fail() -> None:
+        with no_leaks(store):
+            store["leaked"] = True
+            raise KeyError("original")
+
+    with pytest.raises(KeyError, match="original"):
+        fail()
+
+
+def test_no_leaks_treats_an_equal_value_as_unchanged(make_store):
+    store = make_store()
+    store["ids"] = [1, 2]
+    with no_leaks(store):
+        store["ids"] = [1, 2]
+
+
+def test_no_leaks_treats_a_value_that_cannot_compare_as_changed(make_store):
+    class Ambiguous:
+        def __eq__(self, other: object) -> bool:
+            raise ValueError("ambiguous")
+
+        __hash__ = object.__hash__
+
+    store = make_store()
+    store["v"] = Ambiguous()
+    with pytest.raises(LeakError, match="rebound"), no_leaks(store):
+        store["v"] = Ambiguous()
+
+
+def test_no_leaks_finds_what_a_pooled_task_left_on_its_worker(make_store):
+    store = make_store("thread")
+
+    def leaky_task() -> None:
+        store["request_id"] = "r-1"
+
+    @no_leaks(store)
+    def checked() -> None:
+        leaky_task()
+
+    with ThreadPoolExecutor(max_workers=1) as pool, pytest.raises(LeakError, match="request_id"):
+        pool.submit(checked).result()
+
+
+def test_no_leaks_decorates_coroutine_functions(make_store):
+    store = make_store()
+
+    @no_leaks(store)
+    async def handler() -> str:
+        store["leaked"] = True
+        await asyncio.sleep(0)
+        return "done"
+
+    @no_leaks(store)
+    async def clean() -> str:
+        async with no_leaks(store):
+            return "clean"
+
+    with pytest.raises(LeakError, match="leaked"):
+        asyncio.run(handler())
+    assert asyncio.run(clean()) == "clean"
+
+
+def test_no_leaks_refuses_what_is_not_a_store():
+    with pytest.raises(TypeError, match="expected ContextStore objects, got dict"), no_leaks({}):  # type: ignore[arg-type]
+        pass  # pragma: no cover
+
+
+def test_no_leaks_exit_without_entry_is_refused():
+    with pytest.raises(RuntimeError, match="without being entered"):
+        no_leaks().__exit__(None, None, None)
+
+
+def test_empty_stores_empties_and_restores(make_store, backend):
+    store = make_store(backend, defaults={"d": 0})
+    other = make_store(backend)
+    store["a"] = 1
+    other["b"] = 2
+    with empty_stores():
+        assert dict(store) == {}
+        assert dict(other) == {}
+        store["inside"] = True
+    assert dict(store) == {"d": 0, "a": 1}
+    assert dict(other) == {"b": 2}
+
+
+def test_empty_stores_restores_when_the_block_raises(make_store):
+    store = make_store()
+    store["a"] = 1
+    with pytest.raises(ValueError, match="boom"), empty_stores(store):
+        raise ValueError("boom")
+    assert dict(store) == {"a": 1}
