@@ -19,6 +19,11 @@ def test_scope_sets_values_inside_and_restores_outside(store):
     assert dict(store) == {"user": "outer"}
 
 
+def test_store_scope_is_made_by_the_store_only(store):
+    with pytest.raises(TypeError, match=r"store\.scope"):
+        StoreScope()
+
+
 def test_scope_returns_a_store_scope(store):
     scope = store.scope(b=2, a=1)
     assert isinstance(scope, StoreScope)

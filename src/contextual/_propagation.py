@@ -199,9 +199,9 @@ class Snapshot:
         threads: list[tuple[ContextStore, _State]] = []
         for store, values in resolved:
             if store.backend == "context":
-                context.run(store._publish, (values, None))  # noqa: SLF001
+                context.run(store._publish, (values, None, None))  # noqa: SLF001
             else:
-                threads.append((store, (values, None)))
+                threads.append((store, (values, None, None)))
         return cls._make(context, tuple(threads))
 
 
@@ -253,7 +253,7 @@ def capture() -> Snapshot:
         # state of a context that never wrote, in the copy only.
         store._forget_in(context)  # noqa: SLF001
     threads = tuple(
-        (store, (store._current(), None))  # noqa: SLF001
+        (store, (store._current(), None, None))  # noqa: SLF001
         for store in _registry.propagating_thread_stores()
     )
     return Snapshot._make(context, threads)

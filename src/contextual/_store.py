@@ -1,7 +1,7 @@
 """ContextStore: one mapping API over contextvars and threading.local.
 
 Every store keeps, per context (backend ``"context"``) or per OS thread
-(backend ``"thread"``), one *state*: a ``(values, frame)`` tuple whose
+(backend ``"thread"``), one *state*: a ``(values, scope, entry)`` tuple whose
 ``values`` dict is never mutated after it is published; every write builds a
 new dict and publishes a new state. That single rule gives the semantics users
 rely on:
@@ -12,12 +12,12 @@ rely on:
   hold can't change underneath them;
 * a scope restores by publishing the state it saw on entry again.
 
-``frame`` is the innermost active scope of this context or thread:
-``(scope, state_on_entry)``, so the states form a chain back to the first
-scope. The chain is what lets a scope that exits out of order (two generators
-closed in the other order, two tasks on one thread) undo its own changes and
-nothing else, and what tells an exit running in an unrelated context that
-there is nothing there to undo.
+``scope`` is the innermost active scope of this context or thread and
+``entry`` the state it found on entry (both ``None`` outside any scope), so
+the states form a chain back to the first scope. The chain is what lets a
+scope that exits out of order (two generators closed in the other order, two
+tasks on one thread) undo its own changes and nothing else, and what tells an
+exit running in an unrelated context that there is nothing there to undo.
 """
 
 from __future__ import annotations
@@ -51,9 +51,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 Values: TypeAlias = dict[str, Any]
 Defaults: TypeAlias = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
-# (values, innermost active scope); a scope frame is (scope, state on entry).
-_State: TypeAlias = "tuple[Values, _Frame | None]"
-_Frame: TypeAlias = "tuple[StoreScope, _State]"
+# (values, innermost active scope, the state that scope found on entry).
+_State: TypeAlias = "tuple[Values, StoreScope | None, _State | None]"
 
 
 class _Missing:
@@ -95,9 +94,9 @@ def _checked_values(values: object, *, source: str) -> Values:
 def _initial_state(defaults: object, name: str) -> _State | Callable[[], _State]:
     """Return a fresh thread's or context's state: a constant or a factory."""
     if defaults is None:
-        return (_EMPTY, None)
+        return (_EMPTY, None, None)
     if isinstance(defaults, Mapping):
-        return (_checked_values(defaults, source=f"defaults of store {name!r}"), None)
+        return (_checked_values(defaults, source=f"defaults of store {name!r}"), None, None)
     if callable(defaults):
         source = f"the value returned by the defaults() factory of store {name!r}"
         return functools.partial(_call_factory, defaults, source)
@@ -108,7 +107,7 @@ def _initial_state(defaults: object, name: str) -> _State | Callable[[], _State]
 
 
 def _call_factory(factory: Callable[[], Mapping[str, Any]], source: str) -> _State:
-    return (_checked_values(factory(), source=source), None)
+    return (_checked_values(factory(), source=source), None, None)
 
 
 class ContextStore(MutableMapping[str, Any]):
@@ -193,10 +192,15 @@ class ContextStore(MutableMapping[str, Any]):
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("__weakref__", "_name", "_propagate")
+    __slots__ = ("__weakref__", "_get", "_name", "_propagate", "_set")
 
     _name: str
     _propagate: bool
+    # The backend's C-level reader and writer of the current state wherever
+    # it can have them: every read and write, scopes included, goes through
+    # these two.
+    _get: Callable[[], _State]
+    _set: Callable[[_State], object]
     # Set per backend class: its name, and the names that attribute access
     # never treats as keys.
     _backend: ClassVar[Backend]
@@ -251,11 +255,11 @@ class ContextStore(MutableMapping[str, Any]):
 
     def _state(self) -> _State:
         """Return the current thread's or context's state (never mutate it)."""
-        raise NotImplementedError
+        return self._get()
 
     def _publish(self, state: _State) -> None:
         """Make ``state`` the current thread's or context's state."""
-        raise NotImplementedError
+        self._set(state)
 
     def _current(self) -> Values:
         return self._state()[0]
@@ -269,7 +273,8 @@ class ContextStore(MutableMapping[str, Any]):
         raise NotImplementedError
 
     def _replace(self, values: Values) -> None:
-        self._publish((values, self._state()[1]))
+        state = self._state()
+        self._publish((values, state[1], state[2]))
 
     # -- identity -----------------------------------------------------------
 
@@ -321,7 +326,12 @@ class ContextStore(MutableMapping[str, Any]):
     # -- mapping: reads -----------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        raise NotImplementedError
+        values = self._get()[0]
+        try:
+            return values[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable key
+            pass
+        raise self._missing(key)
 
     def _missing(self, key: object) -> Exception:
         if not isinstance(key, str):
@@ -387,7 +397,7 @@ class ContextStore(MutableMapping[str, Any]):
         state = self._state()
         values = state[0].copy()
         values[key] = value
-        self._publish((values, state[1]))
+        self._publish((values, state[1], state[2]))
 
     def __delitem__(self, key: str) -> None:
         if not isinstance(key, str):
@@ -397,7 +407,7 @@ class ContextStore(MutableMapping[str, Any]):
             raise KeyError(key)
         values = state[0].copy()
         del values[key]
-        self._publish((values, state[1]))
+        self._publish((values, state[1], state[2]))
 
     @overload
     def pop(self, key: str, /) -> Any: ...
@@ -421,7 +431,7 @@ class ContextStore(MutableMapping[str, Any]):
             return default
         values = state[0].copy()
         value = values.pop(key)
-        self._publish((values, state[1]))
+        self._publish((values, state[1], state[2]))
         return value
 
     def popitem(self) -> tuple[str, Any]:
@@ -438,7 +448,7 @@ class ContextStore(MutableMapping[str, Any]):
             raise KeyError(msg)
         values = state[0].copy()
         item = values.popitem()
-        self._publish((values, state[1]))
+        self._publish((values, state[1], state[2]))
         return item
 
     def setdefault(self, key: str, default: Any = None) -> Any:
@@ -453,7 +463,7 @@ class ContextStore(MutableMapping[str, Any]):
             return state[0][key]
         values = state[0].copy()
         values[key] = default
-        self._publish((values, state[1]))
+        self._publish((values, state[1], state[2]))
         return default
 
     def update(  # type: ignore[override]
@@ -475,7 +485,7 @@ class ContextStore(MutableMapping[str, Any]):
                 raise _key_type_error(key)
         if incoming:
             state = self._state()
-            self._publish(({**state[0], **incoming}, state[1]))
+            self._publish(({**state[0], **incoming}, state[1], state[2]))
 
     def clear(self) -> None:
         """Remove every value, defaults included, in the current thread or task.
@@ -571,7 +581,13 @@ class ContextStore(MutableMapping[str, Any]):
 
         .. versionadded:: 0.1.0
         """
-        return StoreScope(self, values)
+        # Filled in here rather than by __init__: one Python frame less on
+        # the path of every 'with store.scope(...)'.
+        scope = _new_scope(StoreScope)
+        scope._store = self  # noqa: SLF001
+        scope._values = values  # noqa: SLF001
+        scope._entered = False  # noqa: SLF001
+        return scope
 
 
 @final
@@ -593,18 +609,17 @@ class StoreScope:
     _values: Values
     _entered: bool
 
-    def __init__(self, store: ContextStore, values: Values) -> None:
-        self._store = store
-        self._values = values
-        self._entered = False
+    def __init__(self) -> None:
+        msg = "create a StoreScope with store.scope(**values)"
+        raise TypeError(msg)
 
     def __repr__(self) -> str:
         return f"<StoreScope of {self._store!r} keys={sorted(self._values)}>"
 
     def __enter__(self) -> ContextStore:
         store = self._store
-        state = store._state()  # noqa: SLF001
-        store._publish(({**state[0], **self._values}, (self, state)))  # noqa: SLF001
+        state = store._get()  # noqa: SLF001
+        store._set(({**state[0], **self._values}, self, state))  # noqa: SLF001
         # Only ever set to True, so concurrent entries can't disagree.
         self._entered = True
         return store
@@ -616,21 +631,16 @@ class StoreScope:
         tb: TracebackType | None,
     ) -> None:
         store = self._store
-        state = store._state()  # noqa: SLF001
-        frame = state[1]
-        if frame is not None and frame[0] is self:
-            store._publish(frame[1])  # noqa: SLF001
+        state = store._get()  # noqa: SLF001
+        entry = state[2]
+        if state[1] is self and entry is not None:
+            store._set(entry)  # noqa: SLF001
         else:
             self._exit_out_of_order(state)
 
     def _exit_out_of_order(self, state: _State) -> None:
-        # Scopes entered after this one and still active, innermost first.
-        above: list[_Frame] = []
-        frame = state[1]
-        while frame is not None and frame[0] is not self:
-            above.append(frame)
-            frame = frame[1][1]
-        if frame is None:
+        found = _find_in_chain(state, self)
+        if found is None:
             if not self._entered:
                 msg = (
                     f"{self!r} was exited without being entered. Use it as "
@@ -642,7 +652,8 @@ class StoreScope:
             # is this scope's to undo, and raising would break the caller's
             # cleanup.
             return
-        before = frame[1][0]
+        above, entry = found
+        before = entry[0]
         # The values when the next scope entered: this scope's own changes,
         # and nothing of the scopes above it.
         after = above[-1][1][0]
@@ -666,14 +677,16 @@ class StoreScope:
                     undone[key] = old
             return values if undone is None else undone
 
-        # Rebuild the frames above, lowest first, without this one, so that
-        # their exits restore states that don't have this scope's changes.
-        parent = frame[1][1]
+        # Rebuild the states the scopes above found on entry, lowest first,
+        # without this scope in the chain, so that their exits restore
+        # states that don't have this scope's changes.
+        scope, scope_entry = entry[1], entry[2]
         shadowed: set[str] = set()
-        for scope, (entry, _) in reversed(above):
-            parent = (scope, (undo(entry, shadowed), parent))
-            shadowed.update(scope._values)  # noqa: SLF001
-        self._store._publish((undo(state[0], shadowed), parent))  # noqa: SLF001
+        for above_scope, above_entry in reversed(above):
+            scope_entry = (undo(above_entry[0], shadowed), scope, scope_entry)
+            scope = above_scope
+            shadowed.update(above_scope._values)  # noqa: SLF001
+        self._store._set((undo(state[0], shadowed), scope, scope_entry))  # noqa: SLF001
 
     async def __aenter__(self) -> ContextStore:
         return self.__enter__()
@@ -728,16 +741,41 @@ class StoreScope:
         return run  # type: ignore[return-value]
 
 
+_new_scope = object.__new__
+
+
+def _find_in_chain(
+    state: _State, scope: StoreScope
+) -> tuple[list[tuple[StoreScope, _State]], _State] | None:
+    """Find ``scope`` in the chain of ``state``.
+
+    Returns:
+        ``(above, entry)``: the ``(scope, state on entry)`` pairs of the
+        scopes entered after it and still active, innermost first, and the
+        state ``scope`` found on entry; or ``None`` if ``scope`` is not
+        active in this chain.
+    """
+    above: list[tuple[StoreScope, _State]] = []
+    current = state
+    while True:
+        inner, entry = current[1], current[2]
+        if inner is None or entry is None:
+            return None
+        if inner is scope:
+            return above, entry
+        above.append((inner, entry))
+        current = entry
+
+
 # -- backend "context" -------------------------------------------------------
 
 
 @final
 class _ContextVarStore(ContextStore):
-    __slots__ = ("_fresh", "_get", "_var")
+    __slots__ = ("_fresh", "_var")
     _backend = "context"
 
     _var: contextvars.ContextVar[_State | None]
-    _get: Callable[[], _State]
     # What a context that never wrote holds: published by capture() for
     # propagate=False stores, so that they don't travel.
     _fresh: _State | None
@@ -760,13 +798,8 @@ class _ContextVarStore(ContextStore):
             fresh = None
         object.__setattr__(self, "_var", var)
         object.__setattr__(self, "_get", get)
+        object.__setattr__(self, "_set", var.set)
         object.__setattr__(self, "_fresh", fresh)
-
-    def _state(self) -> _State:
-        return self._get()
-
-    def _publish(self, state: _State) -> None:
-        self._var.set(state)
 
     def _state_in(self, context: contextvars.Context) -> _State | None:
         # None: a factory store whose factory never ran in that context.
@@ -774,16 +807,6 @@ class _ContextVarStore(ContextStore):
 
     def _forget_in(self, context: contextvars.Context) -> None:
         context.run(self._var.set, self._fresh)
-
-    # The hot path, written out per backend to save the calls through
-    # _state() and _current() (a third of the cost of a hit).
-    def __getitem__(self, key: str) -> Any:
-        values = self._get()[0]
-        try:
-            return values[key]
-        except (KeyError, TypeError):  # TypeError: an unhashable key
-            pass
-        raise self._missing(key)
 
 
 def _get_or_init(
@@ -822,6 +845,15 @@ class _ThreadState(threading.local):
     initial: Callable[[], _State]
 
 
+def _thread_state(local: _ThreadState) -> _State:
+    try:
+        return local.s
+    except AttributeError:
+        state = local.initial()
+        local.s = state
+        return state
+
+
 @final
 class _ThreadLocalStore(ContextStore):
     __slots__ = ("_local",)
@@ -835,27 +867,15 @@ class _ThreadLocalStore(ContextStore):
             functools.partial(_constant, initial) if isinstance(initial, tuple) else initial
         )
         object.__setattr__(self, "_local", local)
+        object.__setattr__(self, "_get", functools.partial(_thread_state, local))
+        object.__setattr__(self, "_set", functools.partial(setattr, local, "s"))
 
-    def _state(self) -> _State:
-        try:
-            return self._local.s
-        except AttributeError:
-            return self._first_access()
-
-    def _first_access(self) -> _State:
-        local = self._local
-        state = local.initial()
-        local.s = state
-        return state
-
-    def _publish(self, state: _State) -> None:
-        self._local.s = state
-
+    # Reads threading.local directly: a third cheaper than calling _get.
     def __getitem__(self, key: str) -> Any:
         try:
             values = self._local.s[0]
         except AttributeError:
-            values = self._first_access()[0]
+            values = self._get()[0]
         try:
             return values[key]
         except (KeyError, TypeError):  # TypeError: an unhashable key

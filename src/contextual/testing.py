@@ -156,7 +156,7 @@ def empty_stores(*stores: ContextStore) -> Iterator[None]:
     ]
     try:
         for store, _ in saved:
-            store._publish((_EMPTY, None))  # noqa: SLF001
+            store._publish((_EMPTY, None, None))  # noqa: SLF001
         yield
     finally:
         for store, state in saved:

@@ -1,0 +1,296 @@
+"""pyperf benchmarks: ContextStore against the raw primitives and its peers.
+
+Run it through ``run.py``, which adds ``-o`` and prints the ratio table; run
+directly it is an ordinary :class:`pyperf.Runner` script and takes pyperf's
+options (``--fast``, ``--rigorous``, ``-o``, ``--help``).
+
+Every benchmark is one statement, timed by the same generated function: a
+``for`` loop over ``range(loops)`` whose body is the statement written out
+``UNROLL`` times. pyperf divides by ``loops * UNROLL`` (``inner_loops``), so
+each value is the time of one operation plus a tenth of a loop iteration; the
+``baseline.loop`` benchmark measures that share so the report can subtract it.
+Generating the timer from text, as :mod:`timeit` does, is what makes the loop
+overhead identical across contenders: only the statement differs.
+
+Each benchmark runs in its own worker processes, so setup is lazy: a worker
+builds (and imports) only what its own benchmark needs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyperf
+
+import contextual
+from contextual import ContextStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+UNROLL = 10
+# The value every write benchmark writes. The key written and read is always
+# "k"; every store, local and context also holds "a" and "b".
+VALUE = 4
+
+
+def source_digest() -> str:
+    """Return a short hash of the contextual modules this process imported.
+
+    Each worker reports it; if the code changes during a run (someone edits
+    the tree), the runs disagree and the report says so. Files the benchmarks
+    never import don't count.
+    """
+    digest = hashlib.sha256()
+    names = sorted(n for n in sys.modules if n == "contextual" or n.startswith("contextual."))
+    for name in names:
+        file = getattr(sys.modules[name], "__file__", None)
+        if file is not None:
+            digest.update(name.encode() + b"\0" + Path(file).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+_TIMER_TEMPLATE = """\
+def timer(loops, {params}):
+    it = range(loops)
+    t0 = perf_counter()
+    for _ in it:
+{body}
+    return perf_counter() - t0
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark: a statement, and the names it runs against."""
+
+    name: str
+    label: str
+    code: str
+    setup: Callable[[], dict[str, Any]]
+
+    @property
+    def shown(self) -> str:
+        """The statement on one line, for the report."""
+        return " ".join(line.strip() for line in self.code.splitlines())
+
+    def compile(self, names: list[str]) -> Callable[..., float]:
+        body = textwrap.indent(self.code + "\n", " " * 8) * UNROLL
+        params = ", ".join(names) if names else "_unused=None"
+        source = _TIMER_TEMPLATE.format(params=params, body=body.rstrip("\n"))
+        namespace: dict[str, Any] = {"perf_counter": time.perf_counter}
+        # Same technique as timeit: the loop is generated so that contenders
+        # differ only in the statement. The source is this module's own text.
+        exec(compile(source, f"<bench {self.name}>", "exec"), namespace)  # noqa: S102
+        timer: Callable[..., float] = namespace["timer"]
+        return timer
+
+
+class LazyTimer:
+    """The ``time_func`` given to pyperf: sets up on first call, then times.
+
+    The parent process and the workers of other benchmarks never call it, so
+    they never build this benchmark's objects nor import its peer library.
+    Setup runs outside the timed region: the generated timer reads the clock
+    itself.
+    """
+
+    __slots__ = ("_args", "_case", "_timer")
+
+    def __init__(self, case: Case) -> None:
+        self._case = case
+        self._args: tuple[Any, ...] | None = None
+        self._timer: Callable[..., float] | None = None
+
+    def __call__(self, loops: int) -> float:
+        if self._timer is None or self._args is None:
+            # The objects stay referenced here for the life of the worker:
+            # a store that died would free its name and its values.
+            namespace = self._case.setup()
+            self._timer = self._case.compile(list(namespace))
+            self._args = tuple(namespace.values())
+        return self._timer(loops, *self._args)
+
+
+# -- setups --------------------------------------------------------------------
+
+
+def _nothing() -> dict[str, Any]:
+    return {}
+
+
+def _context_store() -> dict[str, Any]:
+    store = ContextStore("bench.context", backend="context")
+    store.update(a=1, b=2, k=3)
+    return {"store": store, "v": VALUE}
+
+
+def _thread_store() -> dict[str, Any]:
+    store = ContextStore("bench.thread", backend="thread")
+    store.update(a=1, b=2, k=3)
+    return {"store": store, "v": VALUE}
+
+
+_RAW_VAR: contextvars.ContextVar[int] = contextvars.ContextVar("bench.raw", default=0)
+_RAW_LOCAL = threading.local()
+
+
+class SetResetCM:
+    """The hand-written ContextVar context manager a store scope competes with."""
+
+    __slots__ = ("_token", "_value")
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+
+    def __enter__(self) -> None:
+        self._token = _RAW_VAR.set(self._value)
+
+    def __exit__(self, _type: object, _value: object, _tb: object) -> None:
+        _RAW_VAR.reset(self._token)
+
+
+class SaveRestoreCM:
+    """The hand-written threading.local counterpart of SetResetCM."""
+
+    __slots__ = ("_old", "_value")
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+
+    def __enter__(self) -> None:
+        self._old = _RAW_LOCAL.k
+        _RAW_LOCAL.k = self._value
+
+    def __exit__(self, _type: object, _value: object, _tb: object) -> None:
+        _RAW_LOCAL.k = self._old
+
+
+def _raw_var() -> dict[str, Any]:
+    var: contextvars.ContextVar[int] = contextvars.ContextVar("bench.var")
+    var.set(3)
+    return {"var": var, "v": VALUE}
+
+
+def _raw_local() -> dict[str, Any]:
+    local = threading.local()
+    local.a, local.b, local.k = 1, 2, 3
+    return {"local": local, "v": VALUE}
+
+
+def _raw_set_reset_cm() -> dict[str, Any]:
+    _RAW_VAR.set(3)
+    return {"CM": SetResetCM, "v": VALUE}
+
+
+def _raw_save_restore_cm() -> dict[str, Any]:
+    _RAW_LOCAL.a, _RAW_LOCAL.b, _RAW_LOCAL.k = 1, 2, 3
+    return {"CM": SaveRestoreCM, "v": VALUE}
+
+
+def _werkzeug_local() -> dict[str, Any]:
+    from werkzeug.local import Local  # noqa: PLC0415 (only this worker needs it)
+
+    local = Local()
+    local.a, local.b, local.k = 1, 2, 3
+    return {"local": local, "v": VALUE}
+
+
+def _asgiref_local() -> dict[str, Any]:
+    from asgiref.local import Local  # noqa: PLC0415 (only this worker needs it)
+
+    local = Local()
+    local.a, local.b, local.k = 1, 2, 3
+    return {"local": local, "v": VALUE}
+
+
+def _structlog() -> dict[str, Any]:
+    from structlog import contextvars as slc  # noqa: PLC0415 (only this worker needs it)
+
+    slc.bind_contextvars(a=1, b=2, k=3)
+    return {
+        "bind_contextvars": slc.bind_contextvars,
+        "bound_contextvars": slc.bound_contextvars,
+        "v": VALUE,
+    }
+
+
+# -- the benchmarks ------------------------------------------------------------
+
+SCOPE = "with store.scope(k=v):\n    pass"
+
+CASES: tuple[Case, ...] = (
+    Case("baseline.loop", "loop overhead per op", "pass", _nothing),
+    # contextual, backend "context"
+    Case("context.item_get", "context item get", 'store["k"]', _context_store),
+    Case("context.attr_get", "context attribute get", "store.k", _context_store),
+    Case("context.item_set", "context item set", 'store["k"] = v', _context_store),
+    Case("context.attr_set", "context attribute set", "store.k = v", _context_store),
+    Case("context.scope", "context scope() one key", SCOPE, _context_store),
+    # contextual, backend "thread"
+    Case("thread.item_get", "thread item get", 'store["k"]', _thread_store),
+    Case("thread.attr_get", "thread attribute get", "store.k", _thread_store),
+    Case("thread.item_set", "thread item set", 'store["k"] = v', _thread_store),
+    Case("thread.attr_set", "thread attribute set", "store.k = v", _thread_store),
+    Case("thread.scope", "thread scope() one key", SCOPE, _thread_store),
+    # the primitives the backends are built on
+    Case("raw.contextvar_get", "ContextVar.get", "var.get()", _raw_var),
+    Case("raw.contextvar_set", "ContextVar.set", "var.set(v)", _raw_var),
+    Case("raw.threadlocal_get", "threading.local attr get", "local.k", _raw_local),
+    Case("raw.threadlocal_set", "threading.local attr set", "local.k = v", _raw_local),
+    Case(
+        "raw.set_reset_cm",
+        "class CM: ContextVar set+reset",
+        "with CM(v):\n    pass",
+        _raw_set_reset_cm,
+    ),
+    Case(
+        "raw.save_restore_cm",
+        "class CM: threading.local save+restore",
+        "with CM(v):\n    pass",
+        _raw_save_restore_cm,
+    ),
+    # peers
+    Case("werkzeug.attr_get", "werkzeug Local attr get", "local.k", _werkzeug_local),
+    Case("werkzeug.attr_set", "werkzeug Local attr set", "local.k = v", _werkzeug_local),
+    Case("asgiref.attr_get", "asgiref Local attr get", "local.k", _asgiref_local),
+    Case("asgiref.attr_set", "asgiref Local attr set", "local.k = v", _asgiref_local),
+    Case(
+        "structlog.bound_contextvars",
+        "structlog bound_contextvars",
+        "with bound_contextvars(k=v):\n    pass",
+        _structlog,
+    ),
+    Case(
+        "structlog.bind_contextvars",
+        "structlog bind_contextvars",
+        "bind_contextvars(k=v)",
+        _structlog,
+    ),
+)
+
+
+def main() -> None:
+    runner = pyperf.Runner()
+    runner.metadata["description"] = "contextual.ContextStore against primitives and peers"
+    runner.metadata["contextual_source"] = source_digest()
+    runner.metadata["contextual_path"] = str(Path(contextual.__file__).parent)
+    for case in CASES:
+        runner.bench_time_func(
+            case.name,
+            LazyTimer(case),
+            inner_loops=UNROLL,
+            metadata={"label": case.label, "statement": case.shown},
+        )
+
+
+if __name__ == "__main__":
+    main()
