@@ -223,6 +223,60 @@ def _structlog() -> dict[str, Any]:
     }
 
 
+# -- propagation ----------------------------------------------------------------
+
+
+def _noop() -> None:
+    pass
+
+
+def _typical_stores() -> None:
+    # What capture() carries in a typical service: a context store and a
+    # thread store, a few keys each.
+    ContextStore("bench.prop.context").update(request_id="r-1", user="ada", tenant="t")
+    ContextStore("bench.prop.thread", backend="thread").update(conn="c-1", retries=0)
+
+
+def _set_foreign_vars(count: int) -> None:
+    for i in range(count):
+        contextvars.ContextVar(f"bench.foreign.{i}").set(i)
+
+
+def _capture(count: int) -> Callable[[], dict[str, Any]]:
+    def setup() -> dict[str, Any]:
+        _typical_stores()
+        _set_foreign_vars(count)
+        return {"capture": contextual.capture}
+
+    return setup
+
+
+def _snapshot_run() -> dict[str, Any]:
+    _typical_stores()
+    _set_foreign_vars(10)
+    return {"snapshot": contextual.capture(), "noop": _noop}
+
+
+def _context_run() -> dict[str, Any]:
+    _typical_stores()
+    _set_foreign_vars(10)
+    return {"ctx": contextvars.copy_context(), "noop": _noop}
+
+
+def _executor(kind: str) -> Callable[[], dict[str, Any]]:
+    def setup() -> dict[str, Any]:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 (only these workers)
+
+        _typical_stores()
+        _set_foreign_vars(10)
+        pool_class = contextual.ContextExecutor if kind == "context" else ThreadPoolExecutor
+        pool = pool_class(max_workers=1)
+        pool.submit(_noop).result()  # the worker thread exists before timing starts
+        return {"pool": pool, "noop": _noop}
+
+    return setup
+
+
 # -- the benchmarks ------------------------------------------------------------
 
 SCOPE = "with store.scope(k=v):\n    pass"
@@ -275,12 +329,39 @@ CASES: tuple[Case, ...] = (
         "bind_contextvars(k=v)",
         _structlog,
     ),
+    # propagation
+    Case("propagation.capture_0", "capture(), 0 foreign ContextVars", "capture()", _capture(0)),
+    Case(
+        "propagation.capture_100", "capture(), 100 foreign ContextVars", "capture()", _capture(100)
+    ),
+    Case(
+        "propagation.snapshot_run", "Snapshot.run of a no-op", "snapshot.run(noop)", _snapshot_run
+    ),
+    Case("raw.context_run", "Context.run of a no-op", "ctx.run(noop)", _context_run),
+    Case(
+        "raw.context_copy_run",
+        "Context.copy().run of a no-op",
+        "ctx.copy().run(noop)",
+        _context_run,
+    ),
+    Case(
+        "propagation.executor",
+        "ContextExecutor submit+result",
+        "pool.submit(noop).result()",
+        _executor("context"),
+    ),
+    Case(
+        "raw.executor",
+        "ThreadPoolExecutor submit+result",
+        "pool.submit(noop).result()",
+        _executor("plain"),
+    ),
 )
 
 
 def main() -> None:
     runner = pyperf.Runner()
-    runner.metadata["description"] = "contextual.ContextStore against primitives and peers"
+    runner.metadata["description"] = "contextual against the primitives and its peers"
     runner.metadata["contextual_source"] = source_digest()
     runner.metadata["contextual_path"] = str(Path(contextual.__file__).parent)
     for case in CASES:

@@ -69,9 +69,29 @@ TARGETS: tuple[Ratio, ...] = (
         ">=",
         3,
     ),
+    Ratio(
+        "ContextExecutor / ThreadPoolExecutor submit+result",
+        "propagation.executor",
+        "raw.executor",
+        "<=",
+        1.10,
+    ),
+    Ratio(
+        "capture() with 100 ContextVars / with 0",
+        "propagation.capture_100",
+        "propagation.capture_0",
+        "<=",
+        1.2,
+    ),
 )
 
 INFORMATIVE: tuple[Ratio, ...] = (
+    Ratio("Snapshot.run / Context.run (no-op)", "propagation.snapshot_run", "raw.context_run"),
+    Ratio(
+        "Snapshot.run / Context.copy().run (no-op)",
+        "propagation.snapshot_run",
+        "raw.context_copy_run",
+    ),
     Ratio("thread item get / threading.local get", "thread.item_get", "raw.threadlocal_get"),
     Ratio("context attr get / context item get", "context.attr_get", "context.item_get"),
     Ratio("thread attr get / thread item get", "thread.attr_get", "thread.item_get"),

@@ -14,6 +14,14 @@ from contextual.__main__ import main
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 EXPECTED = {
+    "pooled_threads.py": [
+        "ThreadPoolExecutor",
+        "  task 1: request_id=None leftover=None",
+        "  task 2: request_id=None leftover=task 1",
+        "ContextExecutor",
+        "  task 1: request_id=req-1 leftover=None",
+        "  task 2: request_id=req-2 leftover=None",
+    ],
     "per_thread_values.py": [
         *(f"worker-{i} handled job {i} and saw job={i}" for i in range(4)),
         "main thread: job=None handled=0",
