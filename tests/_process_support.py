@@ -33,3 +33,28 @@ def write_then_look(tag: str) -> dict[str, object]:
     connection["left_by"] = tag
     local_only["left_by"] = tag
     return seen
+
+
+class UnpicklableInWorker:
+    """Pickles in the parent, refuses to be rebuilt in a worker process."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_refuse, ())
+
+
+def _refuse() -> None:
+    msg = "this value can't be rebuilt here"
+    raise RuntimeError(msg)
+
+
+_remembered: list[str] = []
+
+
+def remember(tag: str) -> None:
+    """A worker initializer: keep ``tag`` for remembered() to return."""
+    _remembered.append(tag)
+
+
+def remembered() -> str:
+    """Return what the initializer of this worker process was given."""
+    return _remembered[-1]

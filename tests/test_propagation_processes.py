@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 import multiprocessing
 import pickle
 import threading
@@ -11,7 +13,8 @@ import pytest
 
 import _process_support as support
 from contextual import ContextProcessPoolExecutor, Snapshot, capture
-from contextual._executors import _run_from_dict
+from contextual._executors import _run_from_payload, _start_worker
+from contextual._propagation import _new_snapshot
 
 START_METHODS = [
     m for m in ("spawn", "forkserver", "fork") if m in multiprocessing.get_all_start_methods()
@@ -20,6 +23,9 @@ START_METHODS = [
 
 @pytest.fixture(autouse=True)
 def _clean_support_stores():
+    # Stores of earlier tests that only a reference cycle keeps alive would
+    # travel too: collect them first.
+    gc.collect()
     yield
     for store in (support.request, support.connection, support.local_only):
         store.clear()
@@ -54,12 +60,21 @@ def test_from_dict_with_an_unknown_store_applies_nothing():
         Snapshot.from_dict(data)
 
 
+def test_from_dict_can_ignore_unknown_stores():
+    data = {"format": 1, "stores": {"tests.process.request": {"user": "x"}, "nowhere.store": {}}}
+    rebuilt = Snapshot.from_dict(data, missing="ignore")
+    assert rebuilt.run(support.request.get, "user") == "x"
+    with pytest.raises(ValueError, match="missing must be 'raise' or 'ignore'"):
+        Snapshot.from_dict(data, missing="skip")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
     [
         ([("stores", {})], "got list"),
         ({"stores": {}}, "got format None"),
         ({"format": 99, "stores": {}}, "got format 99"),
+        ({"format": True, "stores": {}}, "got format True"),
         ({"format": 1, "stores": []}, "'stores' is list"),
         ({"format": 1, "stores": {"a": 1}}, "got the entry 'a': 1"),
         ({"format": 1, "stores": {3: {}}}, "got the entry 3"),
@@ -71,13 +86,19 @@ def test_from_dict_refuses_malformed_data(data, match):
         Snapshot.from_dict(data)
 
 
-def test_unpicklable_value_is_named_at_capture_time():
-    support.request["user"] = "ada"
-    support.connection["lock"] = threading.Lock()
-    with pytest.raises(
-        TypeError, match=r"store 'tests\.process\.connection' key 'lock' holds a lock"
-    ):
-        capture().to_dict()
+def test_to_dict_leaves_out_stores_that_hold_only_their_defaults(make_store, backend):
+    untouched = make_store(backend, defaults={"user": None})
+    written = make_store(backend, defaults={"user": None})
+    written["user"] = None  # written, even if to the default value
+    stores = capture().to_dict()["stores"]
+    assert untouched.name not in stores
+    assert stores[written.name] == {"user": None}
+
+
+def test_to_dict_is_plain_data_and_leaves_pickling_to_the_sender():
+    lock = threading.Lock()
+    support.connection["lock"] = lock
+    assert capture().to_dict()["stores"]["tests.process.connection"] == {"lock": lock}
 
 
 @pytest.mark.parametrize("method", START_METHODS)
@@ -90,7 +111,8 @@ def test_child_process_sees_the_caller_s_stores(method):
         seen = pool.submit(support.look).result(timeout=60)
     assert seen["request"] == {"user": f"ada via {method}"}
     assert seen["connection"] == {"dsn": "db://primary"}
-    assert seen["local_only"] == ({"conn": "stays here"} if method == "fork" else {})
+    # Not even fork's copy of the parent's memory carries a propagate=False store.
+    assert seen["local_only"] == {}
 
 
 @pytest.mark.parametrize("method", START_METHODS)
@@ -132,19 +154,16 @@ def test_map_carries_the_stores():
     assert [r["request"] for r in results] == [{"user": "mapper"}] * 3
 
 
-def test_a_snapshot_with_context_stores_only_runs_functions_and_coroutines():
-    support.request["user"] = "caller"
-    data = {"format": 1, "stores": {"tests.process.request": {"user": "from data"}}}
-    rebuilt = Snapshot.from_dict(data)
-    assert "thread stores []" in repr(rebuilt)
-    assert rebuilt.run(support.request.get, "user") == "from data"
+def test_from_dict_gives_unnamed_thread_stores_their_defaults_for_the_run(run_in_new_thread):
+    support.connection["dsn"] = "the caller's"
+    rebuilt = Snapshot.from_dict({"format": 1, "stores": {}})
 
-    @rebuilt.wrap
-    async def read() -> object:
-        return support.request.get("user")
+    def write_then_look() -> dict[str, object]:
+        support.connection["written"] = True
+        return dict(support.connection)
 
-    assert asyncio.run(read()) == "from data"
-    assert support.request["user"] == "caller"
+    assert rebuilt.run(write_then_look) == {"written": True}
+    assert dict(support.connection) == {"dsn": "the caller's"}
 
 
 def test_to_dict_skips_a_factory_store_that_never_ran(make_store):
@@ -159,6 +178,72 @@ def test_to_dict_skips_a_factory_store_that_never_ran(make_store):
 
 def test_the_worker_entry_point_applies_the_data_and_puts_everything_back():
     support.request["user"] = "worker's own"
-    data = {"format": 1, "stores": {"tests.process.request": {"user": "sent"}}}
-    assert _run_from_dict(data, support.request.get, "user") == "sent"
+    payload = {"tests.process.request": pickle.dumps({"user": "sent"})}
+    assert _run_from_payload(payload, support.request.get, "user") == "sent"
     assert support.request["user"] == "worker's own"
+
+
+def test_a_value_that_cannot_be_unpickled_in_the_worker_names_its_store():
+    payload = {"tests.process.request": b"not a pickle"}
+    with pytest.raises(TypeError, match=r"store 'tests\.process\.request' could not be unpickled"):
+        _run_from_payload(payload, support.look)
+
+
+def test_worker_start_resets_every_store_then_runs_the_initializer():
+    support.request["user"] = "copied by fork"
+    support.local_only["conn"] = "the parent's connection"
+    seen = []
+    _start_worker(lambda tag: seen.append((tag, support.look())), ("init",))
+    assert seen[0][0] == "init"
+    assert seen[0][1]["request"] == {"user": None}
+    assert seen[0][1]["local_only"] == {}
+    _start_worker(None, ())
+
+
+def test_a_store_only_the_parent_has_does_not_stop_the_task(make_store):
+    parent_only = make_store("context", name="tests.process.parent_only")
+    parent_only["x"] = 1
+    support.request["user"] = "still sent"
+    context = multiprocessing.get_context(START_METHODS[0])
+    with ContextProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        seen = pool.submit(support.look).result(timeout=60)
+    assert seen["request"] == {"user": "still sent"}
+
+
+def test_a_value_that_fails_to_unpickle_in_the_worker_fails_that_task_only():
+    context = multiprocessing.get_context(START_METHODS[0])
+    with ContextProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        support.connection["obj"] = support.UnpicklableInWorker()
+        with pytest.raises(TypeError, match=r"'tests\.process\.connection' could not be unpickled"):
+            pool.submit(support.look).result(timeout=60)
+        del support.connection["obj"]
+        support.request["user"] = "the pool still works"
+        seen = pool.submit(support.look).result(timeout=60)
+    assert seen["request"] == {"user": "the pool still works"}
+
+
+def test_initializer_runs_in_every_worker_with_its_arguments():
+    context = multiprocessing.get_context(START_METHODS[0])
+    with ContextProcessPoolExecutor(
+        max_workers=1,
+        mp_context=context,
+        initializer=support.remember,
+        initargs=("initialised",),
+    ) as pool:
+        assert pool.submit(support.remembered).result(timeout=60) == "initialised"
+
+
+def test_a_snapshot_without_thread_stores_runs_functions_and_coroutines():
+    # Only a process without any propagating thread store takes this path.
+    context = contextvars.Context()
+    context.run(support.request.__setitem__, "user", "from the context")
+    bare = _new_snapshot(context, ())
+    assert "thread stores []" in repr(bare)
+    assert bare.run(support.request.get, "user") == "from the context"
+
+    @bare.wrap
+    async def read() -> object:
+        await asyncio.sleep(0)
+        return support.request.get("user")
+
+    assert asyncio.run(read()) == "from the context"

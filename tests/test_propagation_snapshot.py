@@ -13,7 +13,7 @@ from collections.abc import Generator
 
 import pytest
 
-from contextual import Snapshot, capture
+from contextual import ContextStore, Snapshot, capture
 
 foreign = contextvars.ContextVar("tests.foreign", default="unset")
 
@@ -336,3 +336,122 @@ def test_a_snapshot_keeps_values_alive_only_while_it_lives(make_store):
     del snapshot
     gc.collect()
     assert ref() is None
+
+
+def test_wrap_an_object_with_an_async_call(make_store):
+    store = make_store("context")
+    store["v"] = "captured"
+    snapshot = capture()
+    store["v"] = "caller"
+
+    class Handler:
+        async def __call__(self) -> object:
+            await asyncio.sleep(0)
+            return store["v"]
+
+    assert asyncio.run(snapshot.wrap(Handler())()) == "captured"
+
+
+def test_wrap_a_function_that_returns_a_coroutine(make_store):
+    store = make_store("context")
+    store["v"] = "captured"
+    snapshot = capture()
+    store["v"] = "caller"
+
+    async def body() -> object:
+        await asyncio.sleep(0)
+        return store["v"]
+
+    def returns_coroutine() -> object:
+        return body()
+
+    assert asyncio.run(snapshot.wrap(returns_coroutine)()) == "captured"  # type: ignore[arg-type]
+
+
+def test_wrap_refuses_async_generator_functions():
+    async def agen():  # pragma: no cover - never iterated
+        yield 1
+
+    with pytest.raises(TypeError, match="async generator function"):
+        capture().wrap(agen)
+
+
+def test_a_cancelled_wrapped_coroutine_is_freed_without_the_collector(make_store):
+    store = make_store("thread")
+    store["v"] = 1
+    snapshot = capture()
+
+    class Payload:
+        pass
+
+    refs: list[weakref.ref[Payload]] = []
+
+    @snapshot.wrap
+    async def waits() -> None:
+        payload = Payload()
+        refs.append(weakref.ref(payload))
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        task = asyncio.create_task(waits())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(main())
+        assert refs[0]() is None
+    finally:
+        gc.enable()
+
+
+def test_nested_wrapped_coroutines_each_see_their_own_snapshot(make_store):
+    store = make_store("context")
+    store["v"] = "outer"
+    outer = capture()
+    store["v"] = "inner"
+    inner = capture()
+
+    @inner.wrap
+    async def read_inner() -> object:
+        await asyncio.sleep(0)
+        return store["v"]
+
+    @outer.wrap
+    async def read_both() -> tuple[object, object, object]:
+        before = store["v"]
+        middle = await read_inner()
+        return before, middle, store["v"]
+
+    assert asyncio.run(read_both()) == ("outer", "inner", "outer")
+
+
+def test_wrapped_coroutine_under_a_timeout(make_store):
+    store = make_store("context")
+    store["v"] = "captured"
+    snapshot = capture()
+    seen: list[object] = []
+
+    @snapshot.wrap
+    async def slow() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            seen.append(store["v"])
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(slow(), timeout=0.01)
+
+    asyncio.run(main())
+    assert seen == ["captured"]
+
+
+def test_capture_skips_stores_that_died_since_the_registry_last_looked(unique_name):
+    for backend, propagate in (("context", False), ("thread", True)):
+        store = ContextStore(f"{unique_name}.{backend}", backend=backend, propagate=propagate)  # type: ignore[arg-type]
+        del store  # freed at once; the registry sweeps it on its next locked call
+        assert unique_name not in repr(capture())

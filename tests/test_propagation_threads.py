@@ -340,3 +340,36 @@ def test_capture_inside_a_task_carries_that_task_s_values(make_store):
         return list(await asyncio.gather(*(child(i) for i in range(3))))
 
     assert asyncio.run(main()) == [0, 1, 2]
+
+
+def test_a_second_start_leaves_the_running_thread_alone(make_store):
+    store = make_store("context")
+    store["v"] = "starter"
+    entered, release = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def target() -> None:
+        entered.set()
+        release.wait(timeout=10)
+        seen.append(store.get("v"))
+
+    thread = ContextThread(target=target)
+    thread.start()
+    assert entered.wait(timeout=10)
+    with pytest.raises(RuntimeError, match="once"):
+        thread.start()
+    release.set()
+    thread.join()
+    assert seen == ["starter"]
+    assert "run" not in vars(thread)
+
+
+def test_a_start_that_fails_leaves_no_wrapper_behind(monkeypatch):
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    thread = ContextThread(target=lambda: None)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        thread.start()
+    assert "run" not in vars(thread)

@@ -141,3 +141,35 @@ def test_empty_stores_restores_when_the_block_raises(make_store):
     with pytest.raises(ValueError, match="boom"), empty_stores(store):
         raise ValueError("boom")
     assert dict(store) == {"a": 1}
+
+
+def test_one_no_leaks_object_serves_one_block_at_a_time(make_store):
+    store = make_store()
+    check = no_leaks(store)
+    with check, pytest.raises(RuntimeError, match="already active"):
+        check.__enter__()
+    with check:  # and again afterwards
+        pass
+
+
+def test_empty_stores_decorates_functions_and_coroutine_functions(make_store):
+    store = make_store()
+    store["a"] = 1
+
+    @empty_stores(store)
+    def sync() -> dict[str, object]:
+        return dict(store)
+
+    @empty_stores(store)
+    async def asynchronous() -> dict[str, object]:
+        await asyncio.sleep(0)
+        return dict(store)
+
+    async def with_async_with() -> dict[str, object]:
+        async with empty_stores(store):
+            return dict(store)
+
+    assert sync() == {}
+    assert asyncio.run(asynchronous()) == {}
+    assert asyncio.run(with_async_with()) == {}
+    assert dict(store) == {"a": 1}

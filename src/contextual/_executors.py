@@ -8,10 +8,12 @@ import :mod:`concurrent.futures`, :mod:`multiprocessing` or :mod:`asyncio`;
 from __future__ import annotations
 
 import functools
+import pickle
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from ._propagation import Snapshot, _in_empty_context, capture
+from ._registry import list_stores
 
 if TYPE_CHECKING:
     import asyncio
@@ -128,25 +130,95 @@ def set_default_executor(
 class ContextProcessPoolExecutor(ProcessPoolExecutor):
     """A :class:`~concurrent.futures.ProcessPoolExecutor` that carries stores.
 
-    :meth:`submit` captures the caller's propagating stores, as
-    :meth:`Snapshot.to_dict` data, and the task runs in the worker process
-    with :meth:`Snapshot.from_dict` applied: the stores of the same names
-    there hold the caller's values. It works under every start method
-    (``fork``, ``spawn``, ``forkserver``). The worker is put back as it was
-    after each task, so nothing leaks from one task into the next. Other
-    libraries' ContextVars don't travel (a Context can't be pickled).
+    :meth:`submit` (and so :meth:`~concurrent.futures.Executor.map`)
+    captures the caller's propagating stores, as :meth:`Snapshot.to_dict`
+    data, and the task runs in the worker process with
+    :meth:`Snapshot.from_dict` applied: the stores of the same names there
+    hold the caller's values; stores the worker doesn't have are skipped. It
+    works under every start method (``fork``, ``spawn``, ``forkserver``).
+
+    Every worker process starts with every store fresh, whatever ``fork``
+    copied from the parent, before ``initializer`` runs; after each task it
+    is put back as it was, so nothing leaks from one task into the next
+    (``propagate=False`` thread stores belong to the worker and keep what its
+    tasks write, as on a thread). Other libraries' ContextVars don't travel:
+    a Context can't be pickled.
 
     A value that can't be pickled raises :class:`TypeError` at submit time,
-    naming the store and key; nothing is sent.
+    naming the store and key, and nothing is sent. One that pickles here but
+    can't be unpickled in the worker fails that task alone, with a
+    :class:`TypeError` naming the store.
 
     .. versionadded:: 0.1.0
     """
 
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(max_workers, mp_context, _start_worker, (initializer, initargs), **kwargs)
+
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Capture the caller's stores and schedule ``fn(*args, **kwargs)`` in a worker."""
-        data = capture().to_dict()
-        return super().submit(_run_from_dict, data, fn, *args, **kwargs)
+        payload = _pickled(capture().to_dict())
+        return super().submit(_run_from_payload, payload, fn, *args, **kwargs)
 
 
-def _run_from_dict(data: dict[str, Any], fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
-    return Snapshot.from_dict(data).run(fn, *args, **kwargs)
+def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+    # Under fork the worker holds copies of the forking thread's values,
+    # propagate=False ones included (a per-thread connection, say): start
+    # from nothing, as under spawn.
+    for store in list_stores():
+        store._reset_here()  # noqa: SLF001
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _pickled(data: dict[str, Any]) -> dict[str, bytes]:
+    """Pickle each store's values apart, so that a failure can name its store."""
+    payload: dict[str, bytes] = {}
+    for name, values in data["stores"].items():
+        try:
+            payload[name] = pickle.dumps(values)
+        except Exception:  # noqa: BLE001, PERF203 (find the value at fault below)
+            _raise_unpicklable(name, values)
+    return payload
+
+
+def _raise_unpicklable(name: str, values: dict[str, Any]) -> NoReturn:
+    for key, value in values.items():
+        try:
+            pickle.dumps(value)
+        except Exception as exc:  # noqa: PERF203 (the slow path, once, to name the value)
+            msg = (
+                f"store {name!r} key {key!r} holds a {type(value).__name__} that can't be "
+                f"pickled ({type(exc).__name__}: {exc}), so it can't be sent to another "
+                "process. Store a picklable value (an ID instead of a connection, say), "
+                "or create the store with propagate=False so it stays in this process."
+            )
+            raise TypeError(msg) from exc
+    raise TypeError(  # pragma: no cover - a value that pickles alone but not with the rest
+        f"the values of store {name!r} can't be pickled together, though each one can."
+    )
+
+
+def _run_from_payload(
+    payload: dict[str, bytes], fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+) -> _T:
+    stores: dict[str, Any] = {}
+    for name, pickled in payload.items():
+        try:
+            stores[name] = pickle.loads(pickled)  # noqa: S301 (sent by our own submit)
+        except Exception as exc:  # noqa: PERF203 (name the store whose values failed)
+            msg = (
+                f"the values of store {name!r} could not be unpickled in the worker process "
+                f"({type(exc).__name__}: {exc}). Define the classes of stored values at the "
+                "top level of a module the worker can import."
+            )
+            raise TypeError(msg) from exc
+    snapshot = Snapshot.from_dict({"format": 1, "stores": stores}, missing="ignore")
+    return snapshot.run(fn, *args, **kwargs)

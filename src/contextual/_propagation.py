@@ -19,10 +19,9 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import pickle
 import threading
 from collections.abc import Callable, Coroutine, Generator, Mapping
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeAlias, TypeVar, final
 
 from . import _registry
 
@@ -38,6 +37,14 @@ _T = TypeVar("_T")
 _FORMAT: Final = 1
 
 
+# What a snapshot keeps of each propagating thread store: the store, its
+# state reader and writer (called directly: a run is on the path of every
+# pooled task), and the state to publish.
+_ThreadEntry: TypeAlias = (
+    "tuple[ContextStore, Callable[[], _State], Callable[[_State], object], _State]"
+)
+
+
 @final
 class Snapshot:
     """Context captured in one thread, to run work in anywhere else.
@@ -48,15 +55,22 @@ class Snapshot:
       libraries' variables alike, except ``propagate=False`` stores, which
       start fresh (their defaults);
     * every ``propagate=True`` ``"thread"`` store's values as they were in the
-      capturing thread; ``propagate=False`` thread stores keep the running
-      thread's own values.
+      capturing thread.
 
     Each run starts from the snapshot, never from an earlier run: runs of one
     snapshot, at once in several threads or one after another, never see
     each other's writes, and writes never flow back to the snapshot or the
     caller (the choice :func:`asyncio.to_thread` makes). When a run ends, the
-    running thread is exactly as before: its context, and the values of its
-    thread stores.
+    running thread's context and the values of the thread stores that the
+    snapshot carried are exactly as before.
+
+    Two kinds of store are the running thread's own, not the snapshot's, and
+    keep what a run writes to them: ``propagate=False`` thread stores (a
+    per-thread connection, say, meant to outlive one task) and stores
+    created after the capture.
+
+    A snapshot holds its values, and the thread stores it carries, until it
+    is dropped.
 
     .. versionadded:: 0.1.0
     """
@@ -64,26 +78,14 @@ class Snapshot:
     __slots__ = ("_context", "_threads")
 
     _context: contextvars.Context
-    # (store, state to publish) for each propagating thread store.
-    _threads: tuple[tuple[ContextStore, _State], ...]
+    _threads: tuple[_ThreadEntry, ...]
 
     def __init__(self) -> None:
         msg = "take a Snapshot with contextual.capture(), or rebuild one with Snapshot.from_dict()"
         raise TypeError(msg)
 
-    @classmethod
-    def _make(
-        cls,
-        context: contextvars.Context,
-        threads: tuple[tuple[ContextStore, _State], ...],
-    ) -> Snapshot:
-        self = object.__new__(cls)
-        self._context = context
-        self._threads = threads
-        return self
-
     def __repr__(self) -> str:
-        names = sorted(store.name for store, _ in self._threads)
+        names = sorted(entry[0].name for entry in self._threads)
         return f"<Snapshot of a context with thread stores {names}>"
 
     def __reduce__(self) -> str | tuple[Any, ...]:
@@ -110,17 +112,31 @@ class Snapshot:
     def wrap(self, fn: Callable[_P, _T], /) -> Callable[_P, _T]:
         """Return a callable that runs ``fn`` in this snapshot on every call.
 
-        For a coroutine function the result is a coroutine function, and the
-        coroutine runs in the snapshot at every step, whichever task awaits
-        it: ContextVars from a copy of the snapshot's context, ``"thread"``
-        stores from the snapshot's values (put back in the loop's thread
-        whenever the coroutine is suspended, so other tasks on that thread
-        never see them).
+        For a coroutine function (or an object with an ``async def
+        __call__``) the result is a coroutine function, and the coroutine runs
+        in the snapshot at every step, whichever task awaits it: ContextVars
+        from a copy of the snapshot's context, ``"thread"`` stores from the
+        snapshot's values (put back in the loop's thread whenever the
+        coroutine is suspended, so other tasks on that thread never see
+        them). A plain function that returns a coroutine gets the same
+        treatment for the coroutine it returns.
+
+        Raises:
+            TypeError: ``fn`` is an async generator function, whose steps
+                can't be given a context this way.
 
         .. versionadded:: 0.1.0
         """
-        if inspect.iscoroutinefunction(fn):
-            coroutine_fn: Callable[..., Coroutine[Any, Any, Any]] = fn
+        if inspect.isasyncgenfunction(fn):
+            msg = (
+                f"Snapshot.wrap() can't wrap the async generator function {fn.__qualname__}. "
+                "Wrap a coroutine function that iterates it instead."
+            )
+            raise TypeError(msg)
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 (an object with async __call__)
+        ):
+            coroutine_fn: Callable[..., Coroutine[Any, Any, Any]] = fn  # type: ignore[assignment]
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
@@ -130,23 +146,23 @@ class Snapshot:
 
         @functools.wraps(fn)
         def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-            return self.run(fn, *args, **kwargs)
+            result = self.run(fn, *args, **kwargs)
+            if inspect.iscoroutine(result):
+                return _drive(self, result)  # type: ignore[return-value]
+            return result
 
         return run
 
     # -- out of process -----------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the propagating stores' values as plain, picklable data.
+        """Return the propagating stores' values as plain data.
 
-        The result maps each ``propagate=True`` store's name to a dict of its
-        values, under the key ``"stores"``, with a format version. Other
-        libraries' ContextVars stay behind: only stores are known by name in
-        another process.
-
-        Raises:
-            TypeError: A value can't be pickled; the message names the store
-                and the key.
+        The result maps, under the key ``"stores"``, the name of each
+        ``propagate=True`` store that holds anything but its defaults to a
+        dict of its values; a ``"format"`` key versions it. Other libraries'
+        ContextVars stay behind: only stores are known by name in another
+        process. Pickle it, or encode it any way the values allow.
 
         .. versionadded:: 0.1.0
         """
@@ -154,71 +170,99 @@ class Snapshot:
         for store in _registry.propagating_stores():
             if store.backend == "context":
                 state = store._state_in(self._context)  # noqa: SLF001
-                # None: its defaults factory never ran there; the receiving
-                # side runs its own.
-                if state is not None:
+                # None: its defaults factory never ran there; fresh: it never
+                # wrote. Either way the receiving side's own defaults serve.
+                if state is not None and state is not store._fresh:  # noqa: SLF001
                     stores[store.name] = dict(state[0])
-        for store, state in self._threads:
-            stores[store.name] = dict(state[0])
-        _check_picklable(stores)
+        for store, _, _, state in self._threads:
+            fresh = store._fresh  # noqa: SLF001
+            if fresh is None or state[0] is not fresh[0]:
+                stores[store.name] = dict(state[0])
         return {"format": _FORMAT, "stores": stores}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, missing: Literal["raise", "ignore"] = "raise"
+    ) -> Snapshot:
         """Rebuild a snapshot from :meth:`to_dict` data, in this process.
 
         Stores are resolved by name among this process's live stores (import
         the modules that create them first); each gets the values that its
-        namesake had, whatever its backend here. The context starts empty:
-        stores not named in ``data``, and every other ContextVar, start fresh.
+        namesake had, whatever its backend here. Stores not named in ``data``,
+        and every other ContextVar, start fresh.
+
+        Args:
+            data: What :meth:`to_dict` returned, in this or another process.
+            missing: What to do about names no live store has here:
+                ``"raise"`` a :class:`LookupError`, or ``"ignore"`` them (no
+                code here can read a store that doesn't exist).
 
         Raises:
             TypeError: ``data`` is not what :meth:`to_dict` returns.
-            LookupError: A store named in ``data`` doesn't exist here. Nothing
-                is applied.
+            LookupError: With ``missing="raise"``, a store named in ``data``
+                doesn't exist here. Nothing is applied.
 
         .. versionadded:: 0.1.0
         """
+        if missing not in ("raise", "ignore"):
+            msg = f"missing must be 'raise' or 'ignore', got {missing!r}."
+            raise ValueError(msg)
         stores = _checked_data(data)
         resolved: list[tuple[ContextStore, dict[str, Any]]] = []
-        missing: list[str] = []
+        unknown: list[str] = []
         for name, values in stores.items():
             try:
                 resolved.append((_registry.get_store(name), values))
             except LookupError:  # noqa: PERF203 (collect every missing name for one message)
-                missing.append(name)
-        if missing:
+                unknown.append(name)
+        if unknown and missing == "raise":
             msg = (
-                f"no live store is named {', '.join(map(repr, sorted(missing)))} in this "
+                f"no live store is named {', '.join(map(repr, sorted(unknown)))} in this "
                 "process, so the snapshot can't be applied. Create those stores at import "
                 "time in a module that this process imports (under 'spawn', the module "
-                "of the function you submit is imported before it runs)."
+                "of the function you submit is imported before it runs), or pass "
+                "missing='ignore'."
             )
             raise LookupError(msg)
         context = contextvars.Context()
-        threads: list[tuple[ContextStore, _State]] = []
+        threads: list[_ThreadEntry] = []
         for store, values in resolved:
             if store.backend == "context":
-                context.run(store._publish, (values, None, None))  # noqa: SLF001
+                context.run(store._set, (values, None, None))  # noqa: SLF001
             else:
-                threads.append((store, (values, None, None)))
-        return cls._make(context, tuple(threads))
+                threads.append((store, store._get, store._set, (values, None, None)))  # noqa: SLF001
+        named = {store.name for store, _ in resolved}
+        for ref in _registry.view.propagating_thread:
+            other = ref()
+            if other is not None and other.name not in named:
+                # Fresh for the run, and put back after it, like the others:
+                # a task's writes must not reach the next task here either.
+                fresh = other._fresh_state()  # noqa: SLF001
+                threads.append((other, other._get, other._set, fresh))  # noqa: SLF001
+        return _new_snapshot(context, tuple(threads))
+
+
+def _new_snapshot(context: contextvars.Context, threads: tuple[_ThreadEntry, ...]) -> Snapshot:
+    snapshot: Snapshot = object.__new__(Snapshot)
+    snapshot._context = context  # noqa: SLF001
+    snapshot._threads = threads  # noqa: SLF001
+    return snapshot
 
 
 def _run_with_threads(
-    threads: tuple[tuple[ContextStore, _State], ...],
+    threads: tuple[_ThreadEntry, ...],
     fn: Callable[..., _T],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> _T:
-    saved = [(store, store._state()) for store, _ in threads]  # noqa: SLF001
+    saved = [(set_state, get_state()) for _, get_state, set_state, _ in threads]
     try:
-        for store, state in threads:
-            store._publish(state)  # noqa: SLF001
+        for _, _, set_state, state in threads:
+            set_state(state)
         return fn(*args, **kwargs)
     finally:
-        for store, state in saved:
-            store._publish(state)  # noqa: SLF001
+        for set_state, state in saved:
+            set_state(state)
 
 
 def capture() -> Snapshot:
@@ -247,16 +291,21 @@ def capture() -> Snapshot:
 
     .. versionadded:: 0.1.0
     """
+    view = _registry.view
     context = contextvars.copy_context()
-    for store in _registry.local_context_stores():
-        # propagate=False context stores must not travel: give them the
-        # state of a context that never wrote, in the copy only.
-        store._forget_in(context)  # noqa: SLF001
-    threads = tuple(
-        (store, (store._current(), None, None))  # noqa: SLF001
-        for store in _registry.propagating_thread_stores()
-    )
-    return Snapshot._make(context, threads)
+    for ref in view.local_context:
+        store = ref()
+        if store is not None:
+            # propagate=False context stores must not travel: give them the
+            # state of a context that never wrote, in the copy only.
+            store._forget_in(context)  # noqa: SLF001
+    threads: list[_ThreadEntry] = []
+    for ref in view.propagating_thread:
+        store = ref()
+        if store is not None:
+            get_state = store._get  # noqa: SLF001
+            threads.append((store, get_state, store._set, (get_state()[0], None, None)))  # noqa: SLF001
+    return _new_snapshot(context, tuple(threads))
 
 
 # -- coroutines ----------------------------------------------------------------
@@ -278,7 +327,7 @@ class _InSnapshot:
     def __init__(self, snapshot: Snapshot, coro: Coroutine[Any, Any, Any]) -> None:
         self._coro = coro
         self._context = snapshot._context.copy()  # noqa: SLF001
-        self._threads = list(snapshot._threads)  # noqa: SLF001
+        self._threads = snapshot._threads  # noqa: SLF001
 
     def __await__(self) -> Generator[Any, Any, Any]:
         context, coro = self._context, self._coro
@@ -292,29 +341,42 @@ class _InSnapshot:
                     yielded = context.run(self._step, coro.throw, error)
             except StopIteration as stop:
                 return stop.value
+            finally:
+                # An exception kept here would hold its traceback, and the
+                # traceback this frame: a cycle on every cancellation.
+                value = error = None
             try:
-                value, error = (yield yielded), None
+                value = yield yielded
             except GeneratorExit:
                 context.run(self._step, _close, coro)
                 raise
             except BaseException as exc:  # noqa: BLE001 (delivered into the coroutine)
-                value, error = None, exc
+                error = exc
 
     def _step(self, method: Callable[[Any], Any], argument: Any) -> Any:
         threads = self._threads
         if not threads:
             return method(argument)
-        saved = [(store, store._state()) for store, _ in threads]  # noqa: SLF001
+        saved = [(set_state, get_state()) for _, get_state, set_state, _ in threads]
         try:
-            for store, state in threads:
-                store._publish(state)  # noqa: SLF001
+            for _, _, set_state, state in threads:
+                set_state(state)
             return method(argument)
         finally:
             # Keep what this step wrote for the next step, then put the
             # thread's own values back for the other tasks on this loop.
-            self._threads = [(store, store._state()) for store, _ in threads]  # noqa: SLF001
-            for store, state in saved:
-                store._publish(state)  # noqa: SLF001
+            self._threads = tuple(
+                (store, get_state, set_state, get_state())
+                for store, get_state, set_state, _ in threads
+            )
+            for set_state, state in saved:
+                set_state(state)
+            del argument  # the same cycle as above, through a thrown exception
+
+
+async def _drive(snapshot: Snapshot, coro: Coroutine[Any, Any, _T]) -> _T:
+    result: _T = await _InSnapshot(snapshot, coro)
+    return result
 
 
 def _close(coro: Coroutine[Any, Any, Any]) -> None:
@@ -324,30 +386,6 @@ def _close(coro: Coroutine[Any, Any, Any]) -> None:
 # -- out of process: checks ------------------------------------------------------
 
 
-def _check_picklable(stores: dict[str, dict[str, Any]]) -> None:
-    try:
-        pickle.dumps(stores)
-    except Exception:  # noqa: BLE001, S110 (find the culprit below and name it)
-        pass
-    else:
-        return
-    for name, values in stores.items():
-        for key, value in values.items():
-            try:
-                pickle.dumps(value)
-            except Exception as exc:  # noqa: PERF203 (the slow path, once, to name the value)
-                msg = (
-                    f"store {name!r} key {key!r} holds a {type(value).__name__} that can't be "
-                    f"pickled ({type(exc).__name__}: {exc}), so it can't be sent to another "
-                    "process. Store a picklable value (an ID instead of a connection, say), "
-                    "or create the store with propagate=False so it stays in this process."
-                )
-                raise TypeError(msg) from exc
-    raise TypeError(  # pragma: no cover - a value that pickles alone but not with the rest
-        "the store values can't be pickled together, though each one can on its own."
-    )
-
-
 def _checked_data(data: object) -> dict[str, dict[str, Any]]:
     expected = (
         "expected the dict returned by Snapshot.to_dict(), "
@@ -355,9 +393,10 @@ def _checked_data(data: object) -> dict[str, dict[str, Any]]:
     )
     if not isinstance(data, Mapping):
         raise TypeError(f"{expected}; got {type(data).__name__}.")
-    if data.get("format") != _FORMAT:
+    version = data.get("format")
+    if type(version) is not int or version != _FORMAT:
         msg = (
-            f"{expected}; got format {data.get('format')!r}. Both processes must run "
+            f"{expected}; got format {version!r}. Both processes must run "
             "compatible versions of contextual."
         )
         raise TypeError(msg)
@@ -388,29 +427,33 @@ def _in_empty_context(start: Callable[[], None]) -> None:
 class ContextThread(threading.Thread):
     """A :class:`threading.Thread` whose ``run()`` sees its starter's context.
 
-    :meth:`start` captures (:func:`capture`) the context of the thread that calls it,
-    and ``run()`` (the target, or a subclass's override) runs in that
-    snapshot: the starter's ContextVars and ``"thread"`` stores, copied. The
-    thread's writes never reach the starter.
+    :meth:`start` captures (:func:`capture`) the context of the thread that
+    calls it, and ``run()`` (the target, or a subclass's override) runs in
+    that snapshot: the starter's ContextVars and ``"thread"`` stores, copied.
+    The thread's writes never reach the starter.
 
     .. versionadded:: 0.1.0
     """
 
     def start(self) -> None:
         """Capture the caller's context, then start the thread as usual."""
+        if self.__dict__.get("_contextual_started"):
+            # Let threading say it ("threads can only be started once")
+            # without touching the run() of the start that happened.
+            super().start()
+        self._contextual_started = True
         snapshot = capture()
-        run = self.run
-        carried = functools.partial(_run_once, self, snapshot, run)
         # An instance attribute shadows run() for this one start, whatever
-        # class defines it; _run_once removes it again to break the cycle.
-        self.run = carried  # type: ignore[method-assign]
+        # class defines it; _run_once removes it again, which also breaks
+        # the cycle thread -> partial -> thread.
+        self.run = functools.partial(_run_once, self, snapshot, self.run)  # type: ignore[method-assign]
         try:
             _in_empty_context(super().start)
         except BaseException:
-            del self.run
+            self.__dict__.pop("run", None)
             raise
 
 
 def _run_once(thread: threading.Thread, snapshot: Snapshot, run: Callable[[], None]) -> None:
-    del thread.run
+    thread.__dict__.pop("run", None)
     snapshot.run(run)

@@ -10,19 +10,12 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ._store import ContextStore
 
-__all__ = [
-    "get_store",
-    "list_stores",
-    "local_context_stores",
-    "propagating_stores",
-    "propagating_thread_stores",
-    "register",
-]
+__all__ = ["View", "get_store", "list_stores", "propagating_stores", "register", "view"]
 
 
 class _StoreRef(weakref.ref["ContextStore"]):
@@ -40,21 +33,32 @@ _refs: dict[str, _StoreRef] = {}
 # only appends to this deque (thread-safe on every build) and the next
 # locked call sweeps it.
 _dead: deque[_StoreRef] = deque()
-# What capture() needs on every call, rebuilt under _lock whenever the
-# registry changes and read without it: replacing a tuple is atomic, so a
-# reader sees the old view or the new one, never a torn one.
-_propagating: tuple[_StoreRef, ...] = ()
-_propagating_thread: tuple[_StoreRef, ...] = ()
-_local_context: tuple[_StoreRef, ...] = ()
 
 
-def _rebuild_views() -> None:
-    """Recompute the views capture() reads. Call with _lock held."""
-    global _propagating, _propagating_thread, _local_context  # noqa: PLW0603
+class View(NamedTuple):
+    """The stores capture() needs on every call, by kind (weak references)."""
+
+    propagating: tuple[_StoreRef, ...]
+    propagating_thread: tuple[_StoreRef, ...]
+    local_context: tuple[_StoreRef, ...]
+
+
+# Rebuilt under _lock whenever the registry changes, and read without it:
+# rebinding one global is atomic on every build, so a reader sees the old
+# view or the new one, never a mix of the two.
+view = View((), (), ())
+
+
+def _rebuild_view() -> None:
+    """Recompute the view capture() reads. Call with _lock held."""
+    global view  # noqa: PLW0603
     refs = tuple(_refs.values())
-    _propagating = tuple(r for r in refs if r.propagate)
-    _propagating_thread = tuple(r for r in _propagating if r.backend == "thread")
-    _local_context = tuple(r for r in refs if not r.propagate and r.backend == "context")
+    propagating = tuple(r for r in refs if r.propagate)
+    view = View(
+        propagating,
+        tuple(r for r in propagating if r.backend == "thread"),
+        tuple(r for r in refs if not r.propagate and r.backend == "context"),
+    )
 
 
 def _sweep() -> None:
@@ -66,7 +70,7 @@ def _sweep() -> None:
             del _refs[ref.name]
             changed = True
     if changed:
-        _rebuild_views()
+        _rebuild_view()
 
 
 def register(store: ContextStore) -> None:
@@ -91,7 +95,7 @@ def register(store: ContextStore) -> None:
         # and list_stores() promises creation order.
         _refs.pop(name, None)
         _refs[name] = ref
-        _rebuild_views()
+        _rebuild_view()
 
 
 def get_store(name: str) -> ContextStore:
@@ -132,21 +136,7 @@ def list_stores() -> list[ContextStore]:
     return [s for s in stores if s is not None]
 
 
-def _alive(refs: tuple[_StoreRef, ...]) -> list[ContextStore]:
-    stores = [r() for r in refs]
-    return [s for s in stores if s is not None]
-
-
 def propagating_stores() -> list[ContextStore]:
     """Return every live ``propagate=True`` store, both backends."""
-    return _alive(_propagating)
-
-
-def propagating_thread_stores() -> list[ContextStore]:
-    """Return every live ``propagate=True`` store of the ``"thread"`` backend."""
-    return _alive(_propagating_thread)
-
-
-def local_context_stores() -> list[ContextStore]:
-    """Return every live ``propagate=False`` store of the ``"context"`` backend."""
-    return _alive(_local_context)
+    stores = [r() for r in view.propagating]
+    return [s for s in stores if s is not None]

@@ -192,7 +192,7 @@ class ContextStore(MutableMapping[str, Any]):
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("__weakref__", "_get", "_name", "_propagate", "_set")
+    __slots__ = ("__weakref__", "_fresh", "_get", "_name", "_propagate", "_set")
 
     _name: str
     _propagate: bool
@@ -201,6 +201,9 @@ class ContextStore(MutableMapping[str, Any]):
     # these two.
     _get: Callable[[], _State]
     _set: Callable[[_State], object]
+    # The state of a thread or context that never wrote, when it is a
+    # constant (defaults given as a mapping); None with a defaults factory.
+    _fresh: _State | None
     # Set per backend class: its name, and the names that attribute access
     # never treats as keys.
     _backend: ClassVar[Backend]
@@ -270,6 +273,14 @@ class ContextStore(MutableMapping[str, Any]):
 
     def _forget_in(self, context: contextvars.Context) -> None:
         """Make ``context`` hold this store's fresh state (context backend)."""
+        raise NotImplementedError
+
+    def _reset_here(self) -> None:
+        """Give the current thread or context the state of one that never wrote."""
+        raise NotImplementedError
+
+    def _fresh_state(self) -> _State:
+        """Return the state of a thread that never wrote (thread backend)."""
         raise NotImplementedError
 
     def _replace(self, values: Values) -> None:
@@ -772,13 +783,10 @@ def _find_in_chain(
 
 @final
 class _ContextVarStore(ContextStore):
-    __slots__ = ("_fresh", "_var")
+    __slots__ = ("_var",)
     _backend = "context"
 
     _var: contextvars.ContextVar[_State | None]
-    # What a context that never wrote holds: published by capture() for
-    # propagate=False stores, so that they don't travel.
-    _fresh: _State | None
 
     def _setup(self, initial: _State | Callable[[], _State]) -> None:
         var_name = f"contextual:{self._name}"
@@ -807,6 +815,10 @@ class _ContextVarStore(ContextStore):
 
     def _forget_in(self, context: contextvars.Context) -> None:
         context.run(self._var.set, self._fresh)
+
+    def _reset_here(self) -> None:
+        # None makes a factory store run its factory again on next access.
+        self._var.set(self._fresh)
 
 
 def _get_or_init(
@@ -863,12 +875,22 @@ class _ThreadLocalStore(ContextStore):
 
     def _setup(self, initial: _State | Callable[[], _State]) -> None:
         local = _ThreadState()
-        local.initial = (
-            functools.partial(_constant, initial) if isinstance(initial, tuple) else initial
-        )
+        if isinstance(initial, tuple):
+            local.initial = functools.partial(_constant, initial)
+            object.__setattr__(self, "_fresh", initial)
+        else:
+            local.initial = initial
+            object.__setattr__(self, "_fresh", None)
         object.__setattr__(self, "_local", local)
         object.__setattr__(self, "_get", functools.partial(_thread_state, local))
         object.__setattr__(self, "_set", functools.partial(setattr, local, "s"))
+
+    def _reset_here(self) -> None:
+        # The next access in this thread makes the state afresh.
+        self._local.__dict__.pop("s", None)
+
+    def _fresh_state(self) -> _State:
+        return self._local.initial()
 
     # Reads threading.local directly: a third cheaper than calling _get.
     def __getitem__(self, key: str) -> Any:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._errors import ContextualError
 from ._registry import list_stores
-from ._store import _EMPTY, ContextStore, _State
+from ._store import _EMPTY, ContextStore
 
 __all__ = ["LeakError", "empty_stores", "no_leaks"]
 
@@ -50,14 +49,76 @@ def _selected(stores: tuple[ContextStore, ...]) -> list[ContextStore]:
     return list(stores) if stores else list_stores()
 
 
-class no_leaks:  # noqa: N801 (used like a function: with no_leaks(): ...)
+class _Helper:
+    """A context manager (sync and async) that also decorates functions.
+
+    As a decorator it makes a fresh instance for every call, so concurrent
+    calls never share one; a single instance serves one block at a time.
+    """
+
+    __slots__ = ("_active", "_stores")
+
+    def __init__(self, *stores: ContextStore) -> None:
+        self._stores = stores
+        self._active = False
+
+    def _enter(self) -> None:
+        raise NotImplementedError
+
+    def _exit(self, failed: bool) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> None:
+        if self._active:
+            msg = (
+                f"this {type(self).__name__}() is already active; it serves one block at a "
+                f"time. Make one per block: 'with {type(self).__name__}(...):'."
+            )
+            raise RuntimeError(msg)
+        self._enter()
+        self._active = True
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if not self._active:
+            msg = f"{type(self).__name__}() was exited without being entered."
+            raise RuntimeError(msg)
+        self._active = False
+        self._exit(exc_type is not None)
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self.__exit__(exc_type, *rest)
+
+    def __call__(self, fn: _F) -> _F:
+        """Decorate ``fn``: every call runs inside a fresh instance."""
+        make, stores = type(self), self._stores
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with make(*stores):
+                    return await fn(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with make(*stores):
+                return fn(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+
+class no_leaks(_Helper):  # noqa: N801 (used like a function: with no_leaks(): ...)
     """Fail if a block leaves any store different from how it found it.
 
     On entry, records the values that the current thread or task sees in
     each store (every live store, or the ones given); on exit, compares. A
     key added, removed or rebound raises :class:`LeakError` naming the store
-    and the keys, after the block's own exception, if any, has been left to
-    propagate. Stores created inside the block are not checked.
+    and the keys; if the block raised, its own exception propagates instead.
+    Stores created inside the block are not checked.
 
     Use it as a context manager (``with`` or ``async with``), or as a
     decorator for functions and coroutine functions: around a test, a
@@ -69,51 +130,48 @@ class no_leaks:  # noqa: N801 (used like a function: with no_leaks(): ...)
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("_entry", "_stores")
+    __slots__ = ("_entry",)
 
-    def __init__(self, *stores: ContextStore) -> None:
-        self._stores = stores
-        self._entry: list[tuple[ContextStore, dict[str, Any]]] | None = None
-
-    def __enter__(self) -> None:
+    def _enter(self) -> None:
         self._entry = [(s, dict(s.snapshot())) for s in _selected(self._stores)]
 
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        entry, self._entry = self._entry, None
-        if entry is None:
-            msg = "no_leaks() was exited without being entered."
-            raise RuntimeError(msg)
-        if exc_type is not None:
+    def _exit(self, failed: bool) -> None:
+        entry, self._entry = self._entry, []
+        if failed:
             return  # the block's own error says more than a leak report would
         problems = [_describe(store, before, dict(store.snapshot())) for store, before in entry]
         report = [p for p in problems if p]
         if report:
             raise LeakError("values were left behind:\n" + "\n".join(report))
 
-    async def __aenter__(self) -> None:
-        self.__enter__()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        self.__exit__(exc_type, *rest)
+class empty_stores(_Helper):  # noqa: N801 (used like a function: with empty_stores(): ...)
+    """Run a block with every store empty, then put every store back.
 
-    def __call__(self, fn: _F) -> _F:
-        """Decorate ``fn``: every call is checked on its own."""
-        stores = self._stores
-        if inspect.iscoroutinefunction(fn):
+    In the current thread or task, each store (every live store, or the ones
+    given) is emptied, defaults included, for the length of the block; on
+    exit each gets back exactly the state it had, also when the block raises.
+    A context manager (``with`` or ``async with``) and a decorator for
+    functions and coroutine functions.
 
-            @functools.wraps(fn)
-            async def check_async(*args: Any, **kwargs: Any) -> Any:
-                with no_leaks(*stores):
-                    return await fn(*args, **kwargs)
+    Args:
+        *stores: The stores to empty; by default every live store.
 
-            return check_async  # type: ignore[return-value]
+    .. versionadded:: 0.1.0
+    """
 
-        @functools.wraps(fn)
-        def check(*args: Any, **kwargs: Any) -> Any:
-            with no_leaks(*stores):
-                return fn(*args, **kwargs)
+    __slots__ = ("_saved",)
 
-        return check  # type: ignore[return-value]
+    def _enter(self) -> None:
+        self._saved = [(store, store._state()) for store in _selected(self._stores)]  # noqa: SLF001
+        for store, _ in self._saved:
+            store._publish((_EMPTY, None, None))  # noqa: SLF001
+
+    def _exit(self, failed: bool) -> None:
+        del failed  # restored either way
+        saved, self._saved = self._saved, []
+        for store, state in saved:
+            store._publish(state)  # noqa: SLF001
 
 
 def _describe(store: ContextStore, before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -135,29 +193,3 @@ def _same(a: object, b: object) -> bool:
         return bool(a == b)
     except Exception:  # noqa: BLE001 (a value whose == fails or is ambiguous differs)
         return False
-
-
-@contextmanager
-def empty_stores(*stores: ContextStore) -> Iterator[None]:
-    """Run a block with every store empty, then put every store back.
-
-    In the current thread or task, each store (every live store, or the ones
-    given) is emptied, defaults included, for the length of the block; on
-    exit each gets back exactly the state it had, also when the block raises.
-
-    Args:
-        *stores: The stores to empty; by default every live store.
-
-    .. versionadded:: 0.1.0
-    """
-    saved: list[tuple[ContextStore, _State]] = [
-        (store, store._state())  # noqa: SLF001
-        for store in _selected(stores)
-    ]
-    try:
-        for store, _ in saved:
-            store._publish((_EMPTY, None, None))  # noqa: SLF001
-        yield
-    finally:
-        for store, state in saved:
-            store._publish(state)  # noqa: SLF001
