@@ -30,17 +30,14 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-class _Carried:
-    """A callable that runs ``fn`` in a snapshot; what ContextExecutor submits."""
+class _Carried(functools.partial[Any]):
+    """``partial(snapshot.run, fn)``: what ContextExecutor submits.
 
-    __slots__ = ("fn", "snapshot")
+    A partial subclass, so that calling it costs no Python frame of its own,
+    and so that submit() can tell a task that map() already carried.
+    """
 
-    def __init__(self, snapshot: Snapshot, fn: Callable[..., Any]) -> None:
-        self.snapshot = snapshot
-        self.fn = fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.snapshot.run(self.fn, *args, **kwargs)
+    __slots__ = ()
 
 
 class ContextExecutor(ThreadPoolExecutor):
@@ -61,7 +58,7 @@ class ContextExecutor(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Capture the caller's context and schedule ``fn(*args, **kwargs)`` to run in it."""
-        task = fn if type(fn) is _Carried else _Carried(capture(), fn)
+        task = fn if type(fn) is _Carried else _Carried(capture().run, fn)
         return super().submit(task, *args, **kwargs)
 
     def map(
@@ -74,7 +71,7 @@ class ContextExecutor(ThreadPoolExecutor):
     ) -> Iterator[_T]:
         """Like :meth:`~concurrent.futures.Executor.map`; every call runs in one snapshot."""
         return super().map(
-            _Carried(capture(), fn), *iterables, timeout=timeout, chunksize=chunksize, **kwargs
+            _Carried(capture().run, fn), *iterables, timeout=timeout, chunksize=chunksize, **kwargs
         )
 
     def _adjust_thread_count(self) -> None:

@@ -242,8 +242,11 @@ class Snapshot:
         return _new_snapshot(context, tuple(threads))
 
 
+_new_object = object.__new__
+
+
 def _new_snapshot(context: contextvars.Context, threads: tuple[_ThreadEntry, ...]) -> Snapshot:
-    snapshot: Snapshot = object.__new__(Snapshot)
+    snapshot: Snapshot = _new_object(Snapshot)
     snapshot._context = context  # noqa: SLF001
     snapshot._threads = threads  # noqa: SLF001
     return snapshot
@@ -255,9 +258,11 @@ def _run_with_threads(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> _T:
-    saved = [(set_state, get_state()) for _, get_state, set_state, _ in threads]
+    # Plain loops, not comprehensions: this runs around every pooled task.
+    saved = []
     try:
-        for _, _, set_state, state in threads:
+        for _, get_state, set_state, state in threads:
+            saved.append((set_state, get_state()))
             set_state(state)
         return fn(*args, **kwargs)
     finally:
@@ -305,7 +310,11 @@ def capture() -> Snapshot:
         if store is not None:
             get_state = store._get  # noqa: SLF001
             threads.append((store, get_state, store._set, (get_state()[0], None, None)))  # noqa: SLF001
-    return _new_snapshot(context, tuple(threads))
+    # _new_snapshot() inlined: capture() runs on every submit.
+    snapshot: Snapshot = _new_object(Snapshot)
+    snapshot._context = context  # noqa: SLF001
+    snapshot._threads = tuple(threads)  # noqa: SLF001
+    return snapshot
 
 
 # -- coroutines ----------------------------------------------------------------

@@ -843,18 +843,24 @@ def _constant(state: _State) -> _State:
 class _ThreadState(threading.local):
     """Per-thread holder of a thread-backend store's state.
 
-    ``s`` lives in each thread's own dict and is made on first access in each
-    thread; ``initial`` is a slot, and the slots of a ``threading.local``
-    subclass are shared by all threads. Neither ``__init__`` (it also runs
-    eagerly in the creating thread, and a defaults factory must run lazily
-    there too) nor ``__getattr__`` (it makes every hit three times slower) is
-    used for that.
+    ``s`` lives in each thread's own dict. With constant defaults,
+    ``__init__`` (which ``threading.local`` runs once in each thread, on first
+    access) puts them there, so that a plain C-level ``getattr`` reads the
+    state. A defaults factory must not run eagerly in the creating thread,
+    which ``__init__`` also does, so it runs on first access instead, through
+    ``_thread_state``; ``initial`` is a slot, and the slots of a
+    ``threading.local`` subclass are shared by all threads. (``__getattr__``
+    is no way out: it makes every hit three times slower.)
     """
 
     __slots__ = ("initial",)
 
     s: _State
     initial: Callable[[], _State]
+
+    def __init__(self, state: _State | None) -> None:
+        if state is not None:
+            self.s = state
 
 
 def _thread_state(local: _ThreadState) -> _State:
@@ -874,20 +880,26 @@ class _ThreadLocalStore(ContextStore):
     _local: _ThreadState
 
     def _setup(self, initial: _State | Callable[[], _State]) -> None:
-        local = _ThreadState()
         if isinstance(initial, tuple):
+            local = _ThreadState(initial)
             local.initial = functools.partial(_constant, initial)
+            get: Callable[[], _State] = functools.partial(getattr, local, "s")
             object.__setattr__(self, "_fresh", initial)
         else:
+            local = _ThreadState(None)
             local.initial = initial
+            get = functools.partial(_thread_state, local)
             object.__setattr__(self, "_fresh", None)
         object.__setattr__(self, "_local", local)
-        object.__setattr__(self, "_get", functools.partial(_thread_state, local))
+        object.__setattr__(self, "_get", get)
         object.__setattr__(self, "_set", functools.partial(setattr, local, "s"))
 
     def _reset_here(self) -> None:
-        # The next access in this thread makes the state afresh.
-        self._local.__dict__.pop("s", None)
+        if self._fresh is not None:
+            self._local.s = self._fresh
+        else:
+            # The next access in this thread runs the factory again.
+            self._local.__dict__.pop("s", None)
 
     def _fresh_state(self) -> _State:
         return self._local.initial()
