@@ -128,13 +128,13 @@ def _nothing() -> dict[str, Any]:
 
 
 def _context_store() -> dict[str, Any]:
-    store = ContextStore("bench.context", backend="context")
+    store = _live_store("bench.context")
     store.update(a=1, b=2, k=3)
     return {"store": store, "v": VALUE}
 
 
 def _thread_store() -> dict[str, Any]:
-    store = ContextStore("bench.thread", backend="thread")
+    store = _live_store("bench.thread", "thread")
     store.update(a=1, b=2, k=3)
     return {"store": store, "v": VALUE}
 
@@ -230,11 +230,23 @@ def _noop() -> None:
     pass
 
 
+# Stores must stay alive for the whole run: a dropped store frees its name
+# and no longer takes part in capture().
+_LIVE: dict[str, ContextStore] = {}
+
+
+def _live_store(name: str, backend: str = "context") -> ContextStore:
+    """Return the store named ``name``, creating it once per process."""
+    if name not in _LIVE:
+        _LIVE[name] = ContextStore(name, backend=backend)  # type: ignore[arg-type]
+    return _LIVE[name]
+
+
 def _typical_stores() -> None:
     # What capture() carries in a typical service: a context store and a
     # thread store, a few keys each.
-    ContextStore("bench.prop.context").update(request_id="r-1", user="ada", tenant="t")
-    ContextStore("bench.prop.thread", backend="thread").update(conn="c-1", retries=0)
+    _live_store("bench.prop.context").update(request_id="r-1", user="ada", tenant="t")
+    _live_store("bench.prop.thread", "thread").update(conn="c-1", retries=0)
 
 
 def _set_foreign_vars(count: int) -> None:

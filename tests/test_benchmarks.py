@@ -1,0 +1,53 @@
+"""The benchmarks run: every case sets up and times one loop, and the report reads them.
+
+Speed itself is measured by ``benchmarks/run.py``, never asserted here; this
+only keeps the benchmark code from rotting as the library changes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load("bench_store")
+sys.modules.setdefault("report", _load("report"))
+report = sys.modules["report"]
+
+
+def test_case_names_are_unique():
+    names = [case.name for case in bench.CASES]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("case", bench.CASES, ids=lambda case: case.name)
+def test_every_case_runs_one_loop(case):
+    namespace = case.setup()
+    timer = case.compile(list(namespace))
+    elapsed = timer(1, *namespace.values())
+    assert elapsed >= 0
+    for value in namespace.values():
+        shutdown = getattr(value, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+
+
+def test_every_ratio_names_measured_cases():
+    names = {case.name for case in bench.CASES}
+    for ratio in (*report.TARGETS, *report.INFORMATIVE):
+        assert {ratio.numerator, ratio.denominator} <= names, ratio.label
