@@ -247,3 +247,12 @@ def test_a_snapshot_without_thread_stores_runs_functions_and_coroutines():
         return support.request.get("user")
 
     assert asyncio.run(read()) == "from the context"
+
+
+def test_worker_start_makes_factory_thread_stores_run_their_factory_again(make_store):
+    calls = []
+    store = make_store("thread", defaults=lambda: calls.append(1) or {"n": len(calls)})
+    store["n"] = "copied by fork"
+    _start_worker(None, ())
+    assert store["n"] == 2
+    assert len(calls) == 2
