@@ -289,6 +289,46 @@ def _executor(kind: str) -> Callable[[], dict[str, Any]]:
     return setup
 
 
+# -- logging and request context -------------------------------------------------
+
+
+class _NullStream:
+    """A stream that drops what it is given: the handler's I/O isn't measured."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _logger(kind: str) -> Callable[[], dict[str, Any]]:
+    def setup() -> dict[str, Any]:
+        import logging  # noqa: PLC0415 (only these workers)
+
+        handler = logging.StreamHandler(_NullStream())  # type: ignore[arg-type]
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        if kind == "contextual":
+            handler.addFilter(contextual.ContextFilter())
+        elif kind == "asgi_correlation_id":
+            from asgi_correlation_id import CorrelationIdFilter  # noqa: PLC0415
+
+            handler.addFilter(CorrelationIdFilter())
+        logger = logging.getLogger(f"bench.{kind}")
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        # Inside a request, as in a handler of a web app.
+        contextual.request_context(request_id="r-1", user_id="ada").__enter__()
+        return {"log": logger.info, "x": 42}
+
+    return setup
+
+
+def _request_context() -> dict[str, Any]:
+    return {"request_context": contextual.request_context}
+
+
 # -- the benchmarks ------------------------------------------------------------
 
 SCOPE = "with store.scope(k=v):\n    pass"
@@ -361,6 +401,30 @@ CASES: tuple[Case, ...] = (
         "ContextExecutor submit+result",
         "pool.submit(noop).result()",
         _executor("context"),
+    ),
+    Case(
+        "logging.no_filter",
+        "log call, handler without filter",
+        'log("handled %s", x)',
+        _logger("none"),
+    ),
+    Case(
+        "logging.context_filter",
+        "log call, handler with ContextFilter()",
+        'log("handled %s", x)',
+        _logger("contextual"),
+    ),
+    Case(
+        "logging.correlation_id_filter",
+        "log call, handler with CorrelationIdFilter",
+        'log("handled %s", x)',
+        _logger("asgi_correlation_id"),
+    ),
+    Case(
+        "request.context",
+        "request_context() enter+exit",
+        'with request_context(request_id="r-2", user_id="bob"):\n    pass',
+        _request_context,
     ),
     Case(
         "raw.executor",

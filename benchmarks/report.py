@@ -77,6 +77,13 @@ TARGETS: tuple[Ratio, ...] = (
         1.10,
     ),
     Ratio(
+        "log call with ContextFilter / without filter",
+        "logging.context_filter",
+        "logging.no_filter",
+        "<=",
+        1.05,
+    ),
+    Ratio(
         "capture() with 100 ContextVars / with 0",
         "propagation.capture_100",
         "propagation.capture_0",
@@ -86,6 +93,12 @@ TARGETS: tuple[Ratio, ...] = (
 )
 
 INFORMATIVE: tuple[Ratio, ...] = (
+    Ratio(
+        "log call with ContextFilter / with CorrelationIdFilter",
+        "logging.context_filter",
+        "logging.correlation_id_filter",
+    ),
+    Ratio("request_context() / class set+reset CM", "request.context", "raw.set_reset_cm"),
     Ratio("Snapshot.run / Context.run (no-op)", "propagation.snapshot_run", "raw.context_run"),
     Ratio(
         "Snapshot.run / Context.copy().run (no-op)",

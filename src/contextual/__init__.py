@@ -12,8 +12,17 @@ import importlib as _importlib
 import typing as _typing
 
 from ._errors import ContextualError, ScopeError
+from ._logfilter import ContextFilter
 from ._propagation import ContextThread, Snapshot, capture
 from ._registry import get_store, list_stores
+from ._request import (
+    RequestContext,
+    current_request,
+    get_current_user,
+    get_request_id,
+    new_request_id,
+    request_context,
+)
 from ._store import BACKENDS, ContextStore, StoreScope
 from ._version import __version__
 
@@ -28,17 +37,24 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "BACKENDS",
     "ContextExecutor",
+    "ContextFilter",
     "ContextProcessPoolExecutor",
     "ContextStore",
     "ContextThread",
     "ContextualError",
+    "RequestContext",
     "ScopeError",
     "Snapshot",
     "StoreScope",
     "__version__",
     "capture",
+    "current_request",
+    "get_current_user",
+    "get_request_id",
     "get_store",
     "list_stores",
+    "new_request_id",
+    "request_context",
     "set_default_executor",
     "to_thread",
 ]

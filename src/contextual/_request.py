@@ -1,0 +1,217 @@
+"""Request context: the request ID and user that every log line should carry.
+
+Built on one ``"context"`` store, so a request's values follow its asyncio
+tasks and travel through everything in the propagation layer
+(:class:`~contextual.ContextExecutor`, :func:`~contextual.capture`...).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any, TypeVar, final
+
+from ._errors import ScopeError
+from ._store import ContextStore, StoreScope
+
+__all__ = [
+    "REQUEST_STORE",
+    "RequestContext",
+    "current_request",
+    "get_current_user",
+    "get_request_id",
+    "new_request_id",
+    "request_context",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: The store behind :func:`request_context`. Its keys: ``request`` (the
+#: :class:`RequestContext`), ``request_id`` and ``user_id`` (for logging).
+REQUEST_STORE = ContextStore(
+    "contextual.request", defaults={"request": None, "request_id": None, "user_id": None}
+)
+
+
+def new_request_id() -> str:
+    """Return a fresh request ID: 32 lowercase hex digits (a random UUID).
+
+    .. versionadded:: 0.1.0
+    """
+    return uuid.uuid4().hex
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What :func:`request_context` opens: one request's ID, user and extras.
+
+    Frozen: a request's context never changes once opened; open a nested
+    :func:`request_context` to change it for a block. Picklable, so it
+    travels to other processes with the request store.
+
+    Attributes:
+        request_id: The request's ID.
+        user_id: Who makes the request, or ``None``.
+        extra: Any further values, read-only.
+
+    .. versionadded:: 0.1.0
+    """
+
+    request_id: str
+    user_id: Any = None
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType can't be pickled; rebuild it from a dict.
+        return (_rebuild, (self.request_id, self.user_id, dict(self.extra)))
+
+
+def _rebuild(request_id: str, user_id: Any, extra: dict[str, Any]) -> RequestContext:
+    return RequestContext(request_id, user_id, MappingProxyType(extra))
+
+
+def _checked_request_id(request_id: object) -> str | None:
+    if request_id is None or (isinstance(request_id, str) and request_id):
+        return request_id
+    msg = (
+        f"request_id must be a non-empty str, or None for a new one; got "
+        f"{type(request_id).__name__} {request_id!r}."
+    )
+    raise TypeError(msg)
+
+
+class request_context:  # noqa: N801 (used like a function: with request_context(): ...)
+    """Open a request: set its ID, user and extras for a block or a call.
+
+    A context manager (``with``, ``async with``) whose target is the frozen
+    :class:`RequestContext`, and a decorator for functions and coroutine
+    functions, where every call opens its own request (with its own fresh
+    ID when none was given). On exit the previous request, if any, is back,
+    also when the block raises.
+
+    Inside, :func:`current_request`, :func:`get_request_id` and
+    :func:`get_current_user` return this request's values, in the same task,
+    in tasks it creates, and in work propagated from it (a
+    :class:`~contextual.ContextExecutor`, :func:`~contextual.to_thread`...).
+    Other requests, concurrent tasks and the next request on a pooled thread
+    never see them.
+
+    One object serves one ``with`` block at a time.
+
+    Args:
+        request_id: The ID; a new one (:func:`new_request_id`) when ``None``.
+        user_id: Who makes the request, if known.
+        **extra: Any further values to carry with the request.
+
+    Raises:
+        TypeError: ``request_id`` is given and is not a non-empty str.
+
+    Example:
+        >>> from contextual import get_request_id, request_context
+        >>> with request_context(request_id="r-42", user_id="ada") as request:
+        ...     get_request_id(), request.user_id
+        ('r-42', 'ada')
+        >>> print(get_request_id())
+        None
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("_active", "_extra", "_request_id", "_user_id")
+
+    def __init__(self, request_id: str | None = None, user_id: Any = None, **extra: Any) -> None:
+        self._request_id = _checked_request_id(request_id)
+        self._user_id = user_id
+        self._extra = extra
+        self._active: StoreScope | None = None
+
+    def __enter__(self) -> RequestContext:
+        if self._active is not None:
+            msg = (
+                "this request_context() is already open; it serves one 'with' block at "
+                "a time. Call request_context(...) once for each block."
+            )
+            raise ScopeError(msg)
+        request_id = self._request_id if self._request_id is not None else new_request_id()
+        request = RequestContext(request_id, self._user_id, MappingProxyType(dict(self._extra)))
+        scope = REQUEST_STORE.scope(request=request, request_id=request_id, user_id=self._user_id)
+        scope.__enter__()
+        self._active = scope
+        return request
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope, self._active = self._active, None
+        if scope is None:
+            msg = "request_context() was exited without being entered."
+            raise ScopeError(msg)
+        scope.__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> RequestContext:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, fn: _F) -> _F:
+        """Decorate ``fn``: every call opens its own request."""
+        request_id, user_id, extra = self._request_id, self._user_id, self._extra
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with request_context(request_id, user_id, **extra):
+                    return await fn(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with request_context(request_id, user_id, **extra):
+                return fn(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+
+def current_request() -> RequestContext | None:
+    """Return the request open here, or ``None`` outside any request.
+
+    .. versionadded:: 0.1.0
+    """
+    # get(), not []: a test helper such as empty_stores() may have emptied
+    # the store, defaults included.
+    request: RequestContext | None = REQUEST_STORE.get("request")
+    return request
+
+
+def get_request_id() -> str | None:
+    """Return the ID of the request open here, or ``None`` outside any request.
+
+    .. versionadded:: 0.1.0
+    """
+    request_id: str | None = REQUEST_STORE.get("request_id")
+    return request_id
+
+
+def get_current_user() -> Any:
+    """Return the user of the request open here, or ``None``.
+
+    ``None`` outside any request, and inside a request opened without a user.
+
+    .. versionadded:: 0.1.0
+    """
+    return REQUEST_STORE.get("user_id")

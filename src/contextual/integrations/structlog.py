@@ -1,0 +1,61 @@
+"""A structlog processor that adds context to every event (extra ``structlog``).
+
+Add it to your processor chain, before the renderer::
+
+    import structlog
+    from contextual.integrations.structlog import add_context
+
+    structlog.configure(processors=[add_context(), structlog.processors.JSONRenderer()])
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from contextual._logfilter import FieldCollector, _StoreSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, MutableMapping
+
+__all__ = ["add_context"]
+
+
+class add_context:  # noqa: N801 (a processor factory, named like one)
+    """Return a processor that adds the same fields as :class:`~contextual.ContextFilter`.
+
+    By default ``request_id`` and ``user_id`` (``"-"`` outside a request);
+    given stores and defaults, every key the stores hold plus the named
+    fields. A key the event already has keeps the event's value. Values are
+    read in the code that logs, so they follow its thread or task.
+
+    Args:
+        stores: A store, a store name, or an iterable of those.
+        defaults: ``{field: default}`` for fields to add always.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("_collector",)
+
+    def __init__(
+        self,
+        stores: _StoreSpec | Iterable[_StoreSpec] = (),
+        *,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._collector = FieldCollector(stores, defaults=defaults)
+
+    def __call__(
+        self, logger: object, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """Add the fields to ``event_dict`` (the structlog processor protocol)."""
+        del logger, method_name
+        try:
+            fields = self._collector.collect()
+        except Exception:  # noqa: BLE001 (a log call must never fail because of context)
+            fields = self._collector.defaults()
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
