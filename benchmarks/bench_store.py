@@ -325,6 +325,55 @@ def _logger(kind: str) -> Callable[[], dict[str, Any]]:
     return setup
 
 
+_ID = "0f8e2bc4a3d14f0f9c1b6a5e4d3c2b1a"  # a uuid4 hex: valid for both middlewares
+
+
+async def _bare_app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ARG001 (the ASGI signature)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b""}
+
+
+async def _send(message: Any) -> None:
+    pass
+
+
+def _drive(coroutine: Any) -> None:
+    # The apps never suspend, so one send() runs a whole request: no event
+    # loop is measured, only the middleware.
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    msg = "the benchmark app suspended"
+    raise RuntimeError(msg)
+
+
+def _asgi(kind: str) -> Callable[[], dict[str, Any]]:
+    def setup() -> dict[str, Any]:
+        app: Any = _bare_app
+        if kind == "contextual":
+            from contextual.integrations.asgi import RequestContextMiddleware  # noqa: PLC0415
+
+            app = RequestContextMiddleware(_bare_app)
+        elif kind == "asgi_correlation_id":
+            from asgi_correlation_id import CorrelationIdMiddleware  # noqa: PLC0415
+
+            app = CorrelationIdMiddleware(_bare_app)
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "headers": [(b"x-request-id", _ID.encode()), (b"host", b"bench")],
+        }
+        return {"drive": _drive, "app": app, "scope": scope, "receive": _receive, "send": _send}
+
+    return setup
+
+
 def _request_context() -> dict[str, Any]:
     return {"request_context": contextual.request_context}
 
@@ -419,6 +468,19 @@ CASES: tuple[Case, ...] = (
         "log call, handler with CorrelationIdFilter",
         'log("handled %s", x)',
         _logger("asgi_correlation_id"),
+    ),
+    Case("asgi.bare", "ASGI app, bare", "drive(app(scope, receive, send))", _asgi("bare")),
+    Case(
+        "asgi.contextual",
+        "ASGI app + RequestContextMiddleware",
+        "drive(app(scope, receive, send))",
+        _asgi("contextual"),
+    ),
+    Case(
+        "asgi.correlation_id",
+        "ASGI app + CorrelationIdMiddleware",
+        "drive(app(scope, receive, send))",
+        _asgi("asgi_correlation_id"),
     ),
     Case(
         "request.context",

@@ -84,6 +84,13 @@ TARGETS: tuple[Ratio, ...] = (
         1.05,
     ),
     Ratio(
+        "CorrelationIdMiddleware / RequestContextMiddleware (ASGI)",
+        "asgi.correlation_id",
+        "asgi.contextual",
+        ">=",
+        1.0,
+    ),
+    Ratio(
         "capture() with 100 ContextVars / with 0",
         "propagation.capture_100",
         "propagation.capture_0",
@@ -99,6 +106,8 @@ INFORMATIVE: tuple[Ratio, ...] = (
         "logging.correlation_id_filter",
     ),
     Ratio("request_context() / class set+reset CM", "request.context", "raw.set_reset_cm"),
+    Ratio("RequestContextMiddleware / bare ASGI app", "asgi.contextual", "asgi.bare"),
+    Ratio("CorrelationIdMiddleware / bare ASGI app", "asgi.correlation_id", "asgi.bare"),
     Ratio("Snapshot.run / Context.run (no-op)", "propagation.snapshot_run", "raw.context_run"),
     Ratio(
         "Snapshot.run / Context.copy().run (no-op)",

@@ -87,6 +87,7 @@ _STDLIB_MODULES = (
     "threading",
     "types",
     "typing",
+    "wsgiref",
 )
 # Builtin types whose methods the docs name (dict.update).
 _BUILTIN_TYPES = ("dict", "list", "set", "str", "tuple")

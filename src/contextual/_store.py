@@ -592,13 +592,7 @@ class ContextStore(MutableMapping[str, Any]):
 
         .. versionadded:: 0.1.0
         """
-        # Filled in here rather than by __init__: one Python frame less on
-        # the path of every 'with store.scope(...)'.
-        scope = _new_scope(StoreScope)
-        scope._store = self  # noqa: SLF001
-        scope._values = values  # noqa: SLF001
-        scope._entered = False  # noqa: SLF001
-        return scope
+        return _make_scope(self, values)
 
 
 @final
@@ -753,6 +747,17 @@ class StoreScope:
 
 
 _new_scope = object.__new__
+
+
+def _make_scope(store: ContextStore, values: Values) -> StoreScope:
+    """Return ``store.scope(**values)``, for callers that hold a dict already."""
+    # Filled in here rather than by __init__: one Python frame less on the
+    # path of every 'with store.scope(...)'.
+    scope: StoreScope = _new_scope(StoreScope)
+    scope._store = store  # noqa: SLF001
+    scope._values = values  # noqa: SLF001
+    scope._entered = False  # noqa: SLF001
+    return scope
 
 
 def _find_in_chain(

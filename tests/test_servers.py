@@ -1,0 +1,371 @@
+"""Both middlewares under real servers, real clients and real concurrency.
+
+The ASGI app runs under uvicorn, the WSGI app under waitress. Each server is
+started by a fixture on 127.0.0.1 with a port the OS picks, and stopped at
+the end of the module. Hundreds of requests with distinct IDs and users run
+50 at a time; every log line the handlers write, in the event loop, in
+ContextExecutor workers and in waitress's threads, must carry its own
+request's ID and user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import waitress
+from waitress import wasyncore
+from websockets.asyncio.client import connect
+
+from _middleware_support import FRESH_ID, WARNINGS_LOGGER, ContextRecorder, recording, shown_in_log
+from _server_apps import (
+    ASGI_LINES,
+    LOGGER,
+    WSGI_LINES,
+    AsgiApp,
+    ThreadWatch,
+    WsgiApp,
+    user_from_environ,
+    user_from_scope,
+)
+from contextual import ContextExecutor
+from contextual.integrations import asgi, wsgi
+
+REQUESTS = 500
+CONCURRENCY = 50
+TIMEOUT = 20.0
+
+
+def wait_until(ready: Callable[[], bool], thread: threading.Thread, what: str) -> None:
+    """Poll ``ready`` until it holds; fail if the server thread died or time runs out."""
+    deadline = time.monotonic() + TIMEOUT
+    while not ready():
+        if not thread.is_alive():
+            pytest.fail(f"{what} stopped before it was ready")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} was not ready after {TIMEOUT} s")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[ContextExecutor]:
+    with ContextExecutor(max_workers=4, thread_name_prefix="tests-pool") as pool:
+        yield pool
+
+
+@dataclass
+class Running:
+    url: str
+    app: Any
+
+
+@pytest.fixture(scope="module")
+def uvicorn_server(executor: ContextExecutor) -> Iterator[Running]:
+    app = AsgiApp(executor)
+    config = uvicorn.Config(
+        asgi.RequestContextMiddleware(app, get_user=user_from_scope),
+        host="127.0.0.1",
+        port=0,
+        loop="asyncio",
+        http="h11",
+        ws="websockets-sansio",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    # In a thread, uvicorn installs no signal handlers and leaves the test's alone.
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, thread, "uvicorn")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Running(f"http://127.0.0.1:{port}", app)
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture(scope="module")
+def waitress_server(executor: ContextExecutor) -> Iterator[Running]:
+    # waitress: pure Python (nothing to compile on any interpreter), a real
+    # pool of OS threads that each serve request after request (what we
+    # must prove clean), and a server object to embed in a thread and stop.
+    watch = ThreadWatch(
+        wsgi.RequestContextMiddleware(WsgiApp(executor), get_user=user_from_environ)
+    )
+    server = waitress.create_server(watch, host="127.0.0.1", port=0, threads=8)
+    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.effective_port}"
+
+    def serving() -> bool:
+        try:
+            return httpx.get(f"{url}/probe", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(serving, thread, "waitress")
+    watch.probes.clear()
+    try:
+        yield Running(url, watch)
+    finally:
+        # Close every channel from the server's own loop thread; the loop
+        # ends when nothing is left to watch.
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        thread.join(TIMEOUT)
+        server.task_dispatcher.shutdown()
+        assert not thread.is_alive(), "waitress did not stop"
+
+
+# -- the load ----------------------------------------------------------------------
+
+
+@dataclass
+class Planned:
+    """One request: what the client sends, and what it must get back."""
+
+    token: str
+    user: str
+    ids: list[bytes] = field(default_factory=list)  # the X-Request-ID values sent
+    malicious: bool = False
+    path: str = "/work"
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"X-Token", self.token.encode()),
+            (b"X-User", self.user.encode()),
+            *[(b"X-Request-ID", value) for value in self.ids],
+        ]
+
+    @property
+    def as_server_sees_it(self) -> str:
+        # Both servers give several values joined by ", " (waitress) or as
+        # several pairs (uvicorn), which the middleware joins the same way.
+        return ", ".join(value.decode("latin-1") for value in self.ids)
+
+
+# Values that HTTP lets through to the app (CR, LF and the other control
+# characters but tab never get past the clients and servers: the in-process
+# tests cover those).
+MALICIOUS: list[list[bytes]] = [
+    [b"caf\xc3\xa9"],
+    [b"\xe9vil"],
+    [b"abc\x85Injected: next-line"],
+    [b"a\tb"],
+    [b"x" * 129],
+    [b"y" * 500],
+    [b""],
+    [b"one", b"two"],
+    [b"a b"],
+    [b"<script>alert(1)</script>"],
+    [b"%0d%0aSet-Cookie:%20evil=1"],
+    [b"id'; DROP TABLE requests; --"],
+    [b"\xff\xfe"],
+]
+
+
+def plan(count: int, *, malicious_every: int = 0) -> list[Planned]:
+    run = uuid.uuid4().hex[:8]
+    planned = []
+    for n in range(count):
+        item = Planned(token=f"{run}-{n}", user=f"user-{n % 37}")
+        if malicious_every and n % malicious_every == 0:
+            item.ids = MALICIOUS[(n // malicious_every) % len(MALICIOUS)]
+            item.malicious = True
+        else:
+            item.ids = [f"req-{run}-{n}".encode()]
+        planned.append(item)
+    return planned
+
+
+async def fire(url: str, planned: list[Planned]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    gate = asyncio.Semaphore(CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=TIMEOUT) as client:
+
+        async def one(item: Planned) -> httpx.Response:
+            async with gate:
+                return await client.get(item.path, headers=item.headers)
+
+        return await asyncio.gather(*(one(item) for item in planned))
+
+
+def check(
+    planned: list[Planned],
+    responses: list[httpx.Response],
+    recorder: ContextRecorder,
+    lines_per_request: int,
+) -> None:
+    expected: dict[str, tuple[str, str]] = {}
+    for item, response in zip(planned, responses, strict=True):
+        assert response.status_code == 200, response.text
+        echoed = response.headers.get_list("x-request-id")
+        assert len(echoed) == 1, echoed
+        if item.malicious:
+            assert FRESH_ID.fullmatch(echoed[0]), echoed
+            assert echoed[0].encode() not in item.ids
+            assert all(
+                value.encode("latin-1") not in item.ids or value == ""
+                for _, value in response.headers.multi_items()
+            )
+        else:
+            assert echoed == [item.ids[0].decode()]
+        assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+        assert response.json() == {
+            "token": item.token,
+            "id": echoed[0],
+            "user": item.user,
+            "pool": {"id": echoed[0], "user": item.user},
+        }
+        expected[item.token] = (echoed[0], item.user)
+
+    lines = recorder.of(LOGGER)
+    assert Counter(line.message.rsplit(" ", 1)[1] for line in lines) == dict.fromkeys(
+        expected, lines_per_request
+    )
+    without_context = [line for line in lines if line.request_id is None or line.user is None]
+    mixups = [
+        line
+        for line in lines
+        if (line.request_id, line.user) != expected[line.message.rsplit(" ", 1)[1]]
+    ]
+    assert without_context == []
+    assert mixups == []
+
+    warnings = recorder.of(WARNINGS_LOGGER)
+    malicious = {expected[item.token][0]: item for item in planned if item.malicious}
+    assert sorted(line.request_id for line in warnings) == sorted(malicious), "once each"
+    for line in warnings:
+        item = malicious[line.request_id]  # type: ignore[index]
+        assert shown_in_log(item.as_server_sees_it) in line.message
+        assert len(line.message.splitlines()) == 1
+        assert line.message.isascii()
+        assert line.message.isprintable()
+
+
+# -- uvicorn -----------------------------------------------------------------------
+
+
+def test_uvicorn_requests_never_see_each_others_context(uvicorn_server: Running):
+    planned = plan(REQUESTS)
+    with recording(LOGGER, WARNINGS_LOGGER) as recorder:
+        responses = asyncio.run(fire(uvicorn_server.url, planned))
+    check(planned, responses, recorder, len(ASGI_LINES))
+
+
+def test_uvicorn_replaces_malicious_ids_under_load(uvicorn_server: Running):
+    planned = plan(260, malicious_every=2)
+    with recording(LOGGER, WARNINGS_LOGGER) as recorder:
+        responses = asyncio.run(fire(uvicorn_server.url, planned))
+    check(planned, responses, recorder, len(ASGI_LINES))
+
+
+def test_uvicorn_websockets_see_their_own_context(uvicorn_server: Running):
+    url = uvicorn_server.url.replace("http://", "ws://") + "/ws"
+    run = uuid.uuid4().hex[:8]
+    connections, messages = 20, 3
+
+    async def one(n: int) -> list[Any]:
+        headers = {"X-Request-ID": f"ws-{run}-{n}", "X-User": f"ws-user-{n}"}
+        async with connect(url, additional_headers=headers, open_timeout=TIMEOUT) as ws:
+            replies: list[Any] = [ws.response.headers.get_all("X-Request-ID")]
+            for m in range(messages):
+                await ws.send(f"{run}-{n}.{m}")
+                replies.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+            return replies
+
+    async def main() -> list[list[Any]]:
+        return await asyncio.gather(*(one(n) for n in range(connections)))
+
+    with recording(LOGGER, WARNINGS_LOGGER) as recorder:
+        results = asyncio.run(main())
+
+    for n, (echoed, *replies) in enumerate(results):
+        request_id, user = f"ws-{run}-{n}", f"ws-user-{n}"
+        assert echoed == [request_id]
+        assert replies == [
+            {
+                "token": f"{run}-{n}.{m}",
+                "id": request_id,
+                "user": user,
+                "pool": {"id": request_id, "user": user},
+            }
+            for m in range(messages)
+        ]
+    lines = recorder.of(LOGGER)
+    assert len(lines) == connections * messages * 2
+    for line in lines:
+        n = int(line.message.rsplit(" ", 1)[1].split("-")[1].split(".")[0])
+        assert (line.request_id, line.user) == (f"ws-{run}-{n}", f"ws-user-{n}")
+    assert recorder.of(WARNINGS_LOGGER) == []
+
+
+def test_uvicorn_lifespan_passes_through_outside_any_request(uvicorn_server: Running):
+    assert uvicorn_server.app.lifespan_saw == [("lifespan.startup", None, None)]
+
+
+# -- waitress ----------------------------------------------------------------------
+
+
+def with_probes(planned: list[Planned], every: int) -> list[Planned]:
+    """Mix in requests for /probe, served without the middleware."""
+    mixed: list[Planned] = []
+    for n, item in enumerate(planned):
+        mixed.append(item)
+        if n % every == 0:
+            mixed.append(Planned(token=f"probe-{n}", user="", path="/probe"))
+    return mixed
+
+
+def test_waitress_requests_never_see_each_others_context(waitress_server: Running):
+    watch: ThreadWatch = waitress_server.app
+    planned = plan(REQUESTS)
+    mixed = with_probes(planned, every=10)
+    with recording(LOGGER, WARNINGS_LOGGER) as recorder:
+        responses = asyncio.run(fire(waitress_server.url, mixed))
+    work = [(item, r) for item, r in zip(mixed, responses, strict=True) if item.path == "/work"]
+    check([item for item, _ in work], [r for _, r in work], recorder, len(WSGI_LINES))
+    assert watch.violations == []
+    # Served without the middleware: a server thread between requests holds nothing.
+    assert len(watch.probes) == len(mixed) - len(planned)
+    assert {(request_id, user, request) for _, request_id, user, request in watch.probes} == {
+        (None, None, None)
+    }
+    assert len(watch.threads_served) > 1, "the load must spread over several threads"
+
+
+def test_waitress_threads_hold_nothing_after_serving_requests(waitress_server: Running):
+    watch: ThreadWatch = waitress_server.app
+    asyncio.run(fire(waitress_server.url, plan(100)))
+    watch.probes.clear()
+    # One at a time: every probe lands on a thread that has served requests.
+    with httpx.Client(base_url=waitress_server.url, timeout=TIMEOUT) as client:
+        for _ in range(16):
+            assert client.get("/probe").status_code == 200
+    assert {thread for thread, *_ in watch.probes} <= watch.threads_served
+    assert {(request_id, user, request) for _, request_id, user, request in watch.probes} == {
+        (None, None, None)
+    }
+    assert watch.violations == []
+
+
+def test_waitress_replaces_malicious_ids_under_load(waitress_server: Running):
+    planned = plan(260, malicious_every=2)
+    with recording(LOGGER, WARNINGS_LOGGER) as recorder:
+        responses = asyncio.run(fire(waitress_server.url, planned))
+    check(planned, responses, recorder, len(WSGI_LINES))
+    assert waitress_server.app.violations == []
