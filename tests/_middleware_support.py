@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from contextual import get_current_user, get_request_id
+from contextual import ContextFilter, get_current_user, get_request_id
 
 #: What new_request_id() returns.
 FRESH_ID = re.compile(r"[0-9a-f]{32}")
@@ -31,25 +31,34 @@ class Line:
 
 
 class ContextRecorder(logging.Handler):
-    """Record every log line with get_request_id() and get_current_user().
+    """Record every log line with the request ID and user that ContextFilter gave it.
 
-    Read in emit(), so in the thread and task that logged: the logging
-    filter that will do this for users is written elsewhere, and these tests
-    must not depend on it.
+    The filter runs in the thread and task that logged, as it does for
+    users; its ``"-"`` default is recorded as ``None``, so that a line
+    outside any request shows. A record the filter didn't reach, or one
+    whose fields disagree with get_request_id() and get_current_user() in
+    the emitting code, is recorded in ``disagreements``.
     """
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
+        self.addFilter(ContextFilter())
         self.lines: list[Line] = []
+        self.disagreements: list[tuple[object, object, object, object]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        request_id = record.__dict__.get("request_id")
+        user = record.__dict__.get("user_id")
+        expected = (get_request_id() or "-", get_current_user() or "-")
+        if (request_id, user) != expected:
+            self.disagreements.append((request_id, user, *expected))
         self.lines.append(
             Line(
                 record.name,
                 record.levelno,
                 record.getMessage(),
-                get_request_id(),
-                get_current_user(),
+                None if request_id == "-" else request_id,
+                None if user == "-" else user,
                 threading.get_ident(),
                 record.exc_info,
             )
@@ -74,6 +83,7 @@ def recording(*names: str) -> Iterator[ContextRecorder]:
         logger.setLevel(logging.DEBUG)
     try:
         yield recorder
+        assert recorder.disagreements == [], recorder.disagreements[:5]
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.removeHandler(recorder)

@@ -328,3 +328,39 @@ def test_extra_wins_over_store_keys_too(make_store, capture_lines):
     log.info("explicit", extra={"tenant": "from-extra"})
     log.info("implicit")
     assert stream.getvalue().splitlines() == ["from-extra explicit", "from-store implicit"]
+
+
+def test_the_request_store_given_by_name_keeps_its_dash_defaults(make_store, capture_lines):
+    log, stream, handler = capture_lines
+    tenant = make_store()
+    tenant["tenant"] = "acme"
+    _use(
+        handler,
+        "%(request_id)s %(user_id)s %(tenant)s %(message)s",
+        ContextFilter([tenant, "contextual.request"], defaults={"tenant": "-"}),
+    )
+    log.info("out")
+    with request_context(request_id="r1"):
+        log.info("in, no user")
+    assert stream.getvalue().splitlines() == ["- - acme out", "r1 - acme in, no user"]
+
+
+def test_the_request_object_itself_is_not_injected(capture_lines):
+    log, _, handler = capture_lines
+    seen: list[logging.LogRecord] = []
+    handler.addFilter(ContextFilter("contextual.request"))
+    handler.emit = seen.append  # type: ignore[method-assign]
+    with request_context(request_id="r2"):
+        log.info("x")
+    assert seen[0].request_id == "r2"  # type: ignore[attr-defined]
+    assert not hasattr(seen[0], "request")
+
+
+def test_defaults_alone_keep_the_request_fields(capture_lines):
+    log, stream, handler = capture_lines
+    _use(
+        handler, "%(request_id)s %(tenant)s %(message)s", ContextFilter(defaults={"tenant": "none"})
+    )
+    with request_context(request_id="r3"):
+        log.info("in")
+    assert stream.getvalue().splitlines() == ["r3 none in"]

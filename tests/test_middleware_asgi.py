@@ -590,3 +590,26 @@ def test_the_default_check_as_a_function(value, valid):
     from contextual.integrations._headers import is_valid_request_id  # noqa: PLC0415
 
     assert is_valid_request_id(value) is valid
+
+
+def test_an_async_get_user_is_refused_at_construction():
+    async def get_user(scope: Any) -> str:  # pragma: no cover - never called
+        return "ada"
+
+    with pytest.raises(TypeError, match="get_user must be a plain function"):
+        RequestContextMiddleware(seeing_app([]), get_user=get_user)
+
+
+def test_a_get_user_returning_an_awaitable_is_reported_and_ignored(caplog):
+    class AsyncLookup:
+        async def __call__(self, scope: Any) -> str:  # noqa: ARG002  # pragma: no cover - closed unawaited
+            return "ada"
+
+    seen: list[Any] = []
+    call(
+        RequestContextMiddleware(seeing_app(seen), get_user=AsyncLookup()),
+        http_scope((b"x-request-id", b"r-1")),
+    )
+    assert seen[0] == ("r-1", None)
+    assert "get_user raised" in caplog.text
+    assert "returned an awaitable" in caplog.text

@@ -305,7 +305,7 @@ def test_an_app_that_raises_after_start_response_closes_the_request():
     assert get_request_id() is None
 
 
-def test_a_streamed_body_sees_the_request_while_the_server_iterates_it():
+def test_a_streamed_body_sees_the_request_at_every_step_and_the_server_never_holds_it():
     seen: list[Any] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
@@ -317,12 +317,27 @@ def test_a_streamed_body_sees_the_request_while_the_server_iterates_it():
 
     server = Server()
     body = RequestContextMiddleware(app)(environ_with(x_request_id="r-1"), server.start_response)
-    assert get_request_id() == "r-1", "open from the call of the app..."
+    assert get_request_id() is None, "the server's own code is outside the request"
     assert b"".join(body) == b"chunk" * 3
-    assert get_request_id() == "r-1", "...through the iteration..."
+    assert get_request_id() is None
     body.close()  # type: ignore[attr-defined]
-    assert get_request_id() is None, "...until close()"
     assert seen == ["r-1"] * 4
+
+
+def test_a_caller_that_never_closes_the_body_leaks_nothing():
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        seen.append(get_request_id())
+        return [b"ok"]
+
+    wrapped = RequestContextMiddleware(app)
+    for request_id in ("r-1", "r-2", "r-3"):
+        body = wrapped(environ_with(x_request_id=request_id), Server().start_response)
+        assert list(body) == [b"ok"]  # and no close(), as some test clients do
+        assert get_request_id() is None
+    assert seen == ["r-1", "r-2", "r-3"]
 
 
 def test_the_body_close_runs_inside_the_request():

@@ -170,3 +170,24 @@ def test_concurrent_threads_each_see_their_own_request():
     for t in threads:
         t.join()
     assert seen == {i: (f"t-{i}", i) for i in range(count)}
+
+
+def test_decorating_generator_functions_is_refused():
+    def gen():  # pragma: no cover - never called
+        yield 1
+
+    async def agen():  # pragma: no cover - never called
+        yield 1
+
+    for fn in (gen, agen):
+        with pytest.raises(TypeError, match="can't decorate the generator function"):
+            request_context()(fn)
+
+
+def test_decorating_an_object_with_an_async_call():
+    class Handler:
+        async def __call__(self) -> str | None:
+            await asyncio.sleep(0)
+            return get_request_id()
+
+    assert asyncio.run(request_context(request_id="r-obj")(Handler())()) == "r-obj"

@@ -48,7 +48,7 @@ class FieldCollector:
             ``user_id`` default to ``"-"``.
     """
 
-    __slots__ = ("_all_keys", "_defaults", "_names", "_resolved")
+    __slots__ = ("_all_keys", "_defaults", "_names", "_resolved", "_with_request")
 
     def __init__(
         self,
@@ -59,14 +59,18 @@ class FieldCollector:
         specs = _store_specs(stores)
         _check_defaults(defaults)
         if not specs:
-            # The request fields, and only those: the request store also holds
-            # the RequestContext object, which no format string wants.
+            # The request fields, and only those, plus any other field named
+            # in defaults (no store holds it: it always has its default).
             specs = [REQUEST_STORE]
             self._all_keys = False
-            self._defaults = dict(_REQUEST_DEFAULTS if defaults is None else defaults)
         else:
             self._all_keys = True
-            self._defaults = dict(defaults or {})
+        self._with_request = any(
+            spec is REQUEST_STORE or spec == REQUEST_STORE.name for spec in specs
+        )
+        # Wherever the request store is read, its fields print "-" when unset.
+        base = _REQUEST_DEFAULTS if self._with_request else {}
+        self._defaults = {**base, **(defaults or {})}
         self._names = tuple(spec for spec in specs if isinstance(spec, str))
         # Readers of each store's state, resolved lazily for stores given by
         # name (a logging config may load before the module that creates them).
@@ -86,6 +90,9 @@ class FieldCollector:
                 found = self._resolve(index, spec) if isinstance(spec, str) else spec
                 if found is not None:
                     fields.update(found()[0])
+            if self._with_request:
+                # The RequestContext object itself: no format string wants it.
+                fields.pop("request", None)
             for key, default in self._defaults.items():
                 if fields.get(key) is None:
                     fields[key] = default

@@ -170,8 +170,17 @@ class request_context:  # noqa: N801 (used like a function: with request_context
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn``: every call opens its own request."""
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            msg = (
+                f"request_context() can't decorate the generator function {fn.__qualname__}: "
+                "the request would stay open across every yield, in the caller's context. "
+                "Open 'with request_context(...):' inside the generator instead."
+            )
+            raise TypeError(msg)
         request_id, user_id, extra = self._request_id, self._user_id, self._extra
-        if inspect.iscoroutinefunction(fn):
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 (an object with async __call__)
+        ):
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:

@@ -9,6 +9,7 @@ touching the other headers.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeVar, final
@@ -90,6 +91,10 @@ def replace_header(
     return result
 
 
+def _no_op() -> None:  # pragma: no cover - for awaitables without close(), rare
+    pass
+
+
 @final
 class RequestOpener(Generic[_C]):
     """Choose a request's ID and user, and open the request with them.
@@ -135,6 +140,13 @@ class RequestOpener(Generic[_C]):
             if value is not None and not callable(value):
                 msg = f"{option} must be callable or None, got {type(value).__name__} {value!r}."
                 raise TypeError(msg)
+            if inspect.iscoroutinefunction(value):
+                msg = (
+                    f"{option} must be a plain function: it runs before the request opens, "
+                    f"where nothing can await it; got the coroutine function {value!r}. Look "
+                    "the user up in the app instead, inside a nested request_context()."
+                )
+                raise TypeError(msg)
         self.header = header
         self._get_user = get_user
         self._validator = validator
@@ -154,7 +166,14 @@ class RequestOpener(Generic[_C]):
         if self._get_user is not None:
             try:
                 user = self._get_user(carrier)
+                if inspect.isawaitable(user):
+                    # An object with async __call__: nothing here can await it.
+                    getattr(user, "close", _no_op)()  # a coroutine: no "never awaited"
+                    user = None
+                    msg = "get_user returned an awaitable; it must return the user itself."
+                    raise TypeError(msg)  # noqa: TRY301 (reported with the other failures)
             except Exception as exc:  # noqa: BLE001 (documented: a failing lookup means no user)
+                user = None
                 user_error = exc
         request = open_request(request_id, user)
         try:

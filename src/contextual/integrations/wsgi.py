@@ -8,6 +8,7 @@ uWSGI, mod_wsgi, :mod:`wsgiref`) and framework (Flask, Django, Pyramid...).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -63,10 +64,10 @@ class RequestContextMiddleware:
     64 characters, so it can't forge a log line. The warning is logged
     inside the request: it carries the new ID.
 
-    What sees the request, from the call of the app to the ``close()`` of
-    the response (so also while the server iterates a streamed body, the
-    server's own code in between included, and in the body's own
-    ``close()``):
+    Each request runs in a context of its own (a copy of the server
+    thread's), entered for the call of the app, for each step of a streamed
+    body and for the ``close()`` of the response; the server's thread never
+    holds the request. What sees it:
 
     * the app, in the server's thread, and code it calls in that thread;
     * asyncio tasks the app runs (:func:`asyncio.run` inside a request):
@@ -83,13 +84,12 @@ class RequestContextMiddleware:
       without it, and so does every other request.
 
     The request closes when the server calls ``close()`` on the response,
-    as :pep:`3333` requires of every server, in the thread that called the
-    app, as every WSGI server does; it also closes at once when the app
-    raises instead of returning. It is entered once, not around each chunk,
-    so a nested :func:`~contextual.request_context` that a streamed body
-    holds across its ``yield`` keeps its values. (A server that called
-    ``close()`` in another thread, or never, would leave the request open in
-    the thread that called the app: the usual servers never do.)
+    as :pep:`3333` requires, and at once when the app raises instead of
+    returning. The body's steps share the request's context, so a nested
+    :func:`~contextual.request_context` that a streamed body holds across
+    its ``yield`` keeps its values. A caller that never calls ``close()``
+    (some test clients, some buffering middleware) leaks nothing: the
+    request's context is dropped with the response.
 
     The response body is wrapped, to know when it closes: ``len()`` still
     works when the body has one (servers use it to set ``Content-Length``),
@@ -159,6 +159,12 @@ class RequestContextMiddleware:
 
     def __call__(self, environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         """Serve one request inside its request context."""
+        context = contextvars.copy_context()
+        return context.run(self._serve, context, environ, start_response)
+
+    def _serve(
+        self, context: contextvars.Context, environ: _Environ, start_response: _StartResponse
+    ) -> Iterable[bytes]:
         raw = environ.get(self._environ_key)
         request, request_id = self._opener.open(() if raw is None else (raw,), environ)
         try:
@@ -169,8 +175,8 @@ class RequestContextMiddleware:
             request.__exit__(*sys.exc_info())
             raise
         if hasattr(body, "__len__"):
-            return _SizedBody(body, request)
-        return _Body(body, request)
+            return _SizedBody(body, request, context)
+        return _Body(body, request, context)
 
 
 def _echoing(start_response: _StartResponse, header: str, request_id: str) -> _StartResponse:
@@ -183,22 +189,31 @@ def _echoing(start_response: _StartResponse, header: str, request_id: str) -> _S
 
 
 class _Body:
-    """The app's response body, which closes the request when the server closes it.
+    """The app's response body, run in the request's context, closing it on close()."""
 
-    Iteration goes straight to the app's body: the request is open in the
-    server's thread from the app's call until close().
-    """
+    __slots__ = ("_body", "_context", "_iterator", "_request")
 
-    __slots__ = ("_body", "_request")
-
-    def __init__(self, body: Iterable[bytes], request: StoreScope) -> None:
+    def __init__(
+        self, body: Iterable[bytes], request: StoreScope, context: contextvars.Context
+    ) -> None:
         self._body = body
         self._request: StoreScope | None = request
+        self._context = context
+        self._iterator: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        return self
+
+    def __next__(self) -> bytes:
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._iterator = self._context.run(iter, self._body)
+        return self._context.run(next, iterator)
 
     def close(self) -> None:
+        self._context.run(self._close)
+
+    def _close(self) -> None:
         request, self._request = self._request, None
         if request is None:
             return
