@@ -613,3 +613,22 @@ def test_a_get_user_returning_an_awaitable_is_reported_and_ignored(caplog):
     assert seen[0] == ("r-1", None)
     assert "get_user raised" in caplog.text
     assert "returned an awaitable" in caplog.text
+
+
+@pytest.mark.parametrize("made", ["bad\r\nid", "", 42])
+def test_a_generator_that_returns_an_unsafe_id_is_replaced(made, caplog):
+    seen: list[Any] = []
+    call(RequestContextMiddleware(seeing_app(seen), generator=lambda: made), http_scope())
+    assert FRESH_ID.fullmatch(seen[0][0])
+    assert "generator returned" in caplog.text
+    assert "\r\n" not in caplog.text
+
+
+def test_a_generator_that_raises_is_replaced(caplog):
+    def broken() -> str:
+        raise RuntimeError("no entropy")
+
+    seen: list[Any] = []
+    call(RequestContextMiddleware(seeing_app(seen), generator=broken), http_scope())
+    assert FRESH_ID.fullmatch(seen[0][0])
+    assert "generator raised" in caplog.text

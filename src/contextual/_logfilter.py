@@ -170,6 +170,12 @@ class ContextFilter(logging.Filter):
     ``RESERVED_ATTRIBUTES``) is added with the prefix ``ctx_`` instead
     (``%(ctx_name)s``), so no context value can corrupt a line.
 
+    Given stores, every key they hold reaches every record, and so every
+    formatter and handler (a JSON formatter, a process-bound queue): keep
+    secrets and unpicklable objects out of those stores, or name only the
+    fields you want with ``defaults`` and no stores. A value that the call
+    passes in ``extra=`` is the caller's, even ``None``.
+
     Attach it to the *handler*, not to a logger: logger filters don't run
     for records propagated from child loggers. With a
     :class:`~logging.handlers.QueueHandler`, attach it to the

@@ -14,7 +14,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeVar, final
 
-from contextual._request import open_request
+from contextual._request import new_request_id, open_request
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -199,17 +199,34 @@ class RequestOpener(Generic[_C]):
     def _choose(self, values: Sequence[str]) -> tuple[str, str | None, str, Exception | None]:
         """Return the request ID, the refused value, why, and the validator's error."""
         if not values:
-            return self._generator(), None, "", None
+            return self._new_id(), None, "", None
         if len(values) > 1:
-            return self._generator(), ", ".join(values), f"{len(values)} values", None
+            return self._new_id(), ", ".join(values), f"{len(values)} values", None
         value = values[0]
         try:
             accepted = self._accepts(value)
         except Exception as exc:  # noqa: BLE001 (a broken validator must not fail requests)
-            return self._generator(), value, "the validator raised", exc
+            return self._new_id(), value, "the validator raised", exc
         if accepted:
             return value, None, "", None
-        return self._generator(), value, "not a valid request ID", None
+        return self._new_id(), value, "not a valid request ID", None
+
+    def _new_id(self) -> str:
+        """Return a new ID from the generator, or a safe one if it misbehaves."""
+        try:
+            request_id: object = self._generator()
+        except Exception:
+            logger.exception("The request ID generator raised; using a random ID instead.")
+            return new_request_id()
+        if isinstance(request_id, str) and _SAFE.fullmatch(request_id) is not None:
+            return request_id
+        # It goes out in a response header and into every log line.
+        logger.error(
+            "The request ID generator returned %s, not a non-empty str of printable "
+            "ASCII; using a random ID instead.",
+            escape_for_log(repr(request_id)),
+        )
+        return new_request_id()
 
     def _accepts(self, value: str) -> bool:
         if self._validator is None:

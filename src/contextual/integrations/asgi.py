@@ -84,12 +84,15 @@ class RequestContextMiddleware:
             logger, inside the request, and the request goes on with the user
             ``None``: a failing user lookup never fails a request.
         validator: Decides which incoming IDs to keep, instead of the default
-            check. Values a header can't carry back as they are (anything
+            check. Keep to a character set without spaces and ``=``: an
+            accepted ID goes into every log line as it is. Values a header
+            can't carry back as they are (anything
             outside printable ASCII, or empty) are refused whatever it says,
             and so is a header sent several times. If it raises, the value
             is refused, and the warning has the traceback.
         generator: Makes a new request ID (a non-empty str of printable
-            ASCII).
+            ASCII; anything else, or an error, is logged and replaced by
+            :func:`~contextual.new_request_id`).
         echo: Whether to set the ID in the response header. An app's own
             header of that name is replaced; every other header is kept,
             repeated ones (several ``set-cookie``) included.
