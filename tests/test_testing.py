@@ -173,3 +173,12 @@ def test_empty_stores_decorates_functions_and_coroutine_functions(make_store):
     assert asyncio.run(asynchronous()) == {}
     assert asyncio.run(with_async_with()) == {}
     assert dict(store) == {"a": 1}
+
+
+def test_helpers_refuse_to_decorate_generator_functions():
+    def gen():  # pragma: no cover - never called
+        yield 1
+
+    for helper in (no_leaks(), empty_stores()):
+        with pytest.raises(TypeError, match=r"\(\) can't decorate the generator function"):
+            helper(gen)

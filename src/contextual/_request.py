@@ -8,12 +8,12 @@ tasks and travel through everything in the propagation layer
 from __future__ import annotations
 
 import functools
-import inspect
 import uuid
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, NamedTuple, TypeVar, final
 
+from ._decorate import decorate
 from ._errors import ScopeError
 from ._store import ContextStore, StoreScope, _make_scope
 
@@ -170,31 +170,8 @@ class request_context:  # noqa: N801 (used like a function: with request_context
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn``: every call opens its own request."""
-        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-            msg = (
-                f"request_context() can't decorate the generator function {fn.__qualname__}: "
-                "the request would stay open across every yield, in the caller's context. "
-                "Open 'with request_context(...):' inside the generator instead."
-            )
-            raise TypeError(msg)
-        request_id, user_id, extra = self._request_id, self._user_id, self._extra
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 (an object with async __call__)
-        ):
-
-            @functools.wraps(fn)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                with request_context(request_id, user_id, **extra):
-                    return await fn(*args, **kwargs)
-
-            return run_async  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            with request_context(request_id, user_id, **extra):
-                return fn(*args, **kwargs)
-
-        return run  # type: ignore[return-value]
+        opener = functools.partial(request_context, self._request_id, self._user_id, **self._extra)
+        return decorate(fn, opener, what="request_context()")
 
 
 def _enter(request: RequestContext) -> StoreScope:

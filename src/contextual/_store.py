@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import threading
 from collections.abc import (
     Callable,
@@ -40,6 +39,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast, final, overload
 
 from . import _registry
+from ._decorate import decorate
 from ._errors import ScopeError
 
 __all__ = ["BACKENDS", "ContextStore", "StoreScope"]
@@ -706,47 +706,15 @@ class StoreScope:
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn`` so that every call runs inside this scope."""
-        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-            msg = (
-                f"scope() can't decorate the generator function {fn.__qualname__}: the "
-                "scope would stay active across every yield, in the caller's context. "
-                "Enter 'with store.scope(...):' inside the generator around the code "
-                "that needs it."
-            )
-            raise TypeError(msg)
-        if not callable(fn):
-            raise TypeError(f"scope() decorates functions, got {type(fn).__name__} {fn!r}.")
-
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 (an object with async __call__)
-        ):
-
-            @functools.wraps(fn)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                with self:
-                    return await fn(*args, **kwargs)
-
-            return run_async  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            with self:
-                result = fn(*args, **kwargs)
-            if inspect.iscoroutine(result):
-                # The scope ended before the coroutine's body could run in it.
-                result.close()
-                msg = (
-                    f"{fn!r} returned a coroutine, so scope() exited before its body ran. "
-                    "Decorate the 'async def' function itself, or use 'async with "
-                    "store.scope(...):' inside it."
-                )
-                raise TypeError(msg)
-            return result
-
-        return run  # type: ignore[return-value]
+        # A scope object holds no per-entry state, so every call enters it.
+        return decorate(fn, functools.partial(_itself, self), what="scope()")
 
 
 _new_scope = object.__new__
+
+
+def _itself(scope: StoreScope) -> StoreScope:
+    return scope
 
 
 def _make_scope(store: ContextStore, values: Values) -> StoreScope:

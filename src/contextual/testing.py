@@ -22,10 +22,10 @@ store (put it in your ``conftest.py``)::
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ._decorate import decorate
 from ._errors import ContextualError
 from ._registry import list_stores
 from ._store import _EMPTY, ContextStore
@@ -93,22 +93,8 @@ class _Helper:
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn``: every call runs inside a fresh instance."""
-        make, stores = type(self), self._stores
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                with make(*stores):
-                    return await fn(*args, **kwargs)
-
-            return run_async  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            with make(*stores):
-                return fn(*args, **kwargs)
-
-        return run  # type: ignore[return-value]
+        make = functools.partial(type(self), *self._stores)
+        return decorate(fn, make, what=f"{type(self).__name__}()")
 
 
 class no_leaks(_Helper):  # noqa: N801 (used like a function: with no_leaks(): ...)
