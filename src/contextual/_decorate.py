@@ -5,14 +5,48 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
+    from types import TracebackType
 
-__all__ = ["decorate"]
+__all__ = ["AsyncToo", "decorate"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
+
+
+class AsyncToo(Generic[_T]):
+    """Makes a synchronous context manager usable with ``async with`` too.
+
+    Entering and exiting never await anything, so ``async with`` does just
+    what ``with`` does.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> _T:
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> _T:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
 
 def decorate(fn: _F, enter: Callable[[], AbstractContextManager[Any]], *, what: str) -> _F:

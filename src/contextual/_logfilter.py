@@ -103,6 +103,13 @@ class FieldCollector:
             fields[key] = default if value is None else value
         return fields
 
+    def collect_safely(self) -> dict[str, Any]:
+        """Like :meth:`collect`, but never raises: on a failure, the defaults."""
+        try:
+            return self.collect()
+        except Exception:  # noqa: BLE001 (a log call must never fail because of context)
+            return self.defaults()
+
     def _resolve(self, index: int, name: str) -> Callable[[], _State] | None:
         try:
             store = get_store(name)
@@ -233,11 +240,7 @@ class ContextFilter(logging.Filter):
                     value = values.get(key)
                     attributes[key] = default if value is None else value
             return True
-        try:
-            fields = self._collector.collect()
-        except Exception:  # noqa: BLE001 (a log call must never fail because of context)
-            fields = self._collector.defaults()
-        for key, value in fields.items():
+        for key, value in self._collector.collect_safely().items():
             name = _attribute_name(key)
             if name not in attributes:
                 attributes[name] = value

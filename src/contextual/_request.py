@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, NamedTuple, TypeVar, final
 
-from ._decorate import decorate
+from ._decorate import AsyncToo, decorate
 from ._errors import ScopeError
 from ._store import ContextStore, StoreScope, _make_scope
 
@@ -87,7 +87,7 @@ def _checked_request_id(request_id: object) -> str | None:
     raise TypeError(msg)
 
 
-class request_context:  # noqa: N801 (used like a function: with request_context(): ...)
+class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a function: with request_context(): ...)
     """Open a request: set its ID, user and extras for a block or a call.
 
     A context manager (``with``, ``async with``) whose target is the frozen
@@ -156,17 +156,6 @@ class request_context:  # noqa: N801 (used like a function: with request_context
             msg = "request_context() was exited without being entered."
             raise ScopeError(msg)
         scope.__exit__(exc_type, exc, tb)
-
-    async def __aenter__(self) -> RequestContext:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn``: every call opens its own request."""

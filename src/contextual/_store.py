@@ -39,7 +39,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast, final, overload
 
 from . import _registry
-from ._decorate import decorate
+from ._decorate import AsyncToo, decorate
 from ._errors import ScopeError
 
 __all__ = ["BACKENDS", "ContextStore", "StoreScope"]
@@ -48,6 +48,7 @@ Backend = Literal["context", "thread"]
 BACKENDS: Final = ("context", "thread")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_V = TypeVar("_V")
 
 Values: TypeAlias = dict[str, Any]
 Defaults: TypeAlias = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
@@ -596,7 +597,7 @@ class ContextStore(MutableMapping[str, Any]):
 
 
 @final
-class StoreScope:
+class StoreScope(AsyncToo[ContextStore]):
     """What :meth:`ContextStore.scope` returns: a context manager and decorator.
 
     A scope object holds the values to set and nothing else; the record of
@@ -693,28 +694,13 @@ class StoreScope:
             shadowed.update(above_scope._values)  # noqa: SLF001
         self._store._set((undo(state[0], shadowed), scope, scope_entry))  # noqa: SLF001
 
-    async def __aenter__(self) -> ContextStore:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
-
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn`` so that every call runs inside this scope."""
         # A scope object holds no per-entry state, so every call enters it.
-        return decorate(fn, functools.partial(_itself, self), what="scope()")
+        return decorate(fn, functools.partial(_identity, self), what="scope()")
 
 
 _new_scope = object.__new__
-
-
-def _itself(scope: StoreScope) -> StoreScope:
-    return scope
 
 
 def _make_scope(store: ContextStore, values: Values) -> StoreScope:
@@ -809,8 +795,8 @@ def _get_or_init(
 # -- backend "thread" --------------------------------------------------------
 
 
-def _constant(state: _State) -> _State:
-    return state
+def _identity(value: _V) -> _V:
+    return value
 
 
 class _ThreadState(threading.local):
@@ -855,7 +841,7 @@ class _ThreadLocalStore(ContextStore):
     def _setup(self, initial: _State | Callable[[], _State]) -> None:
         if isinstance(initial, tuple):
             local = _ThreadState(initial)
-            local.initial = functools.partial(_constant, initial)
+            local.initial = functools.partial(_identity, initial)
             get: Callable[[], _State] = functools.partial(getattr, local, "s")
             object.__setattr__(self, "_fresh", initial)
         else:

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._decorate import decorate
+if TYPE_CHECKING:
+    from types import TracebackType
+
+from ._decorate import AsyncToo, decorate
 from ._errors import ContextualError
 from ._registry import list_stores
 from ._store import _EMPTY, ContextStore
@@ -49,7 +52,7 @@ def _selected(stores: tuple[ContextStore, ...]) -> list[ContextStore]:
     return list(stores) if stores else list_stores()
 
 
-class _Helper:
+class _Helper(AsyncToo[None]):
     """A context manager (sync and async) that also decorates functions.
 
     As a decorator it makes a fresh instance for every call, so concurrent
@@ -78,18 +81,17 @@ class _Helper:
         self._enter()
         self._active = True
 
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if not self._active:
             msg = f"{type(self).__name__}() was exited without being entered."
             raise RuntimeError(msg)
         self._active = False
         self._exit(exc_type is not None)
-
-    async def __aenter__(self) -> None:
-        self.__enter__()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        self.__exit__(exc_type, *rest)
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn``: every call runs inside a fresh instance."""

@@ -51,10 +51,7 @@ class patch_context:  # noqa: N801 (a patcher factory, named like one)
 
     def __call__(self, record: Mapping[str, Any]) -> None:
         """Add the fields to ``record["extra"]`` (the loguru patcher protocol)."""
-        try:
-            fields = self._collector.collect()
-        except Exception:  # noqa: BLE001 (a log call must never fail because of context)
-            fields = self._collector.defaults()
+        fields = self._collector.collect_safely()
         extra = record["extra"]
         for key, value in fields.items():
             extra.setdefault(key, value)

@@ -52,10 +52,7 @@ class add_context:  # noqa: N801 (a processor factory, named like one)
     ) -> MutableMapping[str, Any]:
         """Add the fields to ``event_dict`` (the structlog processor protocol)."""
         del logger, method_name
-        try:
-            fields = self._collector.collect()
-        except Exception:  # noqa: BLE001 (a log call must never fail because of context)
-            fields = self._collector.defaults()
+        fields = self._collector.collect_safely()
         for key, value in fields.items():
             event_dict.setdefault(key, value)
         return event_dict
