@@ -11,7 +11,7 @@ threads, pools, asyncio and other processes.
 import importlib as _importlib
 import typing as _typing
 
-from ._errors import ContextualError, ScopeError
+from ._errors import ContextualError, ScopeError, TransactionError
 from ._logfilter import ContextFilter
 from ._propagation import ContextThread, Snapshot, capture
 from ._registry import get_store, list_stores
@@ -27,12 +27,14 @@ from ._store import BACKENDS, ContextStore, StoreScope
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from ._db import DBAPIConnection, ThreadLocalDB
     from ._executors import (
         ContextExecutor,
         ContextProcessPoolExecutor,
         set_default_executor,
         to_thread,
     )
+    from ._transaction import Transaction, TransactionManager, TransactionState
 
 __all__ = [
     "BACKENDS",
@@ -42,10 +44,16 @@ __all__ = [
     "ContextStore",
     "ContextThread",
     "ContextualError",
+    "DBAPIConnection",
     "RequestContext",
     "ScopeError",
     "Snapshot",
     "StoreScope",
+    "ThreadLocalDB",
+    "Transaction",
+    "TransactionError",
+    "TransactionManager",
+    "TransactionState",
     "__version__",
     "capture",
     "current_request",
@@ -60,13 +68,18 @@ __all__ = [
 ]
 
 # Names whose modules import concurrent.futures, multiprocessing or asyncio
-# (40 ms and more): loaded on first use, so that importing contextual stays
+# (40 ms and more), or sqlite3: loaded on first use, so that importing contextual stays
 # cheap for code that never needs them.
 _LAZY = {
     "ContextExecutor": "._executors",
     "ContextProcessPoolExecutor": "._executors",
     "set_default_executor": "._executors",
     "to_thread": "._executors",
+    "DBAPIConnection": "._db",
+    "ThreadLocalDB": "._db",
+    "Transaction": "._transaction",
+    "TransactionManager": "._transaction",
+    "TransactionState": "._transaction",
 }
 
 

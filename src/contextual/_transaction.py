@@ -1,0 +1,443 @@
+"""Transaction scopes: commit or roll back, savepoints, and after-commit hooks."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
+
+from ._decorate import AsyncToo, decorate
+from ._errors import ScopeError, TransactionError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._db import ThreadLocalDB, _Slot
+
+__all__ = ["Transaction", "TransactionManager", "TransactionState"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_H = TypeVar("_H", bound=Callable[[], object])
+
+logger: Final = logging.getLogger("contextual.transactions")
+
+TransactionState = Literal["new", "open", "released", "committed", "rolled back"]
+"""The life of a :class:`Transaction`: ``"new"`` until its block starts,
+``"open"`` inside it, then ``"committed"`` or ``"rolled back"``; a savepoint
+whose block succeeded is ``"released"``: its work and hooks joined the
+enclosing transaction, whose end decides them."""
+
+
+def _owner() -> object:
+    """The asyncio task running here, or else the thread's identifier."""
+    # Without asyncio imported no task can be running, and importing it
+    # here would cost every program that never uses it.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio._get_running_loop() is not None:  # noqa: SLF001
+        task = asyncio.current_task()
+        if task is not None:
+            return task
+    return threading.get_ident()
+
+
+@final
+class TransactionManager:
+    """Track the current transaction of each thread and task, and run its hooks.
+
+    With a :class:`ThreadLocalDB`, transactions are database transactions
+    on the current thread's connection (``TransactionManager(db)`` shares
+    its state with ``db.transactions``, so both see the same transactions).
+    Without one, a transaction is a unit of work with no database: scopes
+    nest, and ``on_commit`` and ``on_rollback`` hooks are its participants,
+    run when the outermost scope succeeds or when a scope fails.
+
+    Visibility: the current transaction belongs to the thread, or the
+    asyncio task, that opened it. :attr:`current` is ``None`` in every
+    other thread and task, child tasks and pool workers included; to let
+    them add hooks, hand them the :class:`Transaction` itself.
+
+    Args:
+        db: The database whose connections the transactions run on, or
+            ``None`` for a unit of work without a database.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("_db", "_var")
+
+    _db: ThreadLocalDB | None
+    _var: contextvars.ContextVar[Transaction | None]
+
+    def __init__(self, db: ThreadLocalDB | None = None) -> None:
+        from ._db import ThreadLocalDB  # noqa: PLC0415 (_db imports this module)
+
+        given: object = db
+        if given is not None and not isinstance(given, ThreadLocalDB):
+            msg = f"TransactionManager takes a ThreadLocalDB or None, got {type(given).__name__}."
+            raise TypeError(msg)
+        if db is None:
+            self._var = contextvars.ContextVar("contextual.transaction", default=None)
+        else:
+            self._var = db._current  # noqa: SLF001
+        self._db = db
+
+    def __repr__(self) -> str:
+        return f"<TransactionManager {self._db!r}>" if self._db else "<TransactionManager>"
+
+    @property
+    def db(self) -> ThreadLocalDB | None:
+        """The database the transactions run on, if any."""
+        return self._db
+
+    @property
+    def current(self) -> Transaction | None:
+        """The innermost open transaction of this thread or task, or ``None``."""
+        transaction = self._var.get()
+        if transaction is None or transaction._owner != _owner():  # noqa: SLF001
+            return None
+        return transaction
+
+    def transaction(self, *, durable: bool = False) -> Transaction:
+        """Open a transaction, or a savepoint inside one: a ``with`` block or a decorator.
+
+        On entry, outside any transaction of this thread or task, it starts
+        one (``BEGIN`` on the database); inside one, it makes a savepoint.
+        When the block ends normally it commits, or releases its savepoint;
+        when it raises, it rolls back (the whole transaction, or to its
+        savepoint, so that the enclosing block can go on) and lets the
+        exception through. ``on_commit`` hooks run after the outermost
+        commit, never after a rollback.
+
+        A statement that fails inside the block marks it: no further
+        statement runs in it and it rolls back, even if the code catches the
+        error, and then raises :class:`TransactionError` if the block ended
+        without an exception. Run statements that may fail in a nested
+        block.
+
+        As a decorator (``@db.transaction()``), each call of the function
+        runs in a transaction of its own; coroutine functions work too.
+        ``async with`` works like ``with``: the statements themselves still
+        run synchronously.
+
+        Args:
+            durable: Refuse to run inside another transaction, so that a
+                successful end of the block is a real commit.
+
+        Raises:
+            TransactionError: On entry: ``durable`` inside a transaction, or
+                this thread's connection is inside a transaction of another
+                task. On exit: the commit failed (nothing was committed), or
+                the block swallowed an error of one of its statements.
+        """
+        return Transaction(self, durable=durable)
+
+    def on_commit(self, fn: _H) -> _H:
+        """Run ``fn`` after the current transaction commits, or now if there is none.
+
+        The same as ``manager.current.on_commit(fn)`` inside a transaction.
+        Outside one, ``fn`` runs at once, as there is nothing to wait for.
+
+        Raises:
+            TransactionError: The current context holds a transaction of
+                another thread or task (a child task, a pool worker): add the
+                hook to that :class:`Transaction` object instead.
+        """
+        transaction = self._var.get()
+        if transaction is None or transaction.state != "open":
+            fn()
+            return fn
+        if transaction._owner != _owner():  # noqa: SLF001
+            msg = (
+                f"on_commit() was called from a thread or task that did not open the current "
+                f"transaction ({transaction._owner_name()}), so there is no telling whether "  # noqa: SLF001
+                "it should wait for that one. Call on_commit() on the Transaction object "
+                "('with db.transaction() as txn:' ... 'txn.on_commit(fn)')."
+            )
+            raise TransactionError(msg)
+        return transaction.on_commit(fn)
+
+
+@final
+class Transaction(AsyncToo["Transaction"]):
+    """One transaction, or one savepoint inside a transaction.
+
+    Made by :meth:`TransactionManager.transaction` and
+    :meth:`ThreadLocalDB.transaction`; it serves one ``with`` block (used as
+    a decorator, it makes a fresh transaction for each call). See
+    :meth:`TransactionManager.transaction` for what its block does.
+
+    Visibility: it belongs to the thread or asyncio task that entered it;
+    only that one can nest blocks in it or, with a database, run statements
+    in it. Any thread can add hooks while it is open.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = (
+        "_commit_hooks",
+        "_failed",
+        "_owner",
+        "_rollback_hooks",
+        "_slot",
+        "_token",
+        "durable",
+        "manager",
+        "parent",
+        "state",
+    )
+
+    manager: TransactionManager
+    """The manager that tracks this transaction."""
+    durable: bool
+    """Whether it refuses to run inside another transaction."""
+    parent: Transaction | None
+    """The enclosing transaction, if this one is a savepoint."""
+    state: TransactionState
+    """Where it is in its life."""
+
+    _owner: object
+    _slot: _Slot | None
+    _failed: bool
+    _token: contextvars.Token[Transaction | None] | None
+    _commit_hooks: list[Callable[[], object]]
+    _rollback_hooks: list[Callable[[], object]]
+
+    def __init__(self, manager: TransactionManager, *, durable: bool = False) -> None:
+        self.manager = manager
+        self.durable = durable
+        self.parent = None
+        self.state = "new"
+        self._owner = None
+        self._slot = None
+        self._failed = False
+        self._token = None
+        self._commit_hooks = []
+        self._rollback_hooks = []
+
+    def __repr__(self) -> str:
+        kind = f"savepoint {self.savepoint}" if self.savepoint else "transaction"
+        return f"<Transaction: {kind}, {self.state}>"
+
+    @property
+    def depth(self) -> int:
+        """0 for an outermost transaction, 1 for a savepoint in it, and so on."""
+        depth, parent = 0, self.parent
+        while parent is not None:
+            depth, parent = depth + 1, parent.parent
+        return depth
+
+    @property
+    def savepoint(self) -> str | None:
+        """The name of its savepoint, or ``None`` for an outermost transaction."""
+        return f"contextual_{self.depth}" if self.parent is not None else None
+
+    def on_commit(self, fn: _H) -> _H:
+        """Run ``fn()`` once the outermost transaction commits; return ``fn``.
+
+        Hooks run in the order they were added, after the commit and outside
+        the transaction (``current`` is ``None`` there). A hook added to a
+        savepoint is dropped if that savepoint rolls back. An exception in a
+        hook doesn't undo the commit nor stop the other hooks: it is logged
+        with its traceback on the ``contextual.transactions`` logger, at
+        ERROR level.
+
+        Raises:
+            TransactionError: The transaction is no longer open.
+        """
+        self._check_open("on_commit")
+        self._commit_hooks.append(fn)
+        return fn
+
+    def on_rollback(self, fn: _H) -> _H:
+        """Run ``fn()`` if this transaction or savepoint rolls back; return ``fn``.
+
+        Hooks run after the rollback, newest first, like an undo log; they
+        are dropped when the outermost transaction commits. Exceptions are
+        logged as for :meth:`on_commit`.
+
+        Raises:
+            TransactionError: The transaction is no longer open.
+        """
+        self._check_open("on_rollback")
+        self._rollback_hooks.append(fn)
+        return fn
+
+    def _check_open(self, what: str) -> None:
+        if self.state != "open":
+            msg = (
+                f"{what}() needs an open transaction, and {self!r} is not: add hooks inside "
+                "its 'with' block."
+            )
+            raise TransactionError(msg)
+
+    def _owner_name(self) -> str:
+        owner = self._owner
+        if isinstance(owner, int):
+            return f"thread {owner}"
+        get_name = getattr(owner, "get_name", None)
+        return f"task {get_name()!r}" if callable(get_name) else repr(owner)
+
+    def __call__(self, fn: _F) -> _F:
+        """Decorate ``fn``: each call runs inside a new transaction like this one."""
+        manager, durable = self.manager, self.durable
+
+        def fresh() -> Transaction:
+            return Transaction(manager, durable=durable)
+
+        return decorate(fn, fresh, what="transaction()")
+
+    def __enter__(self) -> Transaction:
+        if self.state != "new":
+            msg = (
+                f"{self!r} was already used: a Transaction serves one block. Call "
+                "db.transaction() again for another one."
+            )
+            raise ScopeError(msg)
+        manager = self.manager
+        owner = _owner()
+        parent = manager._var.get()  # noqa: SLF001
+        if parent is not None and (parent._owner != owner or parent.state != "open"):  # noqa: SLF001
+            parent = None
+        if parent is not None and self.durable:
+            msg = (
+                f"a durable transaction can't start inside another one ({parent!r}): "
+                "its commit would not be final. Move the block out of the enclosing "
+                "transaction, or drop durable=True."
+            )
+            raise TransactionError(msg)
+        self._owner = owner
+        self.parent = parent
+        db = manager._db  # noqa: SLF001
+        if db is not None:
+            slot = db._slot()  # noqa: SLF001
+            if parent is None:
+                if slot.transaction is not None:
+                    if slot.transaction._owner != owner:  # noqa: SLF001
+                        from ._db import _other_owner  # noqa: PLC0415
+
+                        raise _other_owner(db, slot.transaction, "open a transaction")
+                    # Same owner, but the context lost track of it (a block
+                    # entered in a context copy, then left from another).
+                    msg = (
+                        "this thread's connection is already inside a transaction opened "
+                        "in another context of this thread; exit that block first."
+                    )
+                    raise TransactionError(msg)
+                db._run(slot, slot.begin)  # noqa: SLF001
+            else:
+                db._run(slot, f"SAVEPOINT {self.savepoint}")  # noqa: SLF001
+            slot.transaction = self
+            self._slot = slot
+        self.state = "open"
+        self._token = manager._var.set(self)  # noqa: SLF001
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.state != "open":
+            raise ScopeError(f"{self!r} was exited without being entered.")
+        manager = self.manager
+        if manager._var.get() is not self:  # noqa: SLF001
+            current = manager._var.get()  # noqa: SLF001
+            if current is not None and current.state == "open" and _descends(current, self):
+                msg = (
+                    f"{self!r} was exited before the transaction inside it ({current!r}); "
+                    "transactions end innermost first."
+                )
+                raise ScopeError(msg)
+        token, self._token = self._token, None
+        try:
+            manager._var.reset(token)  # type: ignore[arg-type]  # noqa: SLF001
+        except ValueError:
+            # Exited in another context than the one it was entered in (an
+            # async generator finalized elsewhere): undo there, if it shows.
+            if manager._var.get() is self:  # noqa: SLF001
+                manager._var.set(self.parent)  # noqa: SLF001
+        slot = self._slot
+        if slot is not None and slot.transaction is self:
+            slot.transaction = self.parent
+        if exc_type is None and not self._failed:
+            self._succeed()
+            return
+        self._roll_back()
+        if exc_type is None:
+            msg = (
+                "a statement failed inside this transaction block and the error was caught, "
+                "so the block was rolled back instead of committed. Run the statement that may "
+                "fail in a nested 'with db.transaction():' block to keep the rest."
+            )
+            raise TransactionError(msg)
+
+    def _succeed(self) -> None:
+        parent, slot, db = self.parent, self._slot, self.manager._db  # noqa: SLF001
+        if parent is not None:
+            if slot is not None and db is not None:
+                try:
+                    db._run(slot, f"RELEASE SAVEPOINT {self.savepoint}")  # noqa: SLF001
+                except BaseException:
+                    parent._failed = True  # noqa: SLF001
+                    self.state = "rolled back"
+                    _run_hooks(reversed(self._rollback_hooks), "on_rollback")
+                    raise
+            self.state = "released"
+            parent._commit_hooks += self._commit_hooks  # noqa: SLF001
+            parent._rollback_hooks += self._rollback_hooks  # noqa: SLF001
+            return
+        if slot is not None and db is not None:
+            try:
+                db._run(slot, "COMMIT")  # noqa: SLF001
+            except Exception as error:
+                # sqlite3 keeps the transaction open after a failed COMMIT
+                # ("database is locked"); PostgreSQL has already ended it.
+                self._roll_back()
+                msg = f"the commit failed, so nothing of this transaction was committed: {error}"
+                raise TransactionError(msg) from error
+        self.state = "committed"
+        _run_hooks(self._commit_hooks, "on_commit")
+
+    def _roll_back(self) -> None:
+        """Roll back this block, and run its rollback hooks."""
+        parent, slot, db = self.parent, self._slot, self.manager._db  # noqa: SLF001
+        self.state = "rolled back"
+        try:
+            if slot is not None and db is not None:
+                if parent is None:
+                    db._run(slot, "ROLLBACK")  # noqa: SLF001
+                else:
+                    name = self.savepoint
+                    db._run(slot, f"ROLLBACK TO SAVEPOINT {name}")  # noqa: SLF001
+                    db._run(slot, f"RELEASE SAVEPOINT {name}")  # noqa: SLF001
+        except Exception:  # noqa: BLE001 (the block's own outcome says more)
+            # Its work is lost either way: the enclosing block can't commit
+            # (it will roll back), and a connection whose transaction didn't
+            # end is closed, which rolls it back on the server.
+            if parent is not None:
+                parent._failed = True  # noqa: SLF001
+            elif slot is not None and db is not None and slot.connection is not None:
+                db._discard(slot, "a failed rollback")  # noqa: SLF001
+        finally:
+            _run_hooks(reversed(self._rollback_hooks), "on_rollback")
+
+
+def _descends(inner: Transaction, outer: Transaction) -> bool:
+    parent = inner.parent
+    while parent is not None:
+        if parent is outer:
+            return True
+        parent = parent.parent
+    return False
+
+
+def _run_hooks(hooks: Any, kind: str) -> None:
+    for hook in list(hooks):
+        try:
+            hook()
+        except Exception:  # noqa: PERF203 (each hook runs whatever the others did)
+            logger.exception("%s hook %r raised; the other hooks still ran", kind, hook)

@@ -1,0 +1,142 @@
+"""The databases the DB tests run against: a sqlite3 file and a real PostgreSQL server.
+
+PostgreSQL comes from ``CONTEXTUAL_TEST_POSTGRES_DSN`` (``.ci/run`` starts a
+server with ``.ci/start-postgres`` and exports it). Without it the
+PostgreSQL cases skip, unless ``CONTEXTUAL_REQUIRE_SERVERS`` is set, as in
+CI, where a missing server fails them.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from contextual import ThreadLocalDB
+
+DSN_VARIABLE = "CONTEXTUAL_TEST_POSTGRES_DSN"
+REQUIRE_VARIABLE = "CONTEXTUAL_REQUIRE_SERVERS"
+_tables = itertools.count()
+
+
+def postgres_dsn() -> str:
+    """The test server's DSN; skips (fails in CI) when there is none."""
+    dsn = os.environ.get(DSN_VARIABLE)
+    if dsn:
+        return dsn
+    reason = f"no PostgreSQL server: set {DSN_VARIABLE} (.ci/start-postgres prints one)"
+    if os.environ.get(REQUIRE_VARIABLE):
+        pytest.fail(f"{reason}; {REQUIRE_VARIABLE} is set, so this can't be skipped")
+    pytest.skip(reason)
+
+
+@dataclass
+class Database:
+    """One database to test against, with what differs between drivers."""
+
+    kind: str
+    connect: Callable[[], Any]
+    """A new raw connection, outside any ThreadLocalDB (for checks and admin)."""
+    placeholder: str
+    error: type[Exception]
+    """The driver's base exception class."""
+    table: str
+    """A table of this test's own: (k INTEGER PRIMARY KEY, v TEXT)."""
+    path: str = ""
+    """The sqlite3 file."""
+    made: list[ThreadLocalDB] = field(default_factory=list)
+
+    def db(self, **kwargs: Any) -> ThreadLocalDB:
+        """A new ThreadLocalDB on this database, closed at the end of the test."""
+        if self.kind == "sqlite":
+            db = ThreadLocalDB(self.path, **kwargs)
+        else:
+            db = ThreadLocalDB(connect=self.connect, **kwargs)
+        self.made.append(db)
+        return db
+
+    def sql(self, text: str) -> str:
+        """``text`` with ``?`` placeholders in the driver's style, and ``T`` for the table."""
+        return text.replace("?", self.placeholder).replace(" T", f" {self.table}")
+
+    def rows(self) -> list[tuple[int, str]]:
+        """The table's rows, read on a connection of its own (committed data only)."""
+        connection = self.connect()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(f"SELECT k, v FROM {self.table} ORDER BY k")
+            return [tuple(row) for row in cursor.fetchall()]  # type: ignore[misc]
+        finally:
+            connection.close()
+
+
+def _sqlite(tmp_path: Path) -> Database:
+    path = str(tmp_path / "test.sqlite3")
+    return Database(
+        kind="sqlite",
+        connect=functools.partial(sqlite3.connect, path, isolation_level=None),
+        placeholder="?",
+        error=sqlite3.Error,
+        table="items",
+        path=path,
+    )
+
+
+def _postgres() -> Database:
+    dsn = postgres_dsn()
+    return Database(
+        kind="postgres",
+        connect=functools.partial(psycopg.connect, dsn, autocommit=True),
+        placeholder="%s",
+        error=psycopg.Error,
+        table=f"items_{os.getpid()}_{next(_tables)}",
+    )
+
+
+def _prepared(database: Database) -> Iterator[Database]:
+    admin = database.connect()
+    admin.cursor().execute(f"CREATE TABLE {database.table} (k INTEGER PRIMARY KEY, v TEXT)")
+    admin.close()
+    yield database
+    for db in database.made:
+        db.close_all()
+    if database.kind == "postgres":
+        admin = database.connect()
+        admin.cursor().execute(f"DROP TABLE IF EXISTS {database.table}")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A sqlite3 file or the PostgreSQL server, with a fresh table; everything closed after."""
+    yield from _prepared(_sqlite(tmp_path) if request.param == "sqlite" else _postgres())
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path) -> Iterator[Database]:
+    """The sqlite3 file alone, for what only sqlite3 does."""
+    yield from _prepared(_sqlite(tmp_path))
+
+
+@pytest.fixture
+def postgres() -> Iterator[Database]:
+    """The PostgreSQL server alone, for what only a server can do."""
+    yield from _prepared(_postgres())
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll an outside condition (a server process going away) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout} s")
+        time.sleep(0.01)
