@@ -18,9 +18,14 @@ builds (and imports) only what its own benchmark needs.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import hashlib
+import os
+import shutil
+import sqlite3
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -378,6 +383,57 @@ def _request_context() -> dict[str, Any]:
     return {"request_context": contextual.request_context}
 
 
+class _Database:
+    """A sqlite3 file in a temporary directory: WAL, synchronous=NORMAL, 100 rows.
+
+    The settings a threaded server would pick: commits write the WAL and
+    don't wait for the disk, so the library's own cost shows rather than
+    drowning in fsync. ``shutdown()`` closes everything and removes the file.
+    """
+
+    SELECT = "SELECT k, v FROM t WHERE k = ?"
+    INSERT = "INSERT OR REPLACE INTO t (k, v) VALUES (?, ?)"
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="contextual-bench-")
+        self.path = os.path.join(self.folder, "bench.sqlite3")  # noqa: PTH118 (sqlite3 takes str)
+        self.db = contextual.ThreadLocalDB(self.path, setup=self.configure)
+        self.db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        self.db.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"value {i}") for i in range(100)])
+        self.raw: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None)
+        self.configure(self.raw)
+        atexit.register(self.shutdown)
+
+    @staticmethod
+    def configure(connection: sqlite3.Connection) -> None:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+
+    def shutdown(self) -> None:
+        if self.raw is None:
+            return  # already done (atexit, after an explicit call)
+        self.db.close_all()
+        self.raw.close()
+        self.raw = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _database(kind: str) -> Callable[[], dict[str, Any]]:
+    def setup() -> dict[str, Any]:
+        database = _Database()
+        names: dict[str, Any] = {"database": database, "db": database.db, "path": database.path}
+        assert database.raw is not None
+        names["cur"] = database.raw.cursor()
+        names["connect"] = sqlite3.connect
+        if kind == "select":
+            names.update(SQL=_Database.SELECT, P=(42,))
+        else:
+            names.update(SQL=_Database.INSERT, P=(1000, "new"))
+        return names
+
+    return setup
+
+
 # -- the benchmarks ------------------------------------------------------------
 
 SCOPE = "with store.scope(k=v):\n    pass"
@@ -494,15 +550,61 @@ CASES: tuple[Case, ...] = (
         "pool.submit(noop).result()",
         _executor("plain"),
     ),
+    Case(
+        "db.execute",
+        "ThreadLocalDB.execute one-row SELECT",
+        "db.execute(SQL, P)",
+        _database("select"),
+    ),
+    Case(
+        "raw.sqlite_execute",
+        "sqlite3 cursor one-row SELECT",
+        "cur.execute(SQL, P).fetchall()",
+        _database("select"),
+    ),
+    Case(
+        "raw.sqlite_connect_per_query",
+        "sqlite3 connect, one-row SELECT, close",
+        "c = connect(path)\nc.execute(SQL, P).fetchall()\nc.close()",
+        _database("select"),
+    ),
+    Case(
+        "db.transaction",
+        "db.transaction() with one INSERT",
+        "with db.transaction():\n    db.execute(SQL, P)",
+        _database("insert"),
+    ),
+    Case(
+        "raw.sqlite_transaction",
+        "sqlite3 BEGIN IMMEDIATE, INSERT, COMMIT",
+        'cur.execute("BEGIN IMMEDIATE")\ncur.execute(SQL, P)\ncur.execute("COMMIT")',
+        _database("insert"),
+    ),
 )
 
 
+def _pass_only(cmd: list[str], args: Any) -> None:
+    # pyperf starts workers with its own options; ours must be added back.
+    for prefix in args.only:
+        cmd.extend(("--only", prefix))
+
+
 def main() -> None:
-    runner = pyperf.Runner()
+    runner = pyperf.Runner(add_cmdline_args=_pass_only)
+    runner.argparser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="run only the benchmarks whose names start with PREFIX (repeatable)",
+    )
+    args = runner.parse_args()
     runner.metadata["description"] = "contextual against the primitives and its peers"
     runner.metadata["contextual_source"] = source_digest()
     runner.metadata["contextual_path"] = str(Path(contextual.__file__).parent)
     for case in CASES:
+        if args.only and not case.name.startswith(tuple(args.only)):
+            continue
         runner.bench_time_func(
             case.name,
             LazyTimer(case),

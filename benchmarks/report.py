@@ -97,9 +97,28 @@ TARGETS: tuple[Ratio, ...] = (
         "<=",
         1.2,
     ),
+    Ratio(
+        "db.execute / sqlite3 cursor (one-row SELECT)",
+        "db.execute",
+        "raw.sqlite_execute",
+        "<=",
+        1.10,
+    ),
+    Ratio(
+        "db.transaction() + INSERT / BEGIN+INSERT+COMMIT",
+        "db.transaction",
+        "raw.sqlite_transaction",
+        "<=",
+        1.20,
+    ),
 )
 
 INFORMATIVE: tuple[Ratio, ...] = (
+    Ratio(
+        "connect per query / db.execute (connection reuse)",
+        "raw.sqlite_connect_per_query",
+        "db.execute",
+    ),
     Ratio(
         "log call with ContextFilter / with CorrelationIdFilter",
         "logging.context_filter",

@@ -22,6 +22,7 @@ from contextual import (
     ContextThread,
     ThreadLocalDB,
     TransactionError,
+    _db,
     list_stores,
     request_context,
 )
@@ -240,7 +241,7 @@ def test_close_closes_this_threads_connection_and_the_next_use_opens_another(
     first = db.connection
     db.close()
     assert db.open_connections == 0
-    assert first.closed if database.kind == "postgres" else _sqlite_closed(first)
+    assert _closed(first)
     assert db.connection is not first
     assert db.open_connections == 1
 
@@ -268,7 +269,7 @@ def test_a_connection_is_closed_when_its_thread_exits(database: Database) -> Non
     db = database.db()
     connection = in_thread(lambda: db.connection)
     assert db.open_connections == 0
-    assert connection.closed if database.kind == "postgres" else _sqlite_closed(connection)
+    assert _closed(connection)
 
 
 def test_thread_exit_closes_without_a_resource_warning(tmp_path: Path) -> None:
@@ -293,34 +294,36 @@ def test_thread_exit_closes_without_a_resource_warning(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, "done\n", "")
 
 
-def test_close_all_closes_the_idle_connections_of_every_thread(database: Database) -> None:
+def test_close_all_retires_idle_connections_and_their_threads_close_them(
+    database: Database,
+) -> None:
     db = database.db()
     opened = threading.Barrier(4)
     go_on = threading.Event()
-    seen: dict[int, tuple[Any, Any]] = {}
+    seen: dict[int, tuple[Any, Any, bool]] = {}
 
     def worker(n: int) -> None:
         first = db.connection
         opened.wait()
         go_on.wait()
-        seen[n] = (first, db.connection)
+        after = db.connection  # the first use after close_all()
+        seen[n] = (first, after, _closed(first))
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
     for thread in threads:
         thread.start()
     opened.wait()
-    assert db.open_connections == 3
     db.close_all()
-    assert db.open_connections == 0
+    assert db.open_connections == 3  # retired, still open: only their threads close them
     go_on.set()
     for thread in threads:
         thread.join()
-    for first, after in seen.values():
-        assert first.closed if database.kind == "postgres" else _sqlite_closed(first)
-        assert after is not first
+    assert [closed for _, _, closed in seen.values()] == [True, True, True]
+    assert all(after is not first for first, after, _ in seen.values())
+    assert db.open_connections == 0  # the new ones closed as their threads exited
 
 
-def test_close_all_interrupts_a_running_statement_then_closes(tmp_path: Path) -> None:
+def test_close_all_interrupts_a_running_statement(tmp_path: Path) -> None:
     started = threading.Event()
 
     def setup(connection: sqlite3.Connection) -> None:
@@ -328,6 +331,7 @@ def test_close_all_interrupts_a_running_statement_then_closes(tmp_path: Path) ->
 
     db = ThreadLocalDB(tmp_path / "db.sqlite3", setup=setup)
     errors: list[BaseException] = []
+    after: list[Any] = []
 
     def long_query() -> None:
         endless = (
@@ -338,6 +342,7 @@ def test_close_all_interrupts_a_running_statement_then_closes(tmp_path: Path) ->
             db.execute(endless)
         except sqlite3.OperationalError as error:
             errors.append(error)
+        after.append(db.execute("SELECT 1"))  # on a new connection
 
     thread = threading.Thread(target=long_query)
     thread.start()
@@ -345,6 +350,7 @@ def test_close_all_interrupts_a_running_statement_then_closes(tmp_path: Path) ->
     db.close_all()
     thread.join()
     assert [str(e) for e in errors] == ["interrupted"]
+    assert after == [[(1,)]]
     assert db.open_connections == 0
 
 
@@ -378,44 +384,20 @@ def test_close_all_while_a_thread_is_in_a_transaction(database: Database) -> Non
     assert database.rows() == [(3, "after")]
 
 
-def test_close_all_defers_a_connection_only_its_thread_may_close(tmp_path: Path) -> None:
-    # sqlite3's default check_same_thread=True: close() from another thread fails.
-    db = ThreadLocalDB(connect=lambda: sqlite3.connect(tmp_path / "db.sqlite3"))
-    opened = threading.Event()
-    go_on = threading.Event()
-    seen: list[Any] = []
-
-    def worker() -> None:
-        seen.append(db.connection)
-        opened.set()
-        go_on.wait()
-        seen.append(db.connection)
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    opened.wait()
-    db.close_all()
-    assert db.open_connections == 1  # still open: only its thread can close it
-    go_on.set()
-    thread.join()
-    first, after = seen
-    assert _sqlite_closed_from_its_thread(first) is None
-    assert after is not first
-    assert db.open_connections == 0
-
-
-def test_close_all_closes_this_threads_own_connection_at_once(tmp_path: Path) -> None:
-    db = ThreadLocalDB(connect=lambda: sqlite3.connect(tmp_path / "db.sqlite3"))
+def test_close_all_closes_this_threads_own_connection_at_once(database: Database) -> None:
+    db = database.db()
     first = db.connection
     db.close_all()
-    assert _sqlite_closed(first)
+    assert _closed(first)
     assert db.open_connections == 0
+    db.close()  # nothing left to close: harmless
+    assert db.connection is not first
 
 
-def test_close_all_then_close_in_the_owning_thread_closes_the_deferred_one(
+def test_close_in_the_owning_thread_after_close_all_closes_the_retired_one(
     tmp_path: Path,
 ) -> None:
-    db = ThreadLocalDB(connect=lambda: sqlite3.connect(tmp_path / "db.sqlite3"))
+    db = ThreadLocalDB(tmp_path / "db.sqlite3")
     opened = threading.Event()
     go_on = threading.Event()
     seen: list[Any] = []
@@ -425,7 +407,7 @@ def test_close_all_then_close_in_the_owning_thread_closes_the_deferred_one(
         opened.set()
         go_on.wait()
         db.close()
-        seen.append(_sqlite_closed(seen[0]))
+        seen.append(_closed(seen[0]))
         seen.append(db.open_connections)
 
     thread = threading.Thread(target=worker)
@@ -437,13 +419,36 @@ def test_close_all_then_close_in_the_owning_thread_closes_the_deferred_one(
     assert seen[1:] == [True, 0]
 
 
+def test_a_thread_blocked_through_close_all_closes_its_connection_when_it_exits(
+    tmp_path: Path,
+) -> None:
+    db = ThreadLocalDB(tmp_path / "db.sqlite3")
+    opened = threading.Event()
+    go_on = threading.Event()
+    seen: list[Any] = []
+
+    def worker() -> None:
+        seen.append(db.connection)
+        opened.set()
+        go_on.wait()  # never touches db again
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    opened.wait()
+    db.close_all()
+    go_on.set()
+    thread.join()
+    assert _closed(seen[0])
+    assert db.open_connections == 0
+
+
 def test_leaving_the_with_block_closes_every_connection(database: Database) -> None:
     with database.db() as db:
         db.execute(database.sql("SELECT k FROM T"))
         in_thread(lambda: db.connection)
         connection = db.connection
     assert db.open_connections == 0
-    assert connection.closed if database.kind == "postgres" else _sqlite_closed(connection)
+    assert _closed(connection)
 
 
 def test_a_db_can_be_used_again_after_close_all(database: Database) -> None:
@@ -632,22 +637,15 @@ def test_request_context_values_never_reach_the_connection_store(database: Datab
             assert pool.submit(lambda: db.connection).result() is not db.connection
 
 
-def _sqlite_closed(connection: sqlite3.Connection) -> bool:
-    try:
-        connection.execute("SELECT 1")
-    except sqlite3.ProgrammingError as error:
-        return "closed" in str(error)
-    return False
-
-
-def _sqlite_closed_from_its_thread(connection: sqlite3.Connection) -> Any:
-    # Only its own thread may touch a check_same_thread connection: ask it
-    # a question that needs no thread check (total_changes raises if closed).
-    try:
-        connection.total_changes  # noqa: B018
-    except sqlite3.ProgrammingError as error:
-        return None if "closed" in str(error) else error
-    return "open"
+def _closed(connection: Any) -> bool:
+    """Tell whether a sqlite3 or psycopg connection is closed, from any thread."""
+    if isinstance(connection, sqlite3.Connection):
+        try:
+            connection.total_changes  # noqa: B018 (checks only that it is open)
+        except sqlite3.ProgrammingError:
+            return True
+        return False
+    return bool(connection.closed)
 
 
 def test_a_sqlite_connection_closed_behind_the_dbs_back_raises_once_then_is_replaced(
@@ -719,7 +717,7 @@ class _PlainConnection:
     """A DB-API connection with nothing beyond the required methods (no interrupt)."""
 
     def __init__(self, path: Path) -> None:
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._connection = sqlite3.connect(path, isolation_level=None)
 
     def cursor(self) -> sqlite3.Cursor:
         return self._connection.cursor()
@@ -731,7 +729,7 @@ class _PlainConnection:
         self._connection.create_function(*args)
 
 
-def test_close_all_waits_for_a_statement_it_cannot_interrupt(tmp_path: Path) -> None:
+def test_close_all_lets_a_statement_it_cannot_interrupt_run_to_its_end(tmp_path: Path) -> None:
     started = threading.Event()
     release = threading.Event()
 
@@ -748,20 +746,16 @@ def test_close_all_waits_for_a_statement_it_cannot_interrupt(tmp_path: Path) -> 
     worker = threading.Thread(target=lambda: result.append(db.execute("SELECT pause()")))
     worker.start()
     started.wait()
-    closer = threading.Thread(target=db.close_all)
-    closer.start()
+    db.close_all()  # returns at once: the statement is not its to stop
     release.set()
-    closer.join()
     worker.join()
-    assert result == [[(7,)]]  # ran to its end
+    assert result == [[(7,)]]
     assert db.open_connections == 0
 
 
 def test_after_a_fork_the_child_sets_every_inherited_connection_aside(
     database: Database,
 ) -> None:
-    from contextual import _db
-
     db = database.db()
     parents = db.connection
     in_thread(lambda: db.connection)  # a thread that exited: nothing left of it

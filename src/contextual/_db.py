@@ -60,7 +60,8 @@ class _Slot:
     Only its thread's store holds it strongly; ``ThreadLocalDB`` keeps a weak
     reference for ``close_all()``. When the thread exits, its store's values
     go, the slot goes, and ``finalizer`` closes the connection, in that
-    thread.
+    thread. Only that thread ever closes it otherwise: no lock is needed
+    around a statement, and sqlite3's own thread check stays on.
     """
 
     __slots__ = (
@@ -70,29 +71,53 @@ class _Slot:
         "connection",
         "cursor",
         "finalizer",
-        "lock",
+        "generation",
         "poll",
-        "retired",
+        "ready",
+        "sqlite",
         "thread",
         "transaction",
     )
 
     connection: Any
     cursor: Any
-    # Held while a statement runs, so that close_all() never closes a
-    # connection under a running statement: it interrupts it, then waits.
-    lock: threading.Lock
     thread: int
     begin: str
     # For a connection with a socket (fileno()): checked before use outside
     # a transaction, to notice a server that dropped the connection.
     poll: select.poll | None
     transaction: Transaction | None
+    sqlite: bool
+    # The db's generation when this connection opened; close_all() starts a
+    # new one, and the thread closes a connection of an older one.
+    generation: object
+    # ``generation`` when a statement can go straight to the cursor (an open
+    # sqlite3 connection, no transaction check to make), else None. The fast
+    # path compares it to the db's generation: one test covers both, and
+    # close_all() never writes to a slot that another thread is using.
+    ready: object
     closed_by: str | None
-    # A connection close_all() couldn't close from its thread: this slot's
-    # own thread closes it on its next use.
-    retired: Any
     finalizer: weakref.finalize[Any, _Slot]
+
+    def enter(self, transaction: Transaction | None) -> None:
+        """Make ``transaction`` the innermost one open on this connection."""
+        self.transaction = transaction
+        # Inside a transaction a statement needs checks only when a task
+        # owns it (another task must not join) or a statement failed in it.
+        fast = (
+            self.sqlite
+            and self.connection is not None
+            and (
+                transaction is None
+                or (isinstance(transaction._owner, int) and not transaction._failed)  # noqa: SLF001
+            )
+        )
+        self.ready = self.generation if fast else None
+
+    def drop(self, reason: str) -> None:
+        """Forget the connection (closed, or left to another process)."""
+        self.closed_by = reason
+        self.connection = self.cursor = self.poll = self.ready = None
 
 
 def _close_quietly(connection: Any) -> None:
@@ -175,19 +200,18 @@ class ThreadLocalDB:
     psycopg, psycopg2 and others do), and otherwise must already be in
     autocommit mode.
 
-    **close_all() from another thread.** Connections that ``db`` opened
-    from a path use ``check_same_thread=False``, so that another thread may
-    close them; ``db`` still gives each one to its own thread only, and
-    holds a per-connection lock while a statement runs. ``close_all()``
-    closes idle connections at once; it interrupts a statement in progress
-    (``interrupt()``, ``cancel()``), waits for it to return, then closes.
-    A connection the driver refuses to close from another thread (a sqlite3
-    connection made by ``connect`` with the default ``check_same_thread``)
-    is closed by its own thread, the next time that thread uses ``db``, or
-    when it exits; :attr:`open_connections` counts it until then. A thread
-    whose connection was closed in the middle of a transaction gets
-    :class:`TransactionError` from its next statement and from the end of
-    the block; the database rolled that work back.
+    **close_all() and threads.** A connection is only ever closed by its
+    own thread, so a statement never needs a lock and sqlite3 keeps its
+    ``check_same_thread`` guard. :meth:`close_all` closes the calling
+    thread's connection at once, interrupts the statements other threads
+    are running (``interrupt()``, ``cancel()``), and retires their
+    connections: each thread closes its own the next time it uses ``db``,
+    before running anything on it, or when it exits, whichever comes first.
+    A thread blocked for good keeps its connection open until interpreter
+    exit; :attr:`open_connections` counts it until then. A thread that was
+    inside a transaction gets :class:`TransactionError` from its next
+    statement and from the end of the block: closing its connection rolled
+    that work back.
 
     **Broken connections.** Outside a transaction, a connection whose socket
     shows that the server went away (restarted, or the backend was
@@ -221,6 +245,8 @@ class ThreadLocalDB:
         "_connect",
         "_current",
         "_description",
+        "_generation",
+        "_local",
         "_lock",
         "_setup",
         "_slots",
@@ -229,6 +255,7 @@ class ThreadLocalDB:
     )
 
     _store: ContextStore
+    _generation: object
     _lock: threading.Lock
     _slots: dict[int, weakref.ref[_Slot]]
     _current: contextvars.ContextVar[Transaction | None]
@@ -259,9 +286,12 @@ class ThreadLocalDB:
         self._setup = setup
         self._lock = threading.Lock()
         self._slots = {}
+        self._generation = object()
         self._store = ContextStore(
             f"contextual.db.{next(_names)}", backend="thread", propagate=False
         )
+        # The store's threading.local, read directly on the fast path.
+        self._local = self._store._local  # noqa: SLF001
         self._current = contextvars.ContextVar(f"{self._store.name}.transaction", default=None)
         self.transactions = TransactionManager(self)
         with _dbs_lock:
@@ -292,22 +322,24 @@ class ThreadLocalDB:
 
     def _slot(self) -> _Slot:
         """Return this thread's live slot, opening a connection if needed."""
-        slot: _Slot | None = self._store._get()[0].get("slot")  # noqa: SLF001
-        if slot is None or slot.connection is None:
-            return self._reopen(slot)
+        slot: _Slot | None = self._local.s[0].get("slot")
+        if slot is not None and slot.ready is self._generation:
+            return slot
+        return self._prepared(slot)
+
+    def _prepared(self, slot: _Slot | None) -> _Slot:
+        """Return ``slot`` checked (closing it if close_all() retired it), or a new one."""
+        if slot is None:
+            return self._open()
+        if slot.connection is not None and slot.generation is not self._generation:
+            self._discard(slot, "close_all()")
+        if slot.connection is None:
+            if slot.transaction is not None:
+                raise _closed_in_transaction(slot)
+            return self._open()
         if slot.poll is not None and slot.transaction is None and slot.poll.poll(0):
             return self._check_alive(slot)
         return slot
-
-    def _reopen(self, slot: _Slot | None) -> _Slot:
-        if slot is not None:
-            if slot.retired is not None:
-                retired, slot.retired = slot.retired, None
-                slot.finalizer.detach()
-                retired.close()
-            if slot.transaction is not None:
-                raise _closed_in_transaction(slot)
-        return self._open()
 
     def _open(self) -> _Slot:
         connection = self._connect()
@@ -322,15 +354,15 @@ class ThreadLocalDB:
         slot = _Slot()
         slot.connection = connection
         slot.cursor = cursor
-        slot.lock = threading.Lock()
         slot.thread = threading.get_ident()
-        slot.transaction = None
+        slot.generation = self._generation
         slot.closed_by = None
-        slot.retired = None
         slot.poll = _socket_poll(connection)
+        slot.sqlite = isinstance(connection, sqlite3.Connection)
+        slot.enter(None)
         if self._begin is not None:
             slot.begin = self._begin
-        elif isinstance(connection, sqlite3.Connection):
+        elif slot.sqlite:
             slot.begin = "BEGIN IMMEDIATE"
         else:
             slot.begin = "BEGIN"
@@ -345,17 +377,15 @@ class ThreadLocalDB:
         # The socket of an idle connection has something to read: a
         # notification, or the server saying goodbye. A probe tells which.
         try:
-            with slot.lock:
-                slot.cursor.execute("SELECT 1")
-                slot.cursor.fetchall()
+            slot.cursor.execute("SELECT 1")
+            slot.cursor.fetchall()
         except Exception:  # noqa: BLE001 (any failure means: replace it)
             self._discard(slot, "a broken connection")
             return self._open()
         return slot
 
     def _discard(self, slot: _Slot, reason: str) -> None:
-        slot.closed_by = reason
-        slot.connection = slot.cursor = slot.poll = None
+        slot.drop(reason)
         slot.finalizer()
 
     def close(self) -> None:
@@ -367,7 +397,7 @@ class ThreadLocalDB:
             TransactionError: A transaction is open on it in this thread;
                 end the ``with db.transaction()`` block first.
         """
-        slot: _Slot | None = self._store._get()[0].get("slot")  # noqa: SLF001
+        slot: _Slot | None = self._local.s[0].get("slot")
         if slot is None:
             return
         if slot.transaction is not None:
@@ -376,54 +406,43 @@ class ThreadLocalDB:
                 "'with db.transaction()' block first (its end commits or rolls back)."
             )
             raise TransactionError(msg)
-        with slot.lock:
-            if slot.connection is not None:
-                self._discard(slot, "close()")
+        if slot.connection is not None:
+            self._discard(slot, "close()")
         del self._store["slot"]
 
     def close_all(self) -> None:
-        """Close every thread's connection, from any thread.
+        """Close this thread's connection now, and retire every other thread's.
 
-        Idle connections close at once. A statement in progress is
-        interrupted, and its connection closed once it returns. A
-        connection that only its own thread may close is closed there, the
-        next time that thread uses this object or when it exits. Every
-        thread that uses this object afterwards gets a new connection; one
-        that was inside a transaction gets :class:`TransactionError` until it
-        leaves the ``with`` block.
+        Statements running in other threads are interrupted; each of those
+        threads closes its own connection the next time it uses this object
+        (and then gets a new one), or when it exits. A thread that was inside
+        a transaction gets :class:`TransactionError` until it leaves the
+        ``with`` block. See the class description for why another thread's
+        connection is never closed from here.
         """
+        here = threading.get_ident()
         with self._lock:
+            self._generation = object()
             slots = [s for r in self._slots.values() if (s := r()) is not None]
-            self._slots = {}
         for slot in slots:
-            if not slot.lock.acquire(blocking=False):
-                _interrupt(slot.connection)
-                slot.lock.acquire()
-            try:
-                if slot.connection is None:
-                    continue
-                try:
-                    slot.connection.close()
-                except sqlite3.ProgrammingError:
-                    # check_same_thread: its own thread closes it (_reopen).
-                    slot.retired = slot.connection
-                    slot.closed_by = "close_all()"
-                    slot.connection = slot.cursor = slot.poll = None
-                    with self._lock:
-                        self._slots[id(slot)] = weakref.ref(slot)
-                    continue
-                slot.finalizer.detach()
-                slot.closed_by = "close_all()"
-                slot.connection = slot.cursor = slot.poll = None
-            finally:
-                slot.lock.release()
+            connection = slot.connection
+            if connection is None:
+                continue
+            if slot.thread == here:
+                self._discard(slot, "close_all()")
+            else:
+                _interrupt(connection)
 
     @property
     def open_connections(self) -> int:
-        """How many connections are open in this process, in all threads."""
+        """How many connections are open in this process, in all threads.
+
+        Connections that :meth:`close_all` retired count until their thread
+        closes them.
+        """
         with self._lock:
             slots = [s for r in self._slots.values() if (s := r()) is not None]
-        return sum(1 for s in slots if s.connection is not None or s.retired is not None)
+        return sum(1 for s in slots if s.connection is not None)
 
     def __enter__(self) -> Self:
         return self
@@ -455,19 +474,34 @@ class ThreadLocalDB:
                 transaction that another task opened, or an earlier
                 statement of the current transaction block failed.
         """
-        slot = self._slot()
+        slot: _Slot | None = self._local.s[0].get("slot")
+        if slot is None or slot.ready is not self._generation:
+            return self._execute(self._prepared(slot), sql, params)
+        try:
+            # sqlite3 answers [] for statements without rows, and building
+            # cursor.description costs more than this whole method.
+            rows: list[Any] = slot.cursor.execute(sql, params).fetchall()
+        except BaseException:
+            self._failed(slot)
+            # A traceback the caller keeps holds this frame: it must not
+            # keep the connection open after its thread exits.
+            del slot
+            raise
+        return rows
+
+    def _execute(self, slot: _Slot, sql: str, params: Any) -> list[Any]:
         if slot.transaction is not None:
             self._check_transaction(slot)
-        with slot.lock:
-            cursor = slot.cursor
-            try:
-                cursor.execute(sql, params)
-                if cursor.description is None:
-                    return []
-                rows: list[Any] = cursor.fetchall()
-            except BaseException:
-                self._failed(slot)
-                raise
+        cursor = slot.cursor
+        try:
+            cursor.execute(sql, params)
+            rows: list[Any] = [] if cursor.description is None else cursor.fetchall()
+        except BaseException:
+            self._failed(slot)
+            # A traceback the caller keeps holds this frame: it must not
+            # keep the connection open after its thread exits.
+            del slot
+            raise
         return rows
 
     def executemany(
@@ -484,20 +518,26 @@ class ThreadLocalDB:
         slot = self._slot()
         if slot.transaction is not None:
             self._check_transaction(slot)
-        with slot.lock:
-            cursor = slot.cursor
-            try:
-                cursor.executemany(sql, seq_of_params)
-            except BaseException:
-                self._failed(slot)
-                raise
-            count: int = cursor.rowcount
+        cursor = slot.cursor
+        try:
+            cursor.executemany(sql, seq_of_params)
+        except BaseException:
+            self._failed(slot)
+            # A traceback the caller keeps holds this frame: it must not
+            # keep the connection open after its thread exits.
+            del slot
+            raise
+        count: int = cursor.rowcount
         return count
 
     def _check_transaction(self, slot: _Slot) -> None:
         transaction = slot.transaction
         assert transaction is not None  # noqa: S101 (the caller checked)
-        if transaction._owner != _owner():  # noqa: SLF001
+        owner = transaction._owner  # noqa: SLF001
+        # A transaction opened outside any task lets an event loop run
+        # inside its block take part (that code is nested in the block);
+        # one opened by a task is that task's alone.
+        if not isinstance(owner, int) and owner != _owner():
             raise _other_owner(self, transaction, "run a statement on it")
         if transaction._failed:  # noqa: SLF001
             msg = (
@@ -509,12 +549,13 @@ class ThreadLocalDB:
             raise TransactionError(msg)
 
     def _failed(self, slot: _Slot) -> None:
-        """Record a failed statement (called with ``slot.lock`` held)."""
+        """Record a failed statement."""
         if slot.transaction is not None:
             # PostgreSQL refuses every further statement of a transaction
             # after an error; sqlite3 goes on. Refusing on both keeps code
             # that catches the error from committing half its work.
             slot.transaction._failed = True  # noqa: SLF001
+            slot.ready = None
         elif slot.connection is not None and _is_broken(slot.connection):
             self._discard(slot, "a broken connection")
 
@@ -524,8 +565,7 @@ class ThreadLocalDB:
         """Run a transaction-control statement on ``slot``."""
         if slot.connection is None:
             raise _closed_in_transaction(slot)
-        with slot.lock:
-            slot.cursor.execute(sql)
+        slot.cursor.execute(sql)
 
     def transaction(self, *, durable: bool = False) -> Transaction:
         """Open a transaction (or a savepoint, inside one): a ``with`` block or a decorator.
@@ -533,7 +573,7 @@ class ThreadLocalDB:
         Shorthand for ``db.transactions.transaction(durable=durable)``; see
         :meth:`TransactionManager.transaction`.
         """
-        return Transaction(self.transactions, durable=durable)
+        return Transaction(self.transactions, durable)
 
 
 def _connector(
@@ -581,7 +621,7 @@ def _sqlite_connector(path: object, kwargs: dict[str, Any]) -> tuple[Callable[[]
                 "such as begin='BEGIN DEFERRED'."
             )
             raise TypeError(msg)
-    options = {"check_same_thread": False, **kwargs, "isolation_level": None}
+    options = {**kwargs, "isolation_level": None}
 
     def connect_sqlite() -> sqlite3.Connection:
         connection: sqlite3.Connection = sqlite3.connect(database, **options)
@@ -640,9 +680,7 @@ def _after_fork_in_child() -> None:
             if slot is not None and slot.connection is not None:
                 slot.finalizer.detach()
                 _inherited.append(slot.connection)
-                slot.closed_by = "fork"
-                slot.connection = slot.cursor = slot.poll = None
-                slot.lock = threading.Lock()
+                slot.drop("fork")
         db._slots = {}  # noqa: SLF001
 
 

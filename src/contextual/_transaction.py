@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar, final
 
 from ._decorate import AsyncToo, decorate
 from ._errors import ScopeError, TransactionError
@@ -35,12 +35,16 @@ def _owner() -> object:
     """The asyncio task running here, or else the thread's identifier."""
     # Without asyncio imported no task can be running, and importing it
     # here would cost every program that never uses it.
-    asyncio = sys.modules.get("asyncio")
+    asyncio = _modules.get("asyncio")
     if asyncio is not None and asyncio._get_running_loop() is not None:  # noqa: SLF001
         task = asyncio.current_task()
         if task is not None:
             return task
-    return threading.get_ident()
+    return _get_ident()
+
+
+_modules = sys.modules
+_get_ident = threading.get_ident
 
 
 @final
@@ -132,7 +136,7 @@ class TransactionManager:
                 task. On exit: the commit failed (nothing was committed), or
                 the block swallowed an error of one of its statements.
         """
-        return Transaction(self, durable=durable)
+        return Transaction(self, durable)
 
     def on_commit(self, fn: _H) -> _H:
         """Run ``fn`` after the current transaction commits, or now if there is none.
@@ -201,21 +205,20 @@ class Transaction(AsyncToo["Transaction"]):
     _owner: object
     _slot: _Slot | None
     _failed: bool
-    _token: contextvars.Token[Transaction | None] | None
-    _commit_hooks: list[Callable[[], object]]
-    _rollback_hooks: list[Callable[[], object]]
+    _token: contextvars.Token[Transaction | None]
+    # Made on the first hook: most transactions have none.
+    _commit_hooks: list[Callable[[], object]] | None
+    _rollback_hooks: list[Callable[[], object]] | None
 
-    def __init__(self, manager: TransactionManager, *, durable: bool = False) -> None:
+    # durable is positional too: keyword arguments make every call slower.
+    def __init__(self, manager: TransactionManager, durable: bool = False) -> None:  # noqa: FBT002
         self.manager = manager
         self.durable = durable
         self.parent = None
         self.state = "new"
-        self._owner = None
         self._slot = None
         self._failed = False
-        self._token = None
-        self._commit_hooks = []
-        self._rollback_hooks = []
+        self._commit_hooks = self._rollback_hooks = None
 
     def __repr__(self) -> str:
         kind = f"savepoint {self.savepoint}" if self.savepoint else "transaction"
@@ -248,6 +251,8 @@ class Transaction(AsyncToo["Transaction"]):
             TransactionError: The transaction is no longer open.
         """
         self._check_open("on_commit")
+        if self._commit_hooks is None:
+            self._commit_hooks = []
         self._commit_hooks.append(fn)
         return fn
 
@@ -262,6 +267,8 @@ class Transaction(AsyncToo["Transaction"]):
             TransactionError: The transaction is no longer open.
         """
         self._check_open("on_rollback")
+        if self._rollback_hooks is None:
+            self._rollback_hooks = []
         self._rollback_hooks.append(fn)
         return fn
 
@@ -285,57 +292,46 @@ class Transaction(AsyncToo["Transaction"]):
         manager, durable = self.manager, self.durable
 
         def fresh() -> Transaction:
-            return Transaction(manager, durable=durable)
+            return Transaction(manager, durable)
 
         return decorate(fn, fresh, what="transaction()")
 
     def __enter__(self) -> Transaction:
         if self.state != "new":
-            msg = (
-                f"{self!r} was already used: a Transaction serves one block. Call "
-                "db.transaction() again for another one."
-            )
-            raise ScopeError(msg)
+            raise _used(self)
         manager = self.manager
+        var = manager._var  # noqa: SLF001
         owner = _owner()
-        parent = manager._var.get()  # noqa: SLF001
-        if parent is not None and (parent._owner != owner or parent.state != "open"):  # noqa: SLF001
-            parent = None
-        if parent is not None and self.durable:
-            msg = (
-                f"a durable transaction can't start inside another one ({parent!r}): "
-                "its commit would not be final. Move the block out of the enclosing "
-                "transaction, or drop durable=True."
-            )
-            raise TransactionError(msg)
+        parent = var.get()
+        if parent is not None:
+            if parent._owner != owner or parent.state != "open":  # noqa: SLF001
+                parent = None  # another thread's or task's, or over: not ours to nest in
+            elif self.durable:
+                raise _durable_nested(parent)
+            else:
+                self.parent = parent
         self._owner = owner
-        self.parent = parent
         db = manager._db  # noqa: SLF001
         if db is not None:
-            slot = db._slot()  # noqa: SLF001
+            slot = db._local.s[0].get("slot")  # noqa: SLF001 (ThreadLocalDB._slot, inlined)
+            if slot is None or slot.ready is not db._generation:  # noqa: SLF001
+                slot = db._prepared(slot)  # noqa: SLF001
             if parent is None:
                 if slot.transaction is not None:
-                    if slot.transaction._owner != owner:  # noqa: SLF001
-                        from ._db import _other_owner  # noqa: PLC0415
-
-                        raise _other_owner(db, slot.transaction, "open a transaction")
-                    # Same owner, but the context lost track of it (a block
-                    # entered in a context copy, then left from another).
-                    msg = (
-                        "this thread's connection is already inside a transaction opened "
-                        "in another context of this thread; exit that block first."
-                    )
-                    raise TransactionError(msg)
-                db._run(slot, slot.begin)  # noqa: SLF001
+                    raise _connection_taken(db, slot.transaction, owner)
+                slot.cursor.execute(slot.begin)
             else:
-                db._run(slot, f"SAVEPOINT {self.savepoint}")  # noqa: SLF001
-            slot.transaction = self
+                slot.cursor.execute(f"SAVEPOINT {self.savepoint}")
+            if slot.ready is not None and type(owner) is int:
+                slot.transaction = self  # still ready: nothing else to work out
+            else:
+                slot.enter(self)
             self._slot = slot
         self.state = "open"
-        self._token = manager._var.set(self)  # noqa: SLF001
+        self._token = var.set(self)
         return self
 
-    def __exit__(
+    def __exit__(  # noqa: C901, PLR0912 (the outermost commit is inlined: every transaction runs it)
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -343,37 +339,47 @@ class Transaction(AsyncToo["Transaction"]):
     ) -> None:
         if self.state != "open":
             raise ScopeError(f"{self!r} was exited without being entered.")
-        manager = self.manager
-        if manager._var.get() is not self:  # noqa: SLF001
-            current = manager._var.get()  # noqa: SLF001
-            if current is not None and current.state == "open" and _descends(current, self):
-                msg = (
-                    f"{self!r} was exited before the transaction inside it ({current!r}); "
-                    "transactions end innermost first."
-                )
-                raise ScopeError(msg)
-        token, self._token = self._token, None
+        var = self.manager._var  # noqa: SLF001
+        current = var.get()
+        if current is not self:
+            self._check_order(current)
         try:
-            manager._var.reset(token)  # type: ignore[arg-type]  # noqa: SLF001
+            var.reset(self._token)
         except ValueError:
             # Exited in another context than the one it was entered in (an
             # async generator finalized elsewhere): undo there, if it shows.
-            if manager._var.get() is self:  # noqa: SLF001
-                manager._var.set(self.parent)  # noqa: SLF001
-        slot = self._slot
+            if current is self:
+                var.set(self.parent)
+        slot, parent = self._slot, self.parent
         if slot is not None and slot.transaction is self:
-            slot.transaction = self.parent
+            if parent is None and slot.ready is not None:
+                slot.transaction = None  # still ready, as on entry
+            else:
+                slot.enter(parent)
         if exc_type is None and not self._failed:
-            self._succeed()
+            if parent is None and slot is not None and slot.connection is not None:
+                # The common case, inlined: every outermost commit runs it.
+                try:
+                    slot.cursor.execute("COMMIT")
+                except Exception as error:  # noqa: BLE001 (reported by _commit_failed)
+                    self._commit_failed(error)
+                self.state = "committed"
+                if self._commit_hooks:
+                    _run_hooks(self._commit_hooks, "on_commit")
+            else:
+                self._succeed()
             return
         self._roll_back()
         if exc_type is None:
+            raise _swallowed_failure()
+
+    def _check_order(self, current: Transaction | None) -> None:
+        if current is not None and current.state == "open" and _descends(current, self):
             msg = (
-                "a statement failed inside this transaction block and the error was caught, "
-                "so the block was rolled back instead of committed. Run the statement that may "
-                "fail in a nested 'with db.transaction():' block to keep the rest."
+                f"{self!r} was exited before the transaction inside it ({current!r}); "
+                "transactions end innermost first."
             )
-            raise TransactionError(msg)
+            raise ScopeError(msg)
 
     def _succeed(self) -> None:
         parent, slot, db = self.parent, self._slot, self.manager._db  # noqa: SLF001
@@ -383,24 +389,31 @@ class Transaction(AsyncToo["Transaction"]):
                     db._run(slot, f"RELEASE SAVEPOINT {self.savepoint}")  # noqa: SLF001
                 except BaseException:
                     parent._failed = True  # noqa: SLF001
+                    slot.enter(parent)
                     self.state = "rolled back"
-                    _run_hooks(reversed(self._rollback_hooks), "on_rollback")
+                    _run_hooks(self._rollback_hooks, "on_rollback")
                     raise
             self.state = "released"
-            parent._commit_hooks += self._commit_hooks  # noqa: SLF001
-            parent._rollback_hooks += self._rollback_hooks  # noqa: SLF001
+            if self._commit_hooks:
+                parent._commit_hooks = (parent._commit_hooks or []) + self._commit_hooks  # noqa: SLF001
+            if self._rollback_hooks:
+                parent._rollback_hooks = (parent._rollback_hooks or []) + self._rollback_hooks  # noqa: SLF001
             return
         if slot is not None and db is not None:
             try:
                 db._run(slot, "COMMIT")  # noqa: SLF001
-            except Exception as error:
-                # sqlite3 keeps the transaction open after a failed COMMIT
-                # ("database is locked"); PostgreSQL has already ended it.
-                self._roll_back()
-                msg = f"the commit failed, so nothing of this transaction was committed: {error}"
-                raise TransactionError(msg) from error
+            except Exception as error:  # noqa: BLE001 (reported by _commit_failed)
+                self._commit_failed(error)
         self.state = "committed"
-        _run_hooks(self._commit_hooks, "on_commit")
+        if self._commit_hooks:
+            _run_hooks(self._commit_hooks, "on_commit")
+
+    def _commit_failed(self, error: Exception) -> NoReturn:
+        # sqlite3 keeps the transaction open after a failed COMMIT ("database
+        # is locked"); PostgreSQL has already ended it. Roll back for both.
+        self._roll_back()
+        msg = f"the commit failed, so nothing of this transaction was committed: {error}"
+        raise TransactionError(msg) from error
 
     def _roll_back(self) -> None:
         """Roll back this block, and run its rollback hooks."""
@@ -408,22 +421,64 @@ class Transaction(AsyncToo["Transaction"]):
         self.state = "rolled back"
         try:
             if slot is not None and db is not None:
-                if parent is None:
-                    db._run(slot, "ROLLBACK")  # noqa: SLF001
-                else:
-                    name = self.savepoint
-                    db._run(slot, f"ROLLBACK TO SAVEPOINT {name}")  # noqa: SLF001
-                    db._run(slot, f"RELEASE SAVEPOINT {name}")  # noqa: SLF001
-        except Exception:  # noqa: BLE001 (the block's own outcome says more)
-            # Its work is lost either way: the enclosing block can't commit
-            # (it will roll back), and a connection whose transaction didn't
-            # end is closed, which rolls it back on the server.
-            if parent is not None:
-                parent._failed = True  # noqa: SLF001
-            elif slot is not None and db is not None and slot.connection is not None:
-                db._discard(slot, "a failed rollback")  # noqa: SLF001
+                try:
+                    if parent is None:
+                        db._run(slot, "ROLLBACK")  # noqa: SLF001
+                    else:
+                        name = self.savepoint
+                        db._run(slot, f"ROLLBACK TO SAVEPOINT {name}")  # noqa: SLF001
+                        db._run(slot, f"RELEASE SAVEPOINT {name}")  # noqa: SLF001
+                except Exception:  # noqa: BLE001 (the block's own outcome says more)
+                    # The work is lost either way: the enclosing block can't
+                    # commit (it will roll back), and a connection whose
+                    # transaction didn't end is closed, which rolls it back.
+                    if parent is not None:
+                        parent._failed = True  # noqa: SLF001
+                        slot.enter(parent)
+                    elif slot.connection is not None:
+                        db._discard(slot, "a failed rollback")  # noqa: SLF001
         finally:
-            _run_hooks(reversed(self._rollback_hooks), "on_rollback")
+            _run_hooks(self._rollback_hooks, "on_rollback")
+
+
+def _used(transaction: Transaction) -> ScopeError:
+    msg = (
+        f"{transaction!r} was already used: a Transaction serves one block. Call "
+        "db.transaction() again for another one."
+    )
+    return ScopeError(msg)
+
+
+def _durable_nested(parent: Transaction) -> TransactionError:
+    msg = (
+        f"a durable transaction can't start inside another one ({parent!r}): "
+        "its commit would not be final. Move the block out of the enclosing "
+        "transaction, or drop durable=True."
+    )
+    return TransactionError(msg)
+
+
+def _connection_taken(db: ThreadLocalDB, open_one: Transaction, owner: object) -> TransactionError:
+    if open_one._owner != owner:  # noqa: SLF001
+        from ._db import _other_owner  # noqa: PLC0415
+
+        return _other_owner(db, open_one, "open a transaction")
+    # Same owner, but this context lost track of it (a block entered in a
+    # copy of the context, still open).
+    msg = (
+        "this thread's connection is already inside a transaction opened in another "
+        "context of this thread; exit that block first."
+    )
+    return TransactionError(msg)
+
+
+def _swallowed_failure() -> TransactionError:
+    msg = (
+        "a statement failed inside this transaction block and the error was caught, "
+        "so the block was rolled back instead of committed. Run the statement that may "
+        "fail in a nested 'with db.transaction():' block to keep the rest."
+    )
+    return TransactionError(msg)
 
 
 def _descends(inner: Transaction, outer: Transaction) -> bool:
@@ -435,8 +490,11 @@ def _descends(inner: Transaction, outer: Transaction) -> bool:
     return False
 
 
-def _run_hooks(hooks: Any, kind: str) -> None:
-    for hook in list(hooks):
+def _run_hooks(hooks: list[Callable[[], object]] | None, kind: str) -> None:
+    """Run commit hooks in order, rollback hooks newest first; log failures."""
+    if not hooks:
+        return
+    for hook in hooks if kind == "on_commit" else reversed(hooks):
         try:
             hook()
         except Exception:  # noqa: PERF203 (each hook runs whatever the others did)
