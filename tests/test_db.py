@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -754,14 +756,16 @@ def test_close_all_lets_a_statement_it_cannot_interrupt_run_to_its_end(tmp_path:
 
 
 def test_after_a_fork_the_child_sets_every_inherited_connection_aside(
-    database: Database,
+    database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = database.db()
     parents = db.connection
     in_thread(lambda: db.connection)  # a thread that exited: nothing left of it
     transaction = db.transaction()
     transaction.__enter__()
-    # What os.fork() runs in the child; called here to look at its effect.
+    # What os.fork() runs in the child; called here, on this db alone, to
+    # look at its effect.
+    monkeypatch.setattr(_db, "_dbs", weakref.WeakSet([db]))
     _db._after_fork_in_child()
     try:
         assert parents in _db._inherited  # kept, not closed: the parent still uses it
@@ -784,3 +788,71 @@ def test_executemany_inside_a_transaction_marks_it_on_failure(database: Database
         with pytest.raises(TransactionError, match="an earlier statement"):
             db.executemany(database.sql("INSERT INTO T (k, v) VALUES (?, ?)"), [(2, "c")])
     assert database.rows() == []
+
+
+def test_a_connection_freed_in_a_forked_child_is_kept_open_not_closed(tmp_path: Path) -> None:
+    # In a child, os.fork() frees the slots of the parent's other threads
+    # before any hook runs; their finalizers run there, with the parent's pid.
+    connection = sqlite3.connect(tmp_path / "db.sqlite3")
+    _db._close_quietly(connection, pid=os.getpid() + 1)
+    try:
+        assert connection in _db._inherited
+        assert not _closed(connection)
+    finally:
+        _db._inherited.remove(connection)
+        connection.close()
+
+
+def test_a_forked_child_leaves_the_connections_of_the_parents_other_threads_alone(
+    database: Database,
+) -> None:
+    if database.kind == "sqlite":
+        setup = f"db = ThreadLocalDB({database.path!r})"
+        who = "id(db.connection)"
+    else:
+        setup = (
+            "import functools, psycopg; "
+            f"db = ThreadLocalDB(connect=functools.partial(psycopg.connect, {postgres_dsn()!r}))"
+        )
+        who = "db.execute('SELECT pg_backend_pid()')[0][0]"
+    script = f"""
+        import os, sys, threading
+        from contextual import ThreadLocalDB
+        {setup}
+        opened, forked, seen = threading.Event(), threading.Event(), []
+        def worker():
+            seen.append({who})
+            opened.set()
+            forked.wait()
+            seen.append({who})
+            db.execute("SELECT 1")
+        thread = threading.Thread(target=worker)
+        thread.start()
+        opened.wait()
+        pid = os.fork()
+        if pid == 0:
+            db.execute("SELECT 1")  # the child's own connection
+            os._exit(0 if db.open_connections == 1 else 1)
+        _, status = os.waitpid(pid, 0)
+        forked.set()
+        thread.join()
+        assert os.waitstatus_to_exitcode(status) == 0, "the child's count was wrong"
+        assert seen[0] == seen[1], "the worker's connection was replaced"
+        print("ok")
+    """
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "dev",
+            "-W",
+            "error::ResourceWarning",
+            "-c",
+            textwrap.dedent(script),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import sqlite3
 import threading
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from _db_support import Database, database, postgres, sqlite
@@ -471,7 +474,7 @@ def test_two_tasks_on_one_thread_cannot_share_its_connection_s_transaction(
 
     opening, statement = asyncio.run(main())
     assert "can't open a transaction" in opening
-    assert "another task opened (task 'Task-" in opening
+    assert "opened by task 'Task-" in opening
     assert "can't run a statement on it" in statement
     assert keys(database) == [1, 2]
 
@@ -492,7 +495,7 @@ def test_a_task_created_inside_a_transaction_cannot_nest_in_it(database: Databas
 
             return await asyncio.create_task(child())
 
-    assert "another task opened" in asyncio.run(main())
+    assert "opened by task 'Task-" in asyncio.run(main())
 
 
 def test_a_block_exited_in_another_context_still_ends() -> None:
@@ -732,3 +735,222 @@ def test_a_block_exited_while_an_unrelated_one_is_current_still_ends() -> None:
         elsewhere.__exit__(None, None, None)
         assert manager.current is here
     assert (elsewhere.state, here.state) == ("committed", "committed")
+
+
+def test_close_all_during_an_idle_transaction_fails_its_commit(database: Database) -> None:
+    db = database.db()
+    inside = threading.Event()
+    closed = threading.Event()
+    saw: list[str] = []
+    ran: list[str] = []
+
+    def worker() -> None:
+        try:
+            with db.transaction() as txn:
+                txn.on_rollback(lambda: ran.append("rolled back"))
+                insert(database, db, 1)
+                inside.set()
+                closed.wait()  # no statement after close_all(): straight to the commit
+        except TransactionError as error:
+            saw.append(str(error))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    inside.wait()
+    db.close_all()
+    closed.set()
+    thread.join()
+    assert len(saw) == 1
+    assert "the commit failed" in saw[0]
+    assert "closed (close_all())" in saw[0]
+    assert ran == ["rolled back"]
+    assert keys(database) == []
+
+
+def test_a_postgres_commit_that_the_server_turns_into_a_rollback_is_an_error(
+    postgres: Database,
+) -> None:
+    db = postgres.db()
+    ran: list[str] = []
+    with pytest.raises(TransactionError, match="rolled this transaction back instead"):  # noqa: SIM117
+        with db.transaction() as txn:
+            txn.on_commit(lambda: ran.append("commit hook"))
+            txn.on_rollback(lambda: ran.append("rollback hook"))
+            insert(postgres, db, 1)
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                db.connection.execute("SELECT 1/0")  # behind db.execute's back
+    assert ran == ["rollback hook"]
+    assert txn.state == "rolled back"
+    assert keys(postgres) == []
+
+
+def test_a_block_inside_a_failed_block_is_refused(database: Database) -> None:
+    db = database.db()
+    with pytest.raises(TransactionError, match="error was caught"), db.transaction():
+        with pytest.raises(database.error):
+            insert(database, db, 1)
+            insert(database, db, 1)
+        with pytest.raises(TransactionError, match="an earlier statement"), db.transaction():
+            pass  # pragma: no cover (never entered)
+    assert keys(database) == []
+
+
+def test_a_savepoint_that_cannot_start_fails_the_enclosing_block(database: Database) -> None:
+    db = database.db()
+    with pytest.raises(TransactionError, match="error was caught"), db.transaction():
+        insert(database, db, 1)
+        db.connection.close()
+        with pytest.raises(database.error), db.transaction():
+            pass  # pragma: no cover (never entered)
+    assert keys(database) == []
+
+
+def test_an_outer_block_cannot_end_while_a_savepoint_of_another_context_is_open(
+    database: Database,
+) -> None:
+    db = database.db()
+    outer = db.transaction()
+    inner = db.transaction()
+    outer.__enter__()
+    context = contextvars.copy_context()
+    context.run(inner.__enter__)  # like a generator that entered a block
+    with pytest.raises(ScopeError, match="innermost first"):
+        outer.__exit__(None, None, None)
+    context.run(inner.__exit__, None, None, None)
+    outer.__exit__(None, None, None)
+    assert (inner.state, outer.state) == ("released", "committed")
+    with db.transaction():  # the connection is free again
+        insert(database, db, 1)
+    assert keys(database) == [1]
+
+
+class _InterruptedCommit:
+    """A sqlite3 connection whose COMMIT is interrupted by Ctrl-C."""
+
+    def __init__(self, path: Path) -> None:
+        self._connection = sqlite3.connect(path, isolation_level=None)
+
+    def cursor(self) -> Any:
+        connection = self._connection
+        cursor = connection.cursor()
+
+        class Cursor:
+            description = None
+            rowcount = -1
+
+            def execute(self, sql: str, params: Any = ()) -> Any:
+                if sql == "COMMIT":
+                    raise KeyboardInterrupt
+                return cursor.execute(sql, params)
+
+            def fetchall(self) -> list[Any]:
+                return cursor.fetchall()
+
+        return Cursor()
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def test_keyboard_interrupt_during_the_commit_rolls_back_and_goes_on_up(tmp_path: Path) -> None:
+    plain = ThreadLocalDB(tmp_path / "db.sqlite3")
+    plain.execute("CREATE TABLE t (x)")
+    plain.close_all()
+    db = ThreadLocalDB(connect=lambda: _InterruptedCommit(tmp_path / "db.sqlite3"))
+    with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
+        db.execute("INSERT INTO t VALUES (1)")
+    assert txn.state == "rolled back"
+    assert plain.execute("SELECT count(*) FROM t") == [(0,)]
+    db.close_all()
+    plain.close_all()
+
+
+def test_a_hook_added_while_the_block_ends_is_reported_not_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager = TransactionManager()
+    checked = threading.Event()
+    ended = threading.Event()
+    errors: list[BaseException] = []
+    ran: list[str] = []
+    check_open = Transaction._check_open
+
+    def check_then_pause(self: Transaction, what: str) -> None:
+        # The adder has seen the block open; the block ends before the hook goes in.
+        check_open(self, what)
+        if threading.current_thread() is not owner:
+            checked.set()
+            ended.wait()
+
+    monkeypatch.setattr(Transaction, "_check_open", check_then_pause)
+    owner = threading.current_thread()
+
+    def adder(txn: Transaction) -> None:
+        try:
+            txn.on_commit(lambda: ran.append("late"))
+        except TransactionError as error:
+            errors.append(error)
+
+    with manager.transaction() as txn:
+        thread = threading.Thread(target=adder, args=(txn,))
+        thread.start()
+        checked.wait()
+    ended.set()
+    thread.join()
+    assert ran == []  # the block's hooks had run when it went in...
+    assert len(errors) == 1  # ...and the adder hears of it
+    assert "may not run" in str(errors[0])
+
+
+def test_a_transaction_kept_after_its_thread_exits_keeps_no_connection(
+    database: Database,
+) -> None:
+    db = database.db()
+    kept: list[Transaction] = []
+
+    def worker() -> None:
+        with db.transaction() as txn:
+            insert(database, db, 1)
+        kept.append(txn)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert db.open_connections == 0
+    assert kept[0].state == "committed"
+
+
+def test_a_failed_commits_traceback_kept_after_its_thread_exits_keeps_no_connection(
+    sqlite: Database,
+) -> None:
+    db = sqlite.db()
+    db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    db.execute(
+        "CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        db.execute("PRAGMA foreign_keys = ON")
+        try:
+            with db.transaction():
+                db.execute("INSERT INTO child VALUES (7)")
+        except TransactionError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+    assert db.open_connections == 1  # main thread's, from the CREATE TABLEs
+
+
+def test_a_block_exited_in_a_copy_of_its_context_is_undone_in_that_copy() -> None:
+    manager = TransactionManager()
+    txn = manager.transaction()
+    entered = contextvars.copy_context()
+    entered.run(txn.__enter__)
+    copy = entered.run(contextvars.copy_context)  # it shows txn as current too
+    copy.run(txn.__exit__, None, None, None)
+    assert copy.run(lambda: manager.current) is None
+    assert txn.state == "committed"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 
 from ._errors import TransactionError
 from ._store import ContextStore
-from ._transaction import Transaction, TransactionManager, _owner
+from ._transaction import Transaction, TransactionManager, _owner, failed_block
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -67,6 +67,7 @@ class _Slot:
     __slots__ = (
         "__weakref__",
         "begin",
+        "close_lock",
         "closed_by",
         "connection",
         "cursor",
@@ -81,6 +82,10 @@ class _Slot:
 
     connection: Any
     cursor: Any
+    # Taken by the few paths that close the connection or interrupt it from
+    # another thread (never around a statement): sqlite3's interrupt() reads
+    # the connection's handle unguarded, so it must not race close().
+    close_lock: threading.Lock
     thread: int
     begin: str
     # For a connection with a socket (fileno()): checked before use outside
@@ -119,10 +124,22 @@ class _Slot:
         self.closed_by = reason
         self.connection = self.cursor = self.poll = self.ready = None
 
+    def close(self, reason: str) -> None:
+        """Close the connection now (in its own thread, or as it dies)."""
+        with self.close_lock:
+            self.drop(reason)
+            self.finalizer()
 
-def _close_quietly(connection: Any) -> None:
-    # Runs as a finalizer: at thread exit in the owning thread, or at
+
+def _close_quietly(connection: Any, pid: int) -> None:
+    # Runs as a finalizer: at thread exit in the owning thread, when the
+    # slot dies elsewhere (a traceback or a Transaction kept it), or at
     # interpreter exit. Nothing can be done about a failure there.
+    if os.getpid() != pid:
+        # A forked child frees the slots of the parent's other threads
+        # before any after-fork hook runs: keep those connections, unused.
+        _inherited.append(connection)
+        return
     with contextlib.suppress(Exception):
         connection.close()
 
@@ -141,15 +158,23 @@ def _is_broken(connection: Any) -> bool:
 
 def _interrupt(connection: Any) -> None:
     """Ask a running statement to stop, from another thread."""
-    # sqlite3's interrupt() and psycopg's cancel() are both documented as
-    # safe to call from another thread while a statement runs.
-    for name in ("interrupt", "cancel"):
-        method = getattr(connection, name, None)
-        if callable(method):
-            # On failure the statement just runs to its end.
-            with contextlib.suppress(Exception):
-                method()
+    # sqlite3's interrupt() is made for this and costs nothing when idle.
+    # psycopg's cancel_safe() (cancel() before 3.2) asks the server, and
+    # waits for it: only for a connection that is running a query.
+    if isinstance(connection, sqlite3.Connection):
+        method = connection.interrupt
+    else:
+        info = getattr(connection, "info", None)
+        if getattr(info, "transaction_status", None) != _ACTIVE:
             return
+        method = getattr(connection, "cancel_safe", None) or connection.cancel
+    # On failure the statement just runs to its end.
+    with contextlib.suppress(Exception):
+        method()
+
+
+# psycopg's TransactionStatus.ACTIVE (libpq's PQTRANS_ACTIVE): a query runs.
+_ACTIVE = 1
 
 
 def _socket_poll(connection: Any) -> select.poll | None:
@@ -200,18 +225,22 @@ class ThreadLocalDB:
     psycopg, psycopg2 and others do), and otherwise must already be in
     autocommit mode.
 
-    **close_all() and threads.** A connection is only ever closed by its
-    own thread, so a statement never needs a lock and sqlite3 keeps its
-    ``check_same_thread`` guard. :meth:`close_all` closes the calling
-    thread's connection at once, interrupts the statements other threads
-    are running (``interrupt()``, ``cancel()``), and retires their
-    connections: each thread closes its own the next time it uses ``db``,
-    before running anything on it, or when it exits, whichever comes first.
-    A thread blocked for good keeps its connection open until interpreter
-    exit; :attr:`open_connections` counts it until then. A thread that was
-    inside a transaction gets :class:`TransactionError` from its next
-    statement and from the end of the block: closing its connection rolled
-    that work back.
+    **close_all() and threads.** A connection in use is only ever closed by
+    its own thread, so a statement never takes a lock. :meth:`close_all`
+    closes the calling thread's connection at once, interrupts the
+    statements other threads are running (``interrupt()``,
+    ``cancel_safe()``), and retires their connections: each thread closes
+    its own the next time it uses ``db``, before running anything on it, or
+    when it exits, whichever comes first. A thread blocked for good keeps
+    its connection open until interpreter exit; :attr:`open_connections`
+    counts it until then. A thread that was inside a transaction gets
+    :class:`TransactionError` from its next statement, or from the end of
+    the block: closing its connection rolled that work back.
+
+    sqlite3 connections opened from a path use ``check_same_thread=False``:
+    ``db`` itself keeps each one to its thread, and the flag lets a
+    connection be closed wherever its last reference goes (a traceback kept
+    by another thread). Don't hand ``db.connection`` to another thread.
 
     **Broken connections.** Outside a transaction, a connection whose socket
     shows that the server went away (restarted, or the backend was
@@ -349,12 +378,13 @@ class ThreadLocalDB:
                 self._setup(connection)
             cursor = connection.cursor()
         except BaseException:
-            _close_quietly(connection)
+            _close_quietly(connection, os.getpid())
             raise
         slot = _Slot()
         slot.connection = connection
         slot.cursor = cursor
         slot.thread = threading.get_ident()
+        slot.close_lock = threading.Lock()
         slot.generation = self._generation
         slot.closed_by = None
         slot.poll = _socket_poll(connection)
@@ -366,7 +396,7 @@ class ThreadLocalDB:
             slot.begin = "BEGIN IMMEDIATE"
         else:
             slot.begin = "BEGIN"
-        slot.finalizer = weakref.finalize(slot, _close_quietly, connection)
+        slot.finalizer = weakref.finalize(slot, _close_quietly, connection, os.getpid())
         with self._lock:
             self._slots = {k: r for k, r in self._slots.items() if r() is not None}
             self._slots[id(slot)] = weakref.ref(slot)
@@ -385,8 +415,7 @@ class ThreadLocalDB:
         return slot
 
     def _discard(self, slot: _Slot, reason: str) -> None:
-        slot.drop(reason)
-        slot.finalizer()
+        slot.close(reason)
 
     def close(self) -> None:
         """Close this thread's connection, if it has one.
@@ -425,13 +454,15 @@ class ThreadLocalDB:
             self._generation = object()
             slots = [s for r in self._slots.values() if (s := r()) is not None]
         for slot in slots:
-            connection = slot.connection
-            if connection is None:
-                continue
             if slot.thread == here:
-                self._discard(slot, "close_all()")
-            else:
-                _interrupt(connection)
+                if slot.connection is not None:
+                    self._discard(slot, "close_all()")
+                continue
+            with slot.close_lock:
+                if slot.connection is not None:
+                    _interrupt(slot.connection)
+        # Other threads' slots must die in their own threads, not here.
+        del slots
 
     @property
     def open_connections(self) -> int:
@@ -540,13 +571,7 @@ class ThreadLocalDB:
         if not isinstance(owner, int) and owner != _owner():
             raise _other_owner(self, transaction, "run a statement on it")
         if transaction._failed:  # noqa: SLF001
-            msg = (
-                "an earlier statement in this transaction block failed, so the block "
-                "will roll back; no statement can run in it any more. To go on after a "
-                "statement that may fail, run it in a nested 'with db.transaction():' "
-                "block and catch the error outside that block."
-            )
-            raise TransactionError(msg)
+            raise failed_block()
 
     def _failed(self, slot: _Slot) -> None:
         """Record a failed statement."""
@@ -563,6 +588,8 @@ class ThreadLocalDB:
 
     def _run(self, slot: _Slot, sql: str) -> None:
         """Run a transaction-control statement on ``slot``."""
+        if slot.connection is not None and slot.generation is not self._generation:
+            self._discard(slot, "close_all()")  # retired: this thread closes it
         if slot.connection is None:
             raise _closed_in_transaction(slot)
         slot.cursor.execute(sql)
@@ -621,7 +648,10 @@ def _sqlite_connector(path: object, kwargs: dict[str, Any]) -> tuple[Callable[[]
                 "such as begin='BEGIN DEFERRED'."
             )
             raise TypeError(msg)
-    options = {**kwargs, "isolation_level": None}
+    # The library gives each connection to one thread only; sqlite3's own
+    # check would also stop the finalizer from closing a connection whose
+    # last reference went away in another thread (a kept traceback).
+    options = {"check_same_thread": False, **kwargs, "isolation_level": None}
 
     def connect_sqlite() -> sqlite3.Connection:
         connection: sqlite3.Connection = sqlite3.connect(database, **options)
@@ -660,10 +690,10 @@ def _closed_in_transaction(slot: _Slot) -> TransactionError:
 
 def _other_owner(db: ThreadLocalDB, transaction: Transaction, action: str) -> TransactionError:
     msg = (
-        f"can't {action}: this thread's connection of {db!r} is inside a transaction that "
-        f"another task opened ({transaction._owner_name()}). Tasks on one thread share its "  # noqa: SLF001
-        "connection, so their transactions would mix. Await the work inside that task, or "
-        "run it on a thread of its own (asyncio.to_thread, contextual.to_thread)."
+        f"can't {action}: this thread's connection of {db!r} is inside a transaction "
+        f"opened by {transaction._owner_name()}. Tasks and other code on one thread share "  # noqa: SLF001
+        "its connection, so their transactions would mix. Let that transaction end first, "
+        "or run this work on a thread of its own (asyncio.to_thread, contextual.to_thread)."
     )
     return TransactionError(msg)
 

@@ -45,6 +45,9 @@ def _owner() -> object:
 
 _modules = sys.modules
 _get_ident = threading.get_ident
+# Serialises hook registrations, so that two threads adding hooks to one
+# transaction at once both get in.
+_hooks_lock = threading.Lock()
 
 
 @final
@@ -175,7 +178,10 @@ class Transaction(AsyncToo["Transaction"]):
 
     Visibility: it belongs to the thread or asyncio task that entered it;
     only that one can nest blocks in it or, with a database, run statements
-    in it. Any thread can add hooks while it is open.
+    in it. Hooks can also come from other threads, as long as they are
+    added before the block ends (from work the block waits for, such as a
+    pool task whose result it collects); a hook that arrives as the block
+    ends raises :class:`TransactionError` rather than being dropped.
 
     .. versionadded:: 0.1.0
     """
@@ -250,10 +256,12 @@ class Transaction(AsyncToo["Transaction"]):
         Raises:
             TransactionError: The transaction is no longer open.
         """
-        self._check_open("on_commit")
-        if self._commit_hooks is None:
-            self._commit_hooks = []
-        self._commit_hooks.append(fn)
+        with _hooks_lock:
+            self._check_open("on_commit")
+            if self._commit_hooks is None:
+                self._commit_hooks = []
+            self._commit_hooks.append(fn)
+            self._check_still_open("on_commit")
         return fn
 
     def on_rollback(self, fn: _H) -> _H:
@@ -266,10 +274,12 @@ class Transaction(AsyncToo["Transaction"]):
         Raises:
             TransactionError: The transaction is no longer open.
         """
-        self._check_open("on_rollback")
-        if self._rollback_hooks is None:
-            self._rollback_hooks = []
-        self._rollback_hooks.append(fn)
+        with _hooks_lock:
+            self._check_open("on_rollback")
+            if self._rollback_hooks is None:
+                self._rollback_hooks = []
+            self._rollback_hooks.append(fn)
+            self._check_still_open("on_rollback")
         return fn
 
     def _check_open(self, what: str) -> None:
@@ -277,6 +287,18 @@ class Transaction(AsyncToo["Transaction"]):
             msg = (
                 f"{what}() needs an open transaction, and {self!r} is not: add hooks inside "
                 "its 'with' block."
+            )
+            raise TransactionError(msg)
+
+    def _check_still_open(self, what: str) -> None:
+        # The block ends without this lock (it would cost every transaction):
+        # if it ended while the hook went in, it may have missed the hook.
+        # Say so rather than drop it silently.
+        if self.state != "open":
+            msg = (
+                f"{self!r} ended while {what}() was adding a hook from another thread, so "
+                "the hook may not run. Add hooks before the block ends: from its own "
+                "code, or from work that the block waits for."
             )
             raise TransactionError(msg)
 
@@ -304,12 +326,7 @@ class Transaction(AsyncToo["Transaction"]):
         owner = _owner()
         parent = var.get()
         if parent is not None:
-            if parent._owner != owner or parent.state != "open":  # noqa: SLF001
-                parent = None  # another thread's or task's, or over: not ours to nest in
-            elif self.durable:
-                raise _durable_nested(parent)
-            else:
-                self.parent = parent
+            parent = self._nest_in(parent, owner)
         self._owner = owner
         db = manager._db  # noqa: SLF001
         if db is not None:
@@ -321,7 +338,12 @@ class Transaction(AsyncToo["Transaction"]):
                     raise _connection_taken(db, slot.transaction, owner)
                 slot.cursor.execute(slot.begin)
             else:
-                slot.cursor.execute(f"SAVEPOINT {self.savepoint}")
+                try:
+                    slot.cursor.execute(f"SAVEPOINT {self.savepoint}")
+                except BaseException:
+                    parent._failed = True  # noqa: SLF001 (PostgreSQL refuses what follows)
+                    slot.enter(parent)
+                    raise
             if slot.ready is not None and type(owner) is int:
                 slot.transaction = self  # still ready: nothing else to work out
             else:
@@ -331,7 +353,18 @@ class Transaction(AsyncToo["Transaction"]):
         self._token = var.set(self)
         return self
 
-    def __exit__(  # noqa: C901, PLR0912 (the outermost commit is inlined: every transaction runs it)
+    def _nest_in(self, parent: Transaction, owner: object) -> Transaction | None:
+        """Return ``parent`` if this block nests in it, or None for a new transaction."""
+        if parent._owner != owner or parent.state != "open":
+            return None  # another thread's or task's, or over: not ours to nest in
+        if self.durable:
+            raise _durable_nested(parent)
+        if parent._failed:
+            raise failed_block()
+        self.parent = parent
+        return parent
+
+    def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -339,9 +372,11 @@ class Transaction(AsyncToo["Transaction"]):
     ) -> None:
         if self.state != "open":
             raise ScopeError(f"{self!r} was exited without being entered.")
-        var = self.manager._var  # noqa: SLF001
+        manager = self.manager
+        var = manager._var  # noqa: SLF001
         current = var.get()
-        if current is not self:
+        slot, parent = self._slot, self.parent
+        if current is not self or (slot is not None and slot.transaction is not self):
             self._check_order(current)
         try:
             var.reset(self._token)
@@ -349,37 +384,57 @@ class Transaction(AsyncToo["Transaction"]):
             # Exited in another context than the one it was entered in (an
             # async generator finalized elsewhere): undo there, if it shows.
             if current is self:
-                var.set(self.parent)
-        slot, parent = self._slot, self.parent
-        if slot is not None and slot.transaction is self:
+                var.set(parent)
+        if slot is None:
+            self._end(exc_type)
+            return
+        try:
+            # _check_order made sure this block is the connection's innermost.
             if parent is None and slot.ready is not None:
                 slot.transaction = None  # still ready, as on entry
             else:
                 slot.enter(parent)
-        if exc_type is None and not self._failed:
-            if parent is None and slot is not None and slot.connection is not None:
-                # The common case, inlined: every outermost commit runs it.
+            if (
+                exc_type is None
+                and not self._failed
+                and parent is None
+                and slot.ready is manager._db._generation  # type: ignore[union-attr]  # noqa: SLF001
+            ):
+                # The common case, inlined: an outermost commit on an open
+                # sqlite3 connection of the current generation.
                 try:
                     slot.cursor.execute("COMMIT")
-                except Exception as error:  # noqa: BLE001 (reported by _commit_failed)
+                except BaseException as error:  # noqa: BLE001 (_commit_failed re-raises it)
                     self._commit_failed(error)
                 self.state = "committed"
                 if self._commit_hooks:
                     _run_hooks(self._commit_hooks, "on_commit")
             else:
-                self._succeed()
+                self._end(exc_type)
+        finally:
+            # A Transaction, or a traceback through here, kept after the block
+            # must not keep the connection alive past its thread.
+            self._slot = slot = None
+
+    def _end(self, exc_type: type[BaseException] | None) -> None:
+        if exc_type is None and not self._failed:
+            self._succeed()
             return
         self._roll_back()
         if exc_type is None:
             raise _swallowed_failure()
 
     def _check_order(self, current: Transaction | None) -> None:
-        if current is not None and current.state == "open" and _descends(current, self):
-            msg = (
-                f"{self!r} was exited before the transaction inside it ({current!r}); "
-                "transactions end innermost first."
-            )
-            raise ScopeError(msg)
+        # The innermost open block, as this context or the connection sees it
+        # (a savepoint entered in a copy of the context shows only there).
+        slot = self._slot
+        for inner in (current, slot.transaction if slot is not None else None):
+            if inner is not None and inner.state == "open" and _descends(inner, self):
+                msg = (
+                    f"{self!r} was exited before the transaction inside it ({inner!r}); "
+                    "transactions end innermost first."
+                )
+                raise ScopeError(msg)
 
     def _succeed(self) -> None:
         parent, slot, db = self.parent, self._slot, self.manager._db  # noqa: SLF001
@@ -402,16 +457,29 @@ class Transaction(AsyncToo["Transaction"]):
         if slot is not None and db is not None:
             try:
                 db._run(slot, "COMMIT")  # noqa: SLF001
-            except Exception as error:  # noqa: BLE001 (reported by _commit_failed)
+            except BaseException as error:  # noqa: BLE001 (_commit_failed re-raises it)
                 self._commit_failed(error)
+            if getattr(slot.cursor, "statusmessage", None) == "ROLLBACK":
+                # PostgreSQL answers COMMIT of a failed transaction (a
+                # statement that failed on db.connection directly) this way.
+                self.state = "rolled back"
+                _run_hooks(self._rollback_hooks, "on_rollback")
+                msg = (
+                    "the database rolled this transaction back instead of committing it: a "
+                    "statement in it failed (one run on db.connection directly, which "
+                    "db.execute() would have reported)."
+                )
+                raise TransactionError(msg)
         self.state = "committed"
         if self._commit_hooks:
             _run_hooks(self._commit_hooks, "on_commit")
 
-    def _commit_failed(self, error: Exception) -> NoReturn:
+    def _commit_failed(self, error: BaseException) -> NoReturn:
         # sqlite3 keeps the transaction open after a failed COMMIT ("database
         # is locked"); PostgreSQL has already ended it. Roll back for both.
         self._roll_back()
+        if not isinstance(error, Exception):
+            raise error  # KeyboardInterrupt during the commit: rolled back, goes on up
         msg = f"the commit failed, so nothing of this transaction was committed: {error}"
         raise TransactionError(msg) from error
 
@@ -468,6 +536,17 @@ def _connection_taken(db: ThreadLocalDB, open_one: Transaction, owner: object) -
     msg = (
         "this thread's connection is already inside a transaction opened in another "
         "context of this thread; exit that block first."
+    )
+    return TransactionError(msg)
+
+
+def failed_block() -> TransactionError:
+    """The error for a statement or block inside a block whose statement failed."""
+    msg = (
+        "an earlier statement in this transaction block failed, so the block will roll "
+        "back; nothing more can run in it. To go on after a statement that may fail, run "
+        "it in a nested 'with db.transaction():' block and catch the error outside that "
+        "block."
     )
     return TransactionError(msg)
 
