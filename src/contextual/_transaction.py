@@ -323,7 +323,12 @@ class Transaction(AsyncToo["Transaction"]):
             raise _used(self)
         manager = self.manager
         var = manager._var  # noqa: SLF001
-        owner = _owner()
+        # _owner(), inlined: this runs for every transaction.
+        asyncio = _modules.get("asyncio")
+        if asyncio is not None and asyncio._get_running_loop() is not None:  # noqa: SLF001
+            owner = _owner()
+        else:
+            owner = _get_ident()
         parent = var.get()
         if parent is not None:
             parent = self._nest_in(parent, owner)
