@@ -7,6 +7,7 @@ only keeps the benchmark code from rotting as the library changes.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,3 +58,17 @@ def test_every_ratio_names_measured_cases():
     names = {case.name for case in bench.CASES}
     for ratio in (*report.TARGETS, *report.INFORMATIVE):
         assert {ratio.numerator, ratio.denominator} <= names, ratio.label
+
+
+def test_the_spinner_benchmark_runs():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_spinner.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # Behaviour, not speed: true however loaded the machine is.
+    assert "PASS  pipe: no carriage return (0 written)" in result.stdout
+    assert "PASS  pipe: no escape code (0 written)" in result.stdout

@@ -23,6 +23,7 @@ from ._request import (
     new_request_id,
     request_context,
 )
+from ._spinner import Spinner, SpinnerHandler
 from ._store import BACKENDS, ContextStore, StoreScope
 from ._version import __version__
 
@@ -48,6 +49,8 @@ __all__ = [
     "RequestContext",
     "ScopeError",
     "Snapshot",
+    "Spinner",
+    "SpinnerHandler",
     "StoreScope",
     "ThreadLocalDB",
     "Transaction",

@@ -1,0 +1,967 @@
+"""Spinner: what a terminal, a pipe and a file receive, from one thread and from many.
+
+Terminal tests write to a real pseudo-terminal and read back, from its master
+side, the bytes a terminal would get. Threads are ordered with Events and
+Barriers; a test waits for output to appear, never for time to pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import fcntl
+import io
+import logging
+import os
+import pty
+import re
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import tty
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from contextual import Spinner, SpinnerHandler, _spinner, get_request_id, request_context
+
+HIDE = "\x1b[?25l"
+SHOW = "\x1b[?25h"
+ERASE = "\r\x1b[2K"
+CYAN, GREEN, RED, RESET = "\x1b[36m", "\x1b[32m", "\x1b[31m", "\x1b[0m"
+DOTS = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+ELAPSED = r"\(\d+\.\ds\)"
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spinner_supervisor.py"
+
+
+class Terminal:
+    """A pseudo-terminal: ``stream`` writes to it; a thread collects what it receives."""
+
+    def __init__(self, columns: int = 80) -> None:
+        self.master, self.slave = pty.openpty()
+        # Raw: the bytes arrive as written, "\n" not turned into "\r\n".
+        tty.setraw(self.slave)
+        self.resize(columns)
+        self.stream = open(self.slave, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        self._received = bytearray()
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def resize(self, columns: int) -> None:
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: every slave descriptor is closed
+                data = b""
+            with self._changed:
+                if not data:
+                    self._changed.notify_all()
+                    return
+                self._received += data
+                self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], bool]) -> str:
+        """Wait until what arrived so far satisfies ``predicate``; return it."""
+        with self._changed:
+            self._changed.wait_for(lambda: predicate(self._received.decode(errors="replace")))
+            return self._received.decode()
+
+    def close(self) -> str:
+        """Close the terminal and return everything it received."""
+        self.stream.close()
+        os.close(self.slave)
+        self._reader.join()
+        os.close(self.master)
+        return self._received.decode()
+
+
+@pytest.fixture
+def terminal() -> Iterator[Terminal]:
+    term = Terminal()
+    yield term
+    if not term.stream.closed:
+        term.close()
+
+
+@pytest.fixture(autouse=True)
+def colour_terminal_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts as in a colour terminal emulator, whatever runs the suite."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def no_spinner_left_running() -> Iterator[None]:
+    yield
+    assert not _spinner._RUNNING, "a test left a spinner running"
+    assert not [t for t in threading.enumerate() if t.name == "contextual-spinner"]
+
+
+def spinner_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "contextual-spinner"]
+
+
+def frame(char: str, text: str, *, colour: bool = True) -> str:
+    shown = f"{CYAN}{char}{RESET}" if colour else char
+    return f"\r{shown} {text}\x1b[K" if text else f"\r{shown}\x1b[K"
+
+
+class Recorder:
+    """A stream with no isatty() and no fileno() that reports each write from the spinner thread."""
+
+    def __init__(self) -> None:
+        self.from_spinner = threading.Event()
+        self.seen: list[tuple[object, object]] = []
+
+    def write(self, text: str) -> int:
+        if threading.current_thread().name == "contextual-spinner":
+            self.seen.append((VAR.get("unset"), get_request_id()))
+            self.from_spinner.set()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class Broken:
+    """A stream whose writes fail once ``broken`` is set, as a closed pipe's do."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.failed = threading.Event()
+
+    def write(self, text: str) -> int:
+        if self.broken:
+            self.failed.set()
+            raise BrokenPipeError(32, "Broken pipe")
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+VAR: contextvars.ContextVar[str] = contextvars.ContextVar("test_spinner_var")
+
+
+# -- on a terminal ---------------------------------------------------------------
+
+
+def test_on_a_terminal_it_hides_the_cursor_animates_and_ends_with_a_final_line(terminal):
+    with Spinner("Loading", stream=terminal.stream, interval=0.001):
+        terminal.wait_for(lambda out: frame("⠹", "Loading") in out)
+    out = terminal.close()
+    assert out.startswith(HIDE + frame("⠋", "Loading") + frame("⠙", "Loading"))
+    assert re.search(
+        re.escape(f"{ERASE}{GREEN}✔{RESET} Loading ") + ELAPSED + re.escape(f"\n{SHOW}") + "$",
+        out,
+    )
+    # The frames come in order, and nothing but frames until the end.
+    body = out[len(HIDE) : out.index(ERASE)]
+    frames = re.findall(re.escape(f"\r{CYAN}") + "(.)" + re.escape(f"{RESET} Loading\x1b[K"), body)
+    assert "".join(frames) == (DOTS * len(frames))[: len(frames)]
+    assert len(frames) * len(frame("⠋", "Loading")) == len(body)
+
+
+def test_a_raising_block_ends_with_a_failure_line_and_the_exception_propagates(terminal):
+    with pytest.raises(ValueError, match="boom"), Spinner("Saving", stream=terminal.stream):
+        raise ValueError("boom")
+    out = terminal.close()
+    assert re.search(re.escape(f"{ERASE}{RED}✖{RESET} Saving ") + ELAPSED, out)
+    assert out.endswith(SHOW)
+
+
+@pytest.mark.parametrize("no_color", ["1", ""])
+def test_no_color_turns_the_colour_off_when_set_and_not_empty(terminal, monkeypatch, no_color):
+    monkeypatch.setenv("NO_COLOR", no_color)
+    with Spinner("Loading", stream=terminal.stream, interval=3600):
+        pass
+    out = terminal.close()
+    assert out.startswith(HIDE)
+    assert out.endswith(SHOW)
+    if no_color:
+        assert frame("⠋", "Loading", colour=False) in out
+        assert f"{ERASE}✔ Loading" in out
+        assert "\x1b[3" not in out
+    else:
+        assert frame("⠋", "Loading") in out
+
+
+def test_a_dumb_terminal_gets_the_plain_lines(terminal, monkeypatch):
+    monkeypatch.setenv("TERM", "dumb")
+    with Spinner("Loading", stream=terminal.stream, interval=0.001):
+        assert not spinner_threads()
+    assert re.fullmatch(r"Loading\n✔ Loading " + ELAPSED + r"\n", terminal.close())
+
+
+def test_enabled_false_gets_the_plain_lines_on_a_terminal(terminal):
+    with Spinner("Loading", stream=terminal.stream, enabled=False):
+        pass
+    assert re.fullmatch(r"Loading\n✔ Loading " + ELAPSED + r"\n", terminal.close())
+
+
+def test_keyboard_interrupt_in_the_block_shows_the_cursor_and_ends_the_thread(terminal):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        Spinner("Working", stream=terminal.stream, interval=0.001),
+    ):
+        terminal.wait_for(lambda out: frame("⠙", "Working") in out)
+        raise KeyboardInterrupt
+    assert not spinner_threads()
+    out = terminal.close()
+    assert out.count(HIDE) == out.count(SHOW) == 1
+    assert re.search(
+        re.escape(f"{ERASE}{RED}✖{RESET} Working ") + ELAPSED + "\n" + re.escape(SHOW), out
+    )
+
+
+def test_stop_erases_the_line_shows_the_cursor_and_writes_no_final_line(terminal):
+    spinner = Spinner("Working", stream=terminal.stream, interval=3600).start()
+    spinner.stop()
+    assert terminal.close() == HIDE + frame("⠋", "Working") + ERASE + SHOW
+
+
+def test_stop_wakes_the_thread_at_once_whatever_the_interval(terminal):
+    # An hour between frames: only a stop() that wakes the thread returns
+    # before the suite's timeout.
+    spinner = Spinner("Working", stream=terminal.stream, interval=3600).start()
+    (thread,) = spinner_threads()
+    spinner.stop()
+    assert not thread.is_alive()
+
+
+def test_setting_the_text_redraws_at_once(terminal):
+    # No frame is due for an hour: the redraw can only come from the setter.
+    with Spinner("Step 1", stream=terminal.stream, interval=3600) as spinner:
+        spinner.text = "Step 2"
+        assert spinner.text == "Step 2"
+        terminal.wait_for(lambda out: frame("⠋", "Step 2") in out)
+    assert re.search(re.escape(f"{GREEN}✔{RESET} Step 2 ") + ELAPSED, terminal.close())
+
+
+@pytest.mark.parametrize(
+    ("columns", "text", "shown"),
+    [
+        (20, "Downloading everything there is", "Downloading ever…"),
+        (20, "exactly seventeen", "exactly seventeen"),
+        (20, "日本語のテキストです", "日本語のテキスト…"),
+        (20, "cafe\u0301 " * 5, "cafe\u0301 cafe\u0301 cafe\u0301 c…"),
+        (4, "Loading", "…"),
+        (3, "Loading", ""),
+    ],
+)
+def test_the_text_is_cut_to_the_terminal_width(columns, text, shown):
+    term = Terminal(columns)
+    try:
+        with Spinner(text, stream=term.stream, interval=3600):
+            pass
+    finally:
+        out = term.close()
+    assert out.startswith(HIDE + frame("⠋", shown))
+    # The final line is not cut: it stays in the scrollback.
+    assert f"✔{RESET} {text} (" in out
+
+
+def test_a_resized_terminal_cuts_the_text_at_its_new_width(terminal):
+    with Spinner("A rather long text to show", stream=terminal.stream, interval=0.001):
+        terminal.wait_for(lambda out: frame("⠙", "A rather long text to show") in out)
+        terminal.resize(12)
+        terminal.wait_for(lambda out: " A rather…\x1b[K" in out)
+
+
+def test_a_terminal_that_reports_no_size_uses_columns(terminal, monkeypatch):
+    terminal.resize(0)  # as a new pseudo-terminal reports
+    monkeypatch.setenv("COLUMNS", "12")
+    with Spinner("A rather long text", stream=terminal.stream, interval=3600):
+        pass
+    assert frame("⠋", "A rather…") in terminal.close()
+
+
+def test_control_characters_in_the_text_print_as_spaces(terminal):
+    with Spinner("one\ntwo\tthree\x1b[31m", stream=terminal.stream, interval=3600):
+        pass
+    out = terminal.close()
+    assert frame("⠋", "one two three [31m") in out
+    assert "✔\x1b[0m one two three [31m (" in out
+
+
+def test_an_empty_text_shows_the_frame_alone(terminal):
+    with Spinner(stream=terminal.stream, interval=3600):
+        pass
+    out = terminal.close()
+    assert out.startswith(HIDE + frame("⠋", ""))
+    assert re.search(re.escape(f"{GREEN}✔{RESET} ") + ELAPSED + "\n", out)
+
+
+def test_custom_frames(terminal):
+    with Spinner("Go", frames=["<", ">"], stream=terminal.stream, interval=0.001):
+        terminal.wait_for(lambda out: frame("<", "Go") + frame(">", "Go") + frame("<", "Go") in out)
+
+
+# -- in processes on a terminal ---------------------------------------------------
+
+
+def run_on_terminal(args: list[str], *, interrupt_after: str | None = None) -> tuple[int, str, str]:
+    """Run ``python args`` with stderr on a terminal; return (returncode, stdout, terminal)."""
+    term = Terminal()
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env["TERM"] = "xterm-256color"
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-W", "error", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=term.slave,
+            env=env,
+            text=True,
+        ) as process:
+            assert process.stdout is not None
+            if interrupt_after is not None:
+                assert process.stdout.readline() == interrupt_after + "\n"
+                process.send_signal(signal.SIGINT)
+            stdout = process.stdout.read()
+    finally:
+        out = term.close()
+    return process.returncode, stdout, out
+
+
+def test_sigint_in_a_process_on_a_terminal_shows_the_cursor_and_ends_the_thread():
+    code = """if True:
+        import threading
+        from contextual import Spinner
+        try:
+            with Spinner("Working", interval=0.01):
+                print("ready", flush=True)
+                threading.Event().wait()
+        except KeyboardInterrupt:
+            print([t.name for t in threading.enumerate()], flush=True)
+            raise
+    """
+    returncode, stdout, out = run_on_terminal(["-c", code], interrupt_after="ready")
+    assert returncode == -signal.SIGINT
+    assert stdout == "['MainThread']\n"
+    assert out.startswith(HIDE + frame("⠋", "Working"))
+    # Then Python's report of the KeyboardInterrupt, on the same terminal.
+    spun, traceback = out.split(SHOW)
+    assert re.search(re.escape(f"{ERASE}{RED}✖{RESET} Working ") + ELAPSED + "\n$", spun)
+    assert traceback.startswith("Traceback")
+
+
+def test_a_spinner_never_stopped_shows_the_cursor_at_exit():
+    code = "from contextual import Spinner; Spinner('Left running', interval=3600).start()"
+    returncode, _, out = run_on_terminal(["-c", code])
+    assert returncode == 0
+    assert out == HIDE + frame("⠋", "Left running") + ERASE + SHOW
+
+
+def test_one_exit_hook_serves_every_spinner():
+    code = """if True:
+        import atexit, io
+        from contextual import Spinner
+        before = atexit._ncallbacks()
+        spinners = [Spinner(stream=io.StringIO()).start() for _ in range(5)]
+        print(atexit._ncallbacks() - before)
+        for spinner in spinners:
+            spinner.ok()
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "1\n"
+
+
+def test_the_exit_hook_ends_every_running_spinner():
+    first, second = io.StringIO(), io.StringIO()
+    Spinner("one", stream=first, enabled=True, interval=3600).start()
+    Spinner("two", stream=second, enabled=False).start()
+    _spinner._end_all()
+    assert not spinner_threads()
+    assert first.getvalue().endswith(ERASE + SHOW)
+    assert second.getvalue() == "two\n"
+
+
+def test_the_supervisor_example_on_a_terminal():
+    returncode, stdout, out = run_on_terminal([str(EXAMPLE), "0.3"])
+    assert returncode == 0
+    assert stdout == "Answer: 42\n"
+    assert out.startswith(HIDE + frame("⠋", "thinking!"))
+    assert re.search(re.escape(f"{GREEN}✔{RESET} thinking! ") + ELAPSED + "\n", out)
+    assert out.endswith(SHOW)
+
+
+def test_the_supervisor_example_in_a_pipe():
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLE), "0.1"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=True,
+    )
+    assert result.stdout == "Answer: 42\n"
+    assert re.fullmatch(r"thinking!\n✔ thinking! " + ELAPSED + r"\n", result.stderr)
+
+
+# -- in pipes, files and other streams -------------------------------------------
+
+
+def test_a_pipe_gets_exactly_two_plain_lines():
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w", encoding="utf-8") as stream:
+        with Spinner("Loading", stream=stream, interval=0.001) as spinner:
+            assert not spinner_threads()
+            spinner.text = "Loaded"
+        with pytest.raises(LookupError, match="missing"), Spinner("Checking", stream=stream):
+            raise LookupError("missing")
+    with os.fdopen(read_end, encoding="utf-8") as received:
+        out = received.read()
+    assert re.fullmatch(
+        r"Loading\n✔ Loaded " + ELAPSED + r"\nChecking\n✖ Checking " + ELAPSED + r"\n", out
+    )
+
+
+def test_a_file_gets_exactly_two_plain_lines(tmp_path):
+    path = tmp_path / "log.txt"
+    with path.open("w", encoding="utf-8") as stream, Spinner("Loading", stream=stream):
+        pass
+    assert re.fullmatch(r"Loading\n✔ Loading " + ELAPSED + r"\n", path.read_text("utf-8"))
+
+
+def test_enabled_true_animates_where_there_is_no_terminal_but_without_colour():
+    stream = io.StringIO()
+    with Spinner("Loading", stream=stream, enabled=True, interval=3600):
+        pass
+    out = stream.getvalue()
+    assert out.startswith(HIDE + frame("⠋", "Loading", colour=False))
+    assert re.search(re.escape(f"{ERASE}✔ Loading ") + ELAPSED + re.escape(f"\n{SHOW}"), out)
+
+
+def test_the_default_stream_is_stderr_when_the_spinner_starts(monkeypatch):
+    spinner = Spinner("Loading")
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with spinner:
+        pass
+    assert stream.getvalue().startswith("Loading\n✔ Loading")
+
+
+def test_without_stderr_a_spinner_writes_nothing_and_raises_nothing(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", None)
+    with Spinner("Loading", enabled=True, interval=0.001) as spinner:
+        spinner.write("a line")
+        spinner.text = "more"
+    spinner.write("another line")
+
+
+def test_an_ascii_stream_gets_ascii_frames_marks_and_replacements():
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii", write_through=True)
+    with Spinner("Sauvegarde du café", stream=stream, enabled=True, interval=3600):
+        pass
+    with pytest.raises(KeyError), Spinner("Échec", stream=stream, enabled=False):
+        raise KeyError
+    out = raw.getvalue().decode("ascii")
+    assert out.startswith(HIDE + frame("-", "Sauvegarde du caf?", colour=False))
+    assert re.search(re.escape(f"{ERASE}OK Sauvegarde du caf? ") + ELAPSED, out)
+    assert re.search(re.escape(SHOW) + r"\?chec\nFAIL \?chec " + ELAPSED + r"\n$", out)
+
+
+def test_a_stream_with_an_unknown_encoding_is_written_as_if_it_had_none():
+    class Odd(io.StringIO):
+        encoding = "no-such-codec"  # type: ignore[assignment]
+
+    stream = Odd()
+    with Spinner("Loading", stream=stream):
+        pass
+    assert stream.getvalue().startswith("Loading\n✔ Loading")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.04, "0.0s"),
+        (59.94, "59.9s"),
+        (59.96, "1m 00s"),
+        (125.4, "2m 05s"),
+        (3599.6, "1h 00m 00s"),
+        (3725, "1h 02m 05s"),
+    ],
+)
+def test_the_elapsed_time_reads_as_seconds_minutes_and_hours(seconds, shown):
+    assert _spinner._format_elapsed(seconds) == shown
+
+
+def test_the_final_line_shows_the_time_since_the_start(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(_spinner.time, "monotonic", lambda: now[0])
+    stream = io.StringIO()
+    with Spinner("Loading", stream=stream):
+        now[0] += 75
+    assert stream.getvalue() == "Loading\n✔ Loading (1m 15s)\n"
+
+
+# -- starting and ending -----------------------------------------------------------
+
+
+def test_starting_a_running_spinner_does_nothing():
+    stream = io.StringIO()
+    spinner = Spinner("Loading", stream=stream)
+    assert spinner.start() is spinner
+    assert spinner.start() is spinner
+    assert spinner.running
+    spinner.ok()
+    assert not spinner.running
+    assert stream.getvalue().count("Loading") == 2
+
+
+def test_starting_a_running_animated_spinner_starts_no_second_thread():
+    stream = io.StringIO()
+    spinner = Spinner("Loading", stream=stream, enabled=True, interval=3600).start()
+    spinner.start()
+    assert len(spinner_threads()) == 1
+    spinner.stop()
+    assert stream.getvalue().count(HIDE) == 1
+
+
+def test_ending_a_spinner_that_is_not_running_does_nothing():
+    stream = io.StringIO()
+    spinner = Spinner("Loading", stream=stream, enabled=True)
+    spinner.stop()
+    spinner.ok()
+    spinner.fail()
+    assert stream.getvalue() == ""
+    assert not spinner.running
+
+
+def test_only_the_first_end_writes_a_final_line():
+    stream = io.StringIO()
+    with Spinner("Loading", stream=stream) as spinner:
+        spinner.ok("Loaded 3 files")
+        spinner.fail("never shown")
+        spinner.stop()
+    assert re.fullmatch(r"Loading\n✔ Loaded 3 files " + ELAPSED + r"\n", stream.getvalue())
+
+
+def test_a_stopped_spinner_starts_again():
+    stream = io.StringIO()
+    spinner = Spinner("Loading", stream=stream, enabled=True, interval=3600)
+    spinner.start()
+    spinner.stop()
+    spinner.start()
+    spinner.fail("Gave up")
+    out = stream.getvalue()
+    assert out.count(HIDE) == out.count(SHOW) == 2
+    assert "✖ Gave up (" in out
+
+
+def test_the_repr_says_whether_it_runs():
+    spinner = Spinner("Loading", stream=io.StringIO())
+    assert repr(spinner) == "<Spinner 'Loading' stopped>"
+    with spinner:
+        assert repr(spinner) == "<Spinner 'Loading' running>"
+
+
+def test_a_failing_thread_start_leaves_nothing_behind(monkeypatch):
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    stream = io.StringIO()
+    spinner = Spinner("Loading", stream=stream, enabled=True)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        spinner.start()
+    assert not spinner.running
+    assert stream.getvalue() == ""
+
+
+def test_a_stream_whose_file_is_gone_is_written_as_if_it_had_none():
+    class Gone(io.StringIO):
+        def fileno(self) -> int:
+            return 999_999  # no such descriptor
+
+    stream = Gone()
+    with Spinner("Loading", stream=stream, enabled=True, interval=3600):
+        pass
+    assert stream.getvalue().startswith(HIDE + frame("⠋", "Loading", colour=False))
+
+
+def test_a_broken_stream_ends_the_frames_quietly():
+    stream = Broken()
+    spinner = Spinner("Loading", stream=stream, enabled=True, interval=0.001).start()
+    (thread,) = spinner_threads()
+    stream.broken = True
+    # The thread's next frame fails, and the thread ends without a traceback
+    # (the suite turns an unhandled thread exception into an error).
+    thread.join()
+    assert stream.failed.is_set()
+    assert spinner.running
+    spinner.text = "still no error"
+    spinner.ok()
+    assert not spinner.running
+
+
+def test_a_frame_due_when_stop_runs_is_never_drawn(monkeypatch):
+    class Gate:
+        """The spinners' lock; holds the spinner thread once, until the test's stop() is done."""
+
+        def __init__(self) -> None:
+            self.lock = threading.RLock()
+            self.armed = False
+            self.spinner_waits = threading.Event()
+            self.go = threading.Event()
+
+        def __enter__(self) -> None:
+            if self.armed and threading.current_thread().name == "contextual-spinner":
+                self.armed = False
+                self.spinner_waits.set()
+                self.go.wait()
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+            if self.spinner_waits.is_set() and threading.current_thread() is main:
+                self.go.set()
+
+    main = threading.current_thread()
+    gate = Gate()
+    monkeypatch.setattr(_spinner, "_LOCK", gate)
+    stream = io.StringIO()
+    spinner = Spinner("Loading", stream=stream, enabled=True, interval=0.001).start()
+    gate.armed = True
+    # The thread's wait for the next frame is over; it is about to take the lock.
+    gate.spinner_waits.wait()
+    spinner.stop()
+    assert stream.getvalue().endswith(ERASE + SHOW)
+
+
+# -- threads, context and fork -----------------------------------------------------
+
+
+def test_the_spinner_thread_is_a_daemon_that_sees_an_empty_context():
+    stream = Recorder()
+    token = VAR.set("caller's value")
+    try:
+        with (
+            request_context(request_id="r-1"),
+            Spinner("Loading", stream=stream, enabled=True, interval=0.001),
+        ):
+            (thread,) = spinner_threads()
+            assert thread.daemon
+            stream.from_spinner.wait()
+    finally:
+        VAR.reset(token)
+    assert stream.seen
+    assert set(stream.seen) == {("unset", None)}
+
+
+def test_lines_and_log_records_from_four_threads_arrive_whole(terminal):
+    logger = logging.getLogger(f"test_spinner.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = SpinnerHandler(terminal.stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+    padding = "x" * 50
+
+    def work(n: int, spinner: Spinner) -> None:
+        try:
+            barrier.wait()
+            for i in range(50):
+                spinner.write(f"thread {n} line {i} {padding}")
+                logger.info("thread %d record %d %s", n, i, padding)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        with Spinner("Working", stream=terminal.stream, interval=0.0001) as spinner:
+            terminal.wait_for(lambda out: frame("⠙", "Working") in out)
+            threads = [threading.Thread(target=work, args=(n, spinner)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        logger.removeHandler(handler)
+    assert errors == []
+    out = terminal.close()
+    for n in range(4):
+        for i in range(50):
+            for line in (f"thread {n} line {i} {padding}", f"thread {n} record {i} {padding}"):
+                # Erased, then written whole: no frame inside it, nor between.
+                assert out.count(line) == 1
+                assert f"{ERASE}{line}\n\r{CYAN}" in out
+    # Take the lines out: what is left is frames, and nothing torn.
+    rest = re.sub(re.escape(ERASE) + r"thread \d \w+ \d+ x+\n", "", out)
+    rest = rest.removeprefix(HIDE)
+    rest = re.sub(re.escape(ERASE) + "[^\r]*" + re.escape(SHOW) + "$", "", rest)
+    assert re.fullmatch(
+        "(" + re.escape(f"\r{CYAN}") + f"[{DOTS}]" + re.escape(f"{RESET} Working\x1b[K") + ")+",
+        rest,
+    )
+
+
+def test_a_handler_on_another_stream_of_the_same_terminal_writes_above_the_spinner(terminal):
+    other = Path(os.ttyname(terminal.slave)).open("w", encoding="utf-8")  # noqa: SIM115
+    handler = SpinnerHandler(other)
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, "a record", None, None)
+    try:
+        with Spinner("Working", stream=terminal.stream, interval=3600):
+            handler.handle(record)
+            terminal.wait_for(lambda out: "a record\n" in out)
+    finally:
+        other.close()
+    out = terminal.close()
+    assert f"{frame('⠋', 'Working')}{ERASE}a record\n{frame('⠋', 'Working')}{ERASE}" in out
+
+
+def test_a_handler_on_another_terminal_leaves_the_spinner_alone(terminal):
+    elsewhere = Terminal()
+    handler = SpinnerHandler(elsewhere.stream)
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, "a record", None, None)
+    try:
+        with Spinner("Working", stream=terminal.stream, interval=3600):
+            handler.handle(record)
+    finally:
+        assert elsewhere.close() == "a record\n"
+    assert "record" not in terminal.close()
+
+
+def test_a_handler_without_a_spinner_writes_like_a_stream_handler():
+    stream = io.StringIO()
+    handler = SpinnerHandler(stream)
+    handler.handle(logging.LogRecord("app", logging.INFO, __file__, 1, "a %s", ("record",), None))
+    assert stream.getvalue() == "a record\n"
+
+
+def test_a_handler_reports_its_errors_through_handle_error():
+    reported: list[logging.LogRecord] = []
+
+    class Reporting(SpinnerHandler):
+        def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+            reported.append(record)
+
+    stream = Broken()
+    stream.broken = True
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, "a record", None, None)
+    Reporting(stream).handle(record)  # type: ignore[arg-type]
+    assert reported == [record]
+
+
+def test_a_handler_lets_recursion_errors_through():
+    class Deep(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            del record
+            raise RecursionError
+
+    handler = SpinnerHandler(io.StringIO())
+    handler.setFormatter(Deep())
+    with pytest.raises(RecursionError):
+        handler.handle(logging.LogRecord("app", logging.INFO, __file__, 1, "m", None, None))
+
+
+def test_write_prints_a_line_above_the_spinner(terminal):
+    with Spinner("Working", stream=terminal.stream, interval=3600) as spinner:
+        spinner.write("first")
+        spinner.write("second\n")
+        spinner.write("third\nfourth")
+    out = terminal.close()
+    running = frame("⠋", "Working")
+    assert f"{running}{ERASE}first\n{running}{ERASE}second\n{running}{ERASE}third\nfourth\n" in out
+
+
+def test_write_when_the_spinner_is_not_running_writes_the_line():
+    stream = io.StringIO()
+    spinner = Spinner("Working", stream=stream)
+    spinner.write("before")
+    with spinner:
+        spinner.write("during")
+    spinner.write("after")
+    assert re.fullmatch(
+        r"before\nWorking\nduring\n✔ Working " + ELAPSED + r"\nafter\n", stream.getvalue()
+    )
+
+
+def test_write_lets_errors_of_the_stream_through_and_draws_the_spinner_again():
+    stream = Broken()
+    with Spinner("Working", stream=stream, enabled=True, interval=3600) as spinner:
+        stream.broken = True
+        with pytest.raises(BrokenPipeError):
+            spinner.write("lost")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_in_a_forked_child_the_parents_spinner_has_ended(terminal):
+    spinner = Spinner("Parent", stream=terminal.stream, interval=3600).start()
+    read_end, write_end = os.pipe()
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with _spinner._LOCK:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads: that is
+        # the situation under test.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child; coverage measures the parent)
+        try:
+            # The lock a parent's thread held is free here: no deadlock.
+            report = f"running={spinner.running}"
+            spinner.ok("child")
+            spinner.write("from the child")
+            os.write(write_end, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, encoding="utf-8") as child:
+        report = child.read()
+    release.set()
+    holder.join()
+    spinner.ok("Parent done")
+    out = terminal.close()
+    assert report == "running=False"
+    assert out.count("✔") == 1
+    assert "from the child\n" in out
+    assert "child (" not in out
+
+
+def test_forgetting_after_fork_ends_every_spinner_in_this_process(monkeypatch):
+    original = _spinner._LOCK
+    monkeypatch.setattr(_spinner, "_LOCK", original)
+    stream = io.StringIO()
+    spinner = Spinner("Loading", stream=stream, enabled=True, interval=3600).start()
+    (thread,) = spinner_threads()
+    _spinner._forget_after_fork()
+    assert _spinner._LOCK is not original
+    assert not spinner.running
+    spinner.ok()
+    assert not stream.getvalue().endswith(SHOW)
+    # A forked child has no spinner thread; this process has one to end.
+    spinner._event.set()
+    thread.join()
+
+
+# -- decorator and async ---------------------------------------------------------
+
+
+def test_a_decorated_function_spins_a_spinner_of_its_own_for_each_call():
+    stream = io.StringIO()
+
+    @Spinner("Adding", stream=stream)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert add(1, 2) == 3
+    assert add(3, 4) == 7
+    assert re.fullmatch(r"(Adding\n✔ Adding " + ELAPSED + r"\n){2}", stream.getvalue())
+
+
+def test_a_decorated_function_that_raises_ends_with_a_failure_line():
+    stream = io.StringIO()
+
+    @Spinner("Dividing", stream=stream)
+    def divide(a: int, b: int) -> float:
+        return a / b
+
+    with pytest.raises(ZeroDivisionError):
+        divide(1, 0)
+    assert re.fullmatch(r"Dividing\n✖ Dividing " + ELAPSED + r"\n", stream.getvalue())
+
+
+def test_a_decorated_coroutine_function_and_async_with():
+    stream = io.StringIO()
+
+    @Spinner("Fetching", stream=stream)
+    async def fetch() -> str:
+        await asyncio.sleep(0)
+        return "data"
+
+    async def main() -> str:
+        async with Spinner("Parsing", stream=stream) as spinner:
+            assert spinner.running
+            return await fetch()
+
+    assert asyncio.run(main()) == "data"
+    assert re.fullmatch(
+        r"Parsing\nFetching\n✔ Fetching " + ELAPSED + r"\n✔ Parsing " + ELAPSED + r"\n",
+        stream.getvalue(),
+    )
+
+
+def test_a_generator_function_cannot_be_decorated():
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match=r"Spinner\(\) can't decorate the generator function"):
+        Spinner("Counting")(numbers)
+
+
+# -- bad input ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"text": 42}, TypeError, r"text must be a str, got int 42\. Format the value first"),
+        ({"text": None}, TypeError, r"text must be a str, got NoneType None"),
+        ({"frames": ""}, ValueError, r"frames must be a str .* not empty: give at least one"),
+        ({"frames": []}, ValueError, r"not empty"),
+        ({"frames": 7}, TypeError, r"frames must be a str \(one frame per character\) .* got int"),
+        ({"frames": ["a", 1]}, TypeError, r"got the frame 1 \(int\)"),
+        ({"frames": ["a\n"]}, ValueError, r"each frame must print on one line"),
+        ({"frames": ["\x1b[31m*"]}, ValueError, r"escape codes"),
+        ({"interval": 0}, ValueError, r"interval must be a number of seconds above 0"),
+        ({"interval": -1}, ValueError, r"got -1\."),
+        ({"interval": float("nan")}, ValueError, r"got nan\."),
+        ({"interval": float("inf")}, ValueError, r"at most threading\.TIMEOUT_MAX"),
+        ({"interval": "0.1"}, TypeError, r"interval must be a number of seconds, .* got str"),
+        ({"interval": True}, TypeError, r"got bool True"),
+        ({"stream": object()}, TypeError, r"stream must be a text stream with a write\(\)"),
+        ({"stream": "out.txt"}, TypeError, r"got str 'out\.txt'"),
+        ({"enabled": "yes"}, TypeError, r"enabled must be True .* got str 'yes'"),
+        ({"enabled": 1}, TypeError, r"got int 1"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_clear_message(kwargs, error, message):
+    text = kwargs.pop("text", "Loading")
+    with pytest.raises(error, match=message):
+        Spinner(text, **kwargs)
+
+
+def test_frames_may_be_any_iterable_of_str():
+    stream = io.StringIO()
+    with Spinner("Go", frames=iter(["a", "b"]), stream=stream, enabled=True, interval=3600):
+        pass
+    assert frame("a", "Go", colour=False) in stream.getvalue()
+
+
+def test_a_text_that_is_no_str_is_refused_everywhere():
+    spinner = Spinner("Loading", stream=io.StringIO())
+    with pytest.raises(TypeError, match="text must be a str"):
+        spinner.text = 3  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="line must be a str"):
+        spinner.write(b"bytes")  # type: ignore[arg-type]
+    with spinner:
+        with pytest.raises(TypeError, match="text must be a str"):
+            spinner.ok(3)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="text must be a str"):
+            spinner.fail(3)  # type: ignore[arg-type]
+        assert spinner.running
