@@ -714,4 +714,5 @@ def _after_fork_in_child() -> None:
         db._slots = {}  # noqa: SLF001
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
