@@ -57,6 +57,8 @@ myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+# Type aliases show by name in signatures, linked to their own entry.
+autodoc_type_aliases = {"AllowSpec": "contextual.integrations.AllowSpec"}
 
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -82,8 +84,10 @@ _STDLIB_MODULES = (
     "collections.abc",
     "concurrent.futures",
     "contextvars",
+    "fractions",
     "functools",
     "logging",
+    "numbers",
     "os",
     "pty",
     "sqlite3",

@@ -500,3 +500,9 @@ def test_exit_in_a_context_that_inherited_the_scope_restores_its_entry_state(mak
 
     assert child.run(exit_in_child) == {"user": "outer"}
     assert entered.run(lambda: dict(store)) == {"user": "scoped", "role": "admin"}
+
+
+def test_a_key_named_self_can_be_scoped(store):
+    with store.scope(self="value"):
+        assert store["self"] == "value"
+    assert "self" not in store

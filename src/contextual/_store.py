@@ -551,7 +551,7 @@ class ContextStore(MutableMapping[str, Any]):
 
     # -- scopes -------------------------------------------------------------
 
-    def scope(self, **values: Any) -> StoreScope:
+    def scope(self, /, **values: Any) -> StoreScope:
         """Set ``values`` for the duration of a block or a call.
 
         On exit the store is exactly as it was on entry, every key included:

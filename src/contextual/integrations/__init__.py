@@ -5,3 +5,7 @@ module here imports the library it integrates with only if it needs it, and
 those libraries come with the matching extra (``pip install
 "contextual[structlog]"``).
 """
+
+from ._carrier import AllowSpec
+
+__all__ = ["AllowSpec"]

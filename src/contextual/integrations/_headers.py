@@ -4,31 +4,41 @@ An incoming request ID is untrusted input: it ends up in every log line and
 in a response header. This module decides which IDs to keep, opens the
 request with the kept (or a fresh) ID, logs what it refused in a form that
 can't forge a log line, and writes the ID into response headers without
-touching the other headers.
+touching the other headers. With a Baggage allow-list, it also restores
+the allowed values an incoming Baggage header carries, for the request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import re
-from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeVar, final
+import threading
+from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeAlias, TypeVar, final
 
 from contextual._request import new_request_id, open_request
+from contextual.integrations._baggage import read, split_user
+from contextual.integrations._carrier import applied
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from contextual._store import StoreScope
+    from contextual.integrations._baggage import Problem
+    from contextual.integrations._carrier import AllowList
 
 __all__ = [
     "DEFAULT_HEADER",
     "LOGGED_CHARS",
+    "Opened",
     "RequestOpener",
+    "check_header_name",
     "escape_for_log",
+    "is_printable_ascii",
     "is_valid_request_id",
     "logger",
     "replace_header",
+    "report_once",
 ]
 
 #: Where refused request IDs are reported, as warnings.
@@ -47,6 +57,15 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 _C = TypeVar("_C")
 
+#: What :meth:`RequestOpener.open` returns: exit it to close the request.
+Opened: TypeAlias = contextlib.AbstractContextManager[Any]
+
+# The kinds of problems reported so far: each is reported once per process,
+# so that a client sending the same bad header on every request can't flood
+# the log.
+_reported: set[str] = set()
+_reported_lock: Final = threading.Lock()
+
 
 def is_valid_request_id(value: str) -> bool:
     """Return whether ``value`` is a request ID to keep: the default check.
@@ -54,6 +73,11 @@ def is_valid_request_id(value: str) -> bool:
     1 to 128 characters from ``A-Z a-z 0-9 . _ : -``.
     """
     return _VALID_ID.fullmatch(value) is not None
+
+
+def is_printable_ascii(value: str) -> bool:
+    """Return whether a header can carry ``value`` as it is: non-empty printable ASCII."""
+    return _SAFE.fullmatch(value) is not None
 
 
 def escape_for_log(value: str) -> str:
@@ -65,6 +89,32 @@ def escape_for_log(value: str) -> str:
     """
     shown = ascii(value[:LOGGED_CHARS])
     return shown + "..." if len(value) > LOGGED_CHARS else shown
+
+
+def check_header_name(header: object) -> str:
+    """Return ``header`` if it is an HTTP field name; raise :class:`ValueError` if not."""
+    if not isinstance(header, str) or _TOKEN.fullmatch(header) is None:
+        msg = (
+            f"header must be an HTTP field name such as 'X-Request-ID' (letters, "
+            f"digits and !#$%&'*+.^_`|~-), got {header!r}."
+        )
+        raise ValueError(msg)
+    return header
+
+
+def report_once(problems: Iterable[Problem]) -> None:
+    """Log each kind of problem the first time this process meets it, as a warning.
+
+    The str arguments came from a header or from stores: they are shown
+    escaped (:func:`escape_for_log`), so they can't forge a log line.
+    """
+    for kind, message, args in problems:
+        with _reported_lock:
+            if kind in _reported:
+                continue
+            _reported.add(kind)
+        shown = tuple(escape_for_log(arg) if isinstance(arg, str) else arg for arg in args)
+        logger.warning("%s Later problems of this kind are not reported.", message % shown)
 
 
 def replace_header(
@@ -95,6 +145,20 @@ def _no_op() -> None:  # pragma: no cover - for awaitables without close(), rare
     pass
 
 
+def _lookup_user(get_user: Callable[[_C], Any], carrier: _C) -> tuple[Any, Exception | None]:
+    """Return the user ``get_user`` gives, or ``None`` and the error it raised."""
+    try:
+        user = get_user(carrier)
+        if inspect.isawaitable(user):
+            # An object with async __call__: nothing here can await it.
+            getattr(user, "close", _no_op)()  # a coroutine: no "never awaited"
+            msg = "get_user returned an awaitable; it must return the user itself."
+            raise TypeError(msg)  # noqa: TRY301 (reported with the other failures)
+    except Exception as exc:  # noqa: BLE001 (documented: a failing lookup means no user)
+        return None, exc
+    return user, None
+
+
 @final
 class RequestOpener(Generic[_C]):
     """Choose a request's ID and user, and open the request with them.
@@ -107,30 +171,28 @@ class RequestOpener(Generic[_C]):
         validator: Replaces :func:`is_valid_request_id`.
         generator: Makes a new request ID.
         user_logger: Where a failing ``get_user`` is reported.
+        baggage: The stores and keys to restore from the Baggage header, or
+            ``None`` to leave it alone.
 
     Raises:
         ValueError: ``header`` is not an HTTP field name.
         TypeError: ``get_user``, ``validator`` or ``generator`` is not callable.
     """
 
-    __slots__ = ("_generator", "_get_user", "_user_logger", "_validator", "header")
+    __slots__ = ("_baggage", "_generator", "_get_user", "_user_logger", "_validator", "header")
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (one argument per middleware option)
         self,
         header: str,
         get_user: Callable[[_C], Any] | None,
         validator: Callable[[str], bool] | None,
         generator: Callable[[], str],
         user_logger: logging.Logger,
+        *,
+        baggage: AllowList | None = None,
     ) -> None:
         # Checked at run time too: typos here would only show at the first request.
-        name: object = header
-        if not isinstance(name, str) or _TOKEN.fullmatch(name) is None:
-            msg = (
-                f"header must be an HTTP field name such as 'X-Request-ID' (letters, "
-                f"digits and !#$%&'*+.^_`|~-), got {header!r}."
-            )
-            raise ValueError(msg)
+        check_header_name(header)
         options: tuple[tuple[str, object], ...] = (
             ("get_user", get_user),
             ("validator", validator),
@@ -152,30 +214,38 @@ class RequestOpener(Generic[_C]):
         self._validator = validator
         self._generator = generator
         self._user_logger = user_logger
+        self._baggage = baggage
 
-    def open(self, values: Sequence[str], carrier: _C) -> tuple[StoreScope, str]:
-        """Open the request; return the entered scope that closes it, and its ID.
+    def open(
+        self, values: Sequence[str], carrier: _C, baggage: Sequence[str] = ()
+    ) -> tuple[Opened, str]:
+        """Open the request; return the entered context that closes it, and its ID.
 
-        ``values`` holds every value the request-ID header came with. The
-        problems found on the way are logged inside the request, so that the
-        log lines carry its new ID. The caller exits the returned context.
+        ``values`` holds every value the request-ID header came with,
+        ``baggage`` every value of the Baggage header. The problems found on
+        the way are logged inside the request, so that the log lines carry
+        its new ID. The caller exits the returned context.
+
+        Allowed baggage is set for the request. The request store's
+        ``user_id`` among it is the request's user when there is no
+        ``get_user`` or it returns ``None``; its ``request_id`` never comes
+        from baggage.
         """
         request_id, rejected, reason, check_error = self._choose(values)
+        carried: dict[str, dict[str, str]] | None = None
+        problems: list[Problem] | None = None
+        carried_user = None
+        if self._baggage is not None and baggage:
+            carried, problems = read(",".join(baggage), self._baggage)
+            carried_user = split_user(carried)
         user: Any = None
         user_error: Exception | None = None
         if self._get_user is not None:
-            try:
-                user = self._get_user(carrier)
-                if inspect.isawaitable(user):
-                    # An object with async __call__: nothing here can await it.
-                    getattr(user, "close", _no_op)()  # a coroutine: no "never awaited"
-                    user = None
-                    msg = "get_user returned an awaitable; it must return the user itself."
-                    raise TypeError(msg)  # noqa: TRY301 (reported with the other failures)
-            except Exception as exc:  # noqa: BLE001 (documented: a failing lookup means no user)
-                user = None
-                user_error = exc
+            user, user_error = _lookup_user(self._get_user, carrier)
+        if user is None and user_error is None:
+            user = carried_user
         request = open_request(request_id, user)
+        opened: Opened = request
         try:
             if rejected is not None:
                 logger.warning(
@@ -190,11 +260,18 @@ class RequestOpener(Generic[_C]):
                 self._user_logger.error(
                     "get_user raised; the request goes on with no user.", exc_info=user_error
                 )
+            if problems:
+                report_once(problems)
+            if carried:
+                stack = contextlib.ExitStack()
+                stack.push(request)
+                stack.enter_context(applied(carried))
+                opened = stack
         except BaseException:
             # A logger's filter may raise: the request must not stay open.
             request.__exit__(None, None, None)
             raise
-        return request, request_id
+        return opened, request_id
 
     def _choose(self, values: Sequence[str]) -> tuple[str, str | None, str, Exception | None]:
         """Return the request ID, the refused value, why, and the validator's error."""

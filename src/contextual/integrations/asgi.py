@@ -10,10 +10,11 @@ Quart...).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias, final
 
 from contextual._request import new_request_id
+from contextual.integrations._carrier import AllowList
 from contextual.integrations._headers import DEFAULT_HEADER, RequestOpener, replace_header
 
 __all__ = ["RequestContextMiddleware"]
@@ -28,6 +29,8 @@ _Send: TypeAlias = Callable[[_Message], Awaitable[None]]
 _App: TypeAlias = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
 
 _SCOPES: Final = frozenset({"http", "websocket"})
+_BAGGAGE: Final = b"baggage"
+_BAGGAGE_SIZE: Final = len(_BAGGAGE)
 # The messages that start a response: where the ID goes back to the client.
 _STARTS: Final = frozenset(
     {"http.response.start", "websocket.accept", "websocket.http.response.start"}
@@ -96,11 +99,23 @@ class RequestContextMiddleware:
         echo: Whether to set the ID in the response header. An app's own
             header of that name is replaced; every other header is kept,
             repeated ones (several ``set-cookie``) included.
+        baggage: The stores and keys to take from the request's ``baggage``
+            headers (W3C Baggage, as :mod:`contextual.integrations.http`
+            writes it): store names, or ``{store name: True | [key, ...]}``.
+            ``None``, the default, takes nothing. Allowed values are set as
+            str in the stores of the same names, for the request, and the
+            stores are back as they were when it closes. The request
+            store's ``user_id`` is the request's user when there is no
+            ``get_user`` or it returns ``None``; the request ID comes from
+            ``header`` alone. Members that are malformed or past the
+            header's limits are skipped, each kind of problem reported once
+            per process as a warning on the ``contextual.integrations``
+            logger; members of keys not allowed are ignored.
 
     Raises:
         ValueError: ``header`` is not an HTTP field name.
         TypeError: ``get_user``, ``validator`` or ``generator`` is not
-            callable.
+            callable, or ``baggage`` is not an allow-list.
 
     Example:
         >>> from contextual import get_request_id
@@ -122,7 +137,7 @@ class RequestContextMiddleware:
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("_app", "_echo", "_key", "_opener")
+    __slots__ = ("_app", "_baggage", "_echo", "_key", "_opener")
 
     def __init__(  # noqa: PLR0913 (keyword-only options, one per setting)
         self,
@@ -133,12 +148,15 @@ class RequestContextMiddleware:
         validator: Callable[[str], bool] | None = None,
         generator: Callable[[], str] = new_request_id,
         echo: bool = True,
+        baggage: Mapping[str, bool | Iterable[str]] | Iterable[str] | None = None,
     ) -> None:
-        self._opener = RequestOpener(header, get_user, validator, generator, _logger)
+        allow = None if baggage is None else AllowList(baggage)
+        self._opener = RequestOpener(header, get_user, validator, generator, _logger, baggage=allow)
         self._app = app
         self._echo = echo
         # ASGI header names are lowercase bytes, both ways.
         self._key = header.lower().encode("ascii")
+        self._baggage = allow is not None
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         """Serve one connection; inside its request context for HTTP and WebSocket."""
@@ -151,10 +169,19 @@ class RequestContextMiddleware:
         # runs for every request. Servers should send names lowercased, but
         # not all apps' test clients do.
         values = []
-        for name, value in scope.get("headers", ()):
-            if len(name) == size and name.lower() == key:
-                values.append(value.decode("latin-1"))
-        request, request_id = self._opener.open(values, scope)
+        if self._baggage:
+            baggage = []
+            for name, value in scope.get("headers", ()):
+                if len(name) == size and name.lower() == key:
+                    values.append(value.decode("latin-1"))
+                elif len(name) == _BAGGAGE_SIZE and name.lower() == _BAGGAGE:
+                    baggage.append(value.decode("latin-1"))
+            request, request_id = self._opener.open(values, scope, baggage)
+        else:
+            for name, value in scope.get("headers", ()):
+                if len(name) == size and name.lower() == key:
+                    values.append(value.decode("latin-1"))
+            request, request_id = self._opener.open(values, scope)
         try:
             if self._echo:
                 send = _echoing(send, key, request_id.encode("latin-1"))

@@ -11,16 +11,17 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final
 
 from contextual._request import new_request_id
+from contextual.integrations._carrier import AllowList
 from contextual.integrations._headers import DEFAULT_HEADER, RequestOpener, replace_header
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from contextual._store import StoreScope
+    from contextual.integrations._headers import Opened
 
 __all__ = ["RequestContextMiddleware"]
 
@@ -117,11 +118,23 @@ class RequestContextMiddleware:
         echo: Whether to set the ID in the response header. An app's own
             header of that name is replaced; every other header is kept,
             repeated ones (several ``Set-Cookie``) included.
+        baggage: The stores and keys to take from the request's ``baggage``
+            header (W3C Baggage, as :mod:`contextual.integrations.http`
+            writes it): store names, or ``{store name: True | [key, ...]}``.
+            ``None``, the default, takes nothing. Allowed values are set as
+            str in the stores of the same names, for the request, and the
+            stores are back as they were when it closes. The request
+            store's ``user_id`` is the request's user when there is no
+            ``get_user`` or it returns ``None``; the request ID comes from
+            ``header`` alone. Members that are malformed or past the
+            header's limits are skipped, each kind of problem reported once
+            per process as a warning on the ``contextual.integrations``
+            logger; members of keys not allowed are ignored.
 
     Raises:
         ValueError: ``header`` is not an HTTP field name.
         TypeError: ``get_user``, ``validator`` or ``generator`` is not
-            callable.
+            callable, or ``baggage`` is not an allow-list.
 
     Example:
         >>> from contextual import get_request_id
@@ -143,7 +156,7 @@ class RequestContextMiddleware:
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("_app", "_echo", "_environ_key", "_opener")
+    __slots__ = ("_app", "_baggage", "_echo", "_environ_key", "_opener")
 
     def __init__(  # noqa: PLR0913 (keyword-only options, one per setting)
         self,
@@ -154,11 +167,14 @@ class RequestContextMiddleware:
         validator: Callable[[str], bool] | None = None,
         generator: Callable[[], str] = new_request_id,
         echo: bool = True,
+        baggage: Mapping[str, bool | Iterable[str]] | Iterable[str] | None = None,
     ) -> None:
-        self._opener = RequestOpener(header, get_user, validator, generator, _logger)
+        allow = None if baggage is None else AllowList(baggage)
+        self._opener = RequestOpener(header, get_user, validator, generator, _logger, baggage=allow)
         self._app = app
         self._echo = echo
         self._environ_key = "HTTP_" + header.upper().replace("-", "_")
+        self._baggage = allow is not None
 
     def __call__(self, environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         """Serve one request inside its request context."""
@@ -169,7 +185,16 @@ class RequestContextMiddleware:
         self, context: contextvars.Context, environ: _Environ, start_response: _StartResponse
     ) -> Iterable[bytes]:
         raw = environ.get(self._environ_key)
-        request, request_id = self._opener.open(() if raw is None else (raw,), environ)
+        values = () if raw is None else (raw,)
+        if self._baggage:
+            # The server joins several Baggage headers with commas, as the
+            # specification allows.
+            baggage = environ.get("HTTP_BAGGAGE")
+            request, request_id = self._opener.open(
+                values, environ, () if baggage is None else (baggage,)
+            )
+        else:
+            request, request_id = self._opener.open(values, environ)
         try:
             if self._echo:
                 start_response = _echoing(start_response, self._opener.header, request_id)
@@ -197,10 +222,10 @@ class _Body:
     __slots__ = ("_body", "_context", "_iterator", "_request")
 
     def __init__(
-        self, body: Iterable[bytes], request: StoreScope, context: contextvars.Context
+        self, body: Iterable[bytes], request: Opened, context: contextvars.Context
     ) -> None:
         self._body = body
-        self._request: StoreScope | None = request
+        self._request: Opened | None = request
         self._context = context
         self._iterator: Iterator[bytes] | None = None
 

@@ -1,0 +1,423 @@
+"""Carry the request ID and allowed context over HTTP, to other services.
+
+An outgoing request carries the current request's ID in the request-ID
+header (``X-Request-ID`` by default) and the values an allow-list lets out
+in the W3C Baggage header (``baggage``). The receiving service's
+:class:`~contextual.integrations.asgi.RequestContextMiddleware` or
+:class:`~contextual.integrations.wsgi.RequestContextMiddleware`, given the
+same kind of allow-list as ``baggage=``, opens the request with that ID and
+sets the values in its stores of the same names, so that its log lines
+carry them. Pure standard library: :func:`install_httpx` and
+:func:`install_requests` hook into clients you made, :func:`inject` and
+:func:`extract` work with the headers of any other client or server.
+
+Nothing leaves the process by default but the request ID. An allow-list
+names what may travel: store names (every key of those stores), or
+``{store name: True | [key, ...]}``. The receiving side has its own
+allow-list and ignores whatever it doesn't allow, so a caller can never set
+a key the service didn't ask for.
+
+On the wire, ``user_id`` of the store ``"myapp.request"`` is the Baggage
+member ``myapp.request|user_id=...``: the store's name and the key's name,
+each percent-encoded (UTF-8) so that it holds only HTTP token characters
+other than ``%`` and ``|``, joined by ``|``. Values are percent-encoded
+UTF-8. A str travels as it is, an int, float or bool as its ``str()``;
+``None`` (unset) stays behind, and so does anything else. Values arrive as
+str. Members of other libraries' baggage are kept on the way out and
+ignored on the way in.
+
+The header has limits (8192 bytes, 180 members, 4096 bytes per member).
+Members that don't fit, values that can't travel and malformed members of
+a header are left out, never sent nor applied, and each kind of problem is
+reported once per process, as a warning on the ``contextual.integrations``
+logger.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, final
+
+from contextual._request import RequestContext, request_context
+from contextual.integrations._baggage import HEADER, read, split_user, write
+from contextual.integrations._carrier import (
+    REQUEST_ID_KEY,
+    REQUEST_STORE_NAME,
+    AllowList,
+)
+from contextual.integrations._carrier import applied as _applied
+from contextual.integrations._headers import (
+    DEFAULT_HEADER,
+    check_header_name,
+    is_printable_ascii,
+    is_valid_request_id,
+    report_once,
+)
+
+if TYPE_CHECKING:
+    from contextual.integrations._baggage import Problem
+
+__all__ = ["CarriedContext", "extract", "inject", "install_httpx", "install_requests"]
+
+
+class _Request(Protocol):
+    # httpx.Request and requests.PreparedRequest.
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
+
+
+class _HttpxClient(Protocol):
+    # httpx.Client and httpx.AsyncClient.
+    @property
+    def event_hooks(self) -> dict[str, list[Callable[..., Any]]]: ...
+    @event_hooks.setter
+    def event_hooks(self, event_hooks: dict[str, list[Callable[..., Any]]]) -> None: ...
+
+
+class _RequestsSession(Protocol):
+    # requests.Session: its transport adapters, by URL prefix.
+    @property
+    def adapters(self) -> MutableMapping[str, Any]: ...
+
+
+@final
+class CarriedContext(NamedTuple):
+    """What :func:`extract` found in a request's headers.
+
+    Attributes:
+        request_id: The request ID, or ``None`` when the header is missing or
+            its value is not a valid request ID.
+        stores: The allowed values, as str, by store name and key.
+
+    .. versionadded:: 0.1.0
+    """
+
+    request_id: str | None
+    stores: dict[str, dict[str, str]]
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[RequestContext]:
+        """Open the carried request and set the carried values, for a block.
+
+        Opens a :class:`~contextual.request_context` with the carried ID (a
+        new one if there is none) and the carried ``user_id`` of the request
+        store, and sets every other carried value in the store of the same
+        name, ignoring names no store has here. The block, tasks it creates
+        and work it hands on (a :class:`~contextual.ContextExecutor`...) see
+        them, as they see the request; on exit every store is back as it
+        was. The target of ``with`` is the :class:`~contextual.RequestContext`.
+
+        .. versionadded:: 0.1.0
+        """
+        stores = {name: dict(values) for name, values in self.stores.items()}
+        user = split_user(stores)
+        with request_context(self.request_id, user_id=user) as request, _applied(stores):
+            yield request
+
+
+def inject(
+    headers: MutableMapping[str, str],
+    *,
+    allow: Mapping[str, bool | Iterable[str]] | Iterable[str] | None = None,
+    header: str = DEFAULT_HEADER,
+) -> None:
+    """Add the current request ID and allowed context to an outgoing request's headers.
+
+    Sets ``header`` to the ID of the request open here, replacing any value
+    it had (outside a request, the header is left as it is). Merges the
+    allowed values of the current context into the ``baggage`` header: a
+    member it already has for one of those keys is replaced, its other
+    members are kept, ahead of ours, and members that are malformed or past
+    the header's limits are left out. ``headers`` is any mutable mapping of
+    header names to values, whether its names compare case-insensitively or
+    not: a dict, ``httpx.Headers``, the ``headers`` of a ``requests``
+    request.
+
+    Args:
+        headers: The outgoing request's headers, changed in place.
+        allow: What may travel besides the request ID: store names, or
+            ``{store name: True | [key, ...]}``. ``None``: nothing else.
+        header: The request-ID header's name.
+
+    Raises:
+        TypeError: ``allow`` is not an allow-list.
+        ValueError: ``header`` is not an HTTP field name.
+
+    Example:
+        >>> from contextual import request_context
+        >>> from contextual.integrations.http import inject
+        >>> headers = {"baggage": "tenant=acme"}
+        >>> with request_context(request_id="r-42", user_id="ada"):
+        ...     inject(headers, allow={"contextual.request": ["user_id"]})
+        >>> headers
+        {'baggage': 'tenant=acme,contextual.request|user_id=ada', 'X-Request-ID': 'r-42'}
+
+    .. versionadded:: 0.1.0
+    """
+    _inject(headers, AllowList(allow), check_header_name(header))
+
+
+def extract(
+    headers: Mapping[str, str],
+    *,
+    allow: Mapping[str, bool | Iterable[str]] | Iterable[str] | None = None,
+    header: str = DEFAULT_HEADER,
+) -> CarriedContext:
+    """Return the request ID and the allowed context an incoming request's headers carry.
+
+    The request ID is kept when the header holds one value that
+    :func:`~contextual.integrations.wsgi.RequestContextMiddleware`'s
+    default check accepts. Baggage members of stores and keys that ``allow``
+    refuses are ignored, and so are malformed ones and those past the
+    header's limits; :meth:`CarriedContext.applied` opens the request with
+    what is left. The middleware does all of this for you: use ``extract``
+    where there is none.
+
+    Args:
+        headers: The incoming request's headers: any mapping of header
+            names to values, names compared case-insensitively.
+        allow: What to take besides the request ID: store names, or
+            ``{store name: True | [key, ...]}``. ``None``: nothing else.
+        header: The request-ID header's name.
+
+    Raises:
+        TypeError: ``allow`` is not an allow-list.
+        ValueError: ``header`` is not an HTTP field name.
+
+    Example:
+        >>> from contextual import get_current_user, get_request_id
+        >>> from contextual.integrations.http import extract
+        >>> headers = {"x-request-id": "r-42", "baggage": "contextual.request|user_id=ada"}
+        >>> carried = extract(headers, allow={"contextual.request": ["user_id"]})
+        >>> carried
+        CarriedContext(request_id='r-42', stores={'contextual.request': {'user_id': 'ada'}})
+        >>> with carried.applied():
+        ...     get_request_id(), get_current_user()
+        ('r-42', 'ada')
+
+    .. versionadded:: 0.1.0
+    """
+    allow_list = AllowList(allow)
+    check_header_name(header)
+    problems: list[Problem] = []
+    request_id = None
+    ids = _values(headers, header)
+    if len(ids) == 1 and is_valid_request_id(ids[0]):
+        request_id = ids[0]
+    elif ids:
+        problems.append(
+            (
+                "incoming request ID",
+                (
+                    "Ignored the %s header: %s is not one valid request ID (1 to 128 "
+                    "characters from A-Z a-z 0-9 . _ : -)."
+                ),
+                (header, ", ".join(ids)),
+            )
+        )
+    stores: dict[str, dict[str, str]] = {}
+    baggage = _values(headers, HEADER)
+    if baggage:
+        stores, more = read(",".join(baggage), allow_list)
+        problems += more
+    report_once(problems)
+    return CarriedContext(request_id, stores)
+
+
+def install_httpx(
+    client: _HttpxClient,
+    *,
+    allow: Mapping[str, bool | Iterable[str]] | Iterable[str] | None = None,
+    header: str = DEFAULT_HEADER,
+) -> None:
+    """Make every request an httpx client sends carry the request ID and allowed context.
+
+    Adds a request event hook to ``client`` (an ``httpx.Client`` or
+    ``httpx.AsyncClient``; the hook matches the client's kind), after the
+    hooks it has. The hook runs in the code that sends the request, for
+    each request and each redirect, and does what :func:`inject` does
+    there. Installing again on the same client replaces the hook.
+
+    Args:
+        client: The client, changed in place.
+        allow: What may travel besides the request ID: store names, or
+            ``{store name: True | [key, ...]}``. ``None``: nothing else.
+        header: The request-ID header's name.
+
+    Raises:
+        TypeError: ``client`` has no ``event_hooks``, or ``allow`` is not an
+            allow-list.
+        ValueError: ``header`` is not an HTTP field name.
+
+    Example:
+        Once, where the client is made::
+
+            client = httpx.AsyncClient(base_url="http://billing.internal")
+            install_httpx(client, allow={"contextual.request": ["user_id"]})
+
+    .. versionadded:: 0.1.0
+    """
+    allow_list = AllowList(allow)
+    check_header_name(header)
+    hooks = getattr(client, "event_hooks", None)
+    if not isinstance(hooks, Mapping):
+        msg = (
+            f"install_httpx takes an httpx.Client or httpx.AsyncClient, got "
+            f"{type(client).__name__} {client!r}, which has no event_hooks. For requests, "
+            "use install_requests; for any other client, call inject() on its headers."
+        )
+        raise TypeError(msg)
+    send = getattr(client, "send", None)
+    kind = _AsyncHttpxHook if inspect.iscoroutinefunction(send) else _HttpxHook
+    kept = [hook for hook in hooks.get("request", ()) if not isinstance(hook, _Hook)]
+    client.event_hooks = {**hooks, "request": [*kept, kind(allow_list, header)]}
+
+
+def install_requests(
+    session: _RequestsSession,
+    *,
+    allow: Mapping[str, bool | Iterable[str]] | Iterable[str] | None = None,
+    header: str = DEFAULT_HEADER,
+) -> None:
+    """Make every request a requests session sends carry the request ID and allowed context.
+
+    Wraps each transport adapter mounted on ``session`` (the default ones
+    for ``http://`` and ``https://``, and yours) in one that does what
+    :func:`inject` does, in the code that sends the request, for each
+    request and each redirect, then hands the request to the adapter it
+    wraps. Mount your own adapters first: one mounted later is not
+    wrapped. Installing again replaces the wrappers.
+
+    Args:
+        session: The ``requests.Session``, changed in place.
+        allow: What may travel besides the request ID: store names, or
+            ``{store name: True | [key, ...]}``. ``None``: nothing else.
+        header: The request-ID header's name.
+
+    Raises:
+        TypeError: ``session`` has no ``adapters``, or ``allow`` is not an
+            allow-list.
+        ValueError: ``header`` is not an HTTP field name.
+
+    Example:
+        Once, where the session is made::
+
+            session = requests.Session()
+            install_requests(session, allow={"contextual.request": ["user_id"]})
+
+    .. versionadded:: 0.1.0
+    """
+    allow_list = AllowList(allow)
+    check_header_name(header)
+    adapters = getattr(session, "adapters", None)
+    if not isinstance(adapters, MutableMapping):
+        msg = (
+            f"install_requests takes a requests.Session, got {type(session).__name__} "
+            f"{session!r}, which has no adapters. For httpx, use install_httpx; for any "
+            "other client, call inject() on its headers."
+        )
+        raise TypeError(msg)
+    for prefix, adapter in list(adapters.items()):
+        inner = adapter.adapter if isinstance(adapter, _ContextAdapter) else adapter
+        adapters[prefix] = _ContextAdapter(inner, allow_list, header)
+
+
+def _inject(headers: MutableMapping[str, str], allow: AllowList, header: str) -> None:
+    stores = allow.outgoing()
+    problems: list[Problem] = []
+    request_id = stores.get(REQUEST_STORE_NAME, {}).get(REQUEST_ID_KEY)
+    if request_id is not None:
+        if isinstance(request_id, str) and is_printable_ascii(request_id):
+            _replace(headers, header, request_id)
+        else:
+            problems.append(
+                (
+                    "outgoing request ID",
+                    (
+                        "Sent no %s header: the request ID %s is not a str of printable "
+                        "ASCII, so no header can carry it. Open requests with IDs such as "
+                        "new_request_id() makes."
+                    ),
+                    (header, repr(request_id)),
+                )
+            )
+    existing = _values(headers, HEADER)
+    baggage, more = write(stores, ",".join(existing) if existing else None)
+    if baggage is not None or existing:
+        _replace(headers, HEADER, baggage)
+    report_once(problems + more)
+
+
+def _values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Return the values of every header named ``name``, whatever the case."""
+    wanted = name.lower()
+    return [value for key, value in headers.items() if key.lower() == wanted]
+
+
+def _replace(headers: MutableMapping[str, str], name: str, value: str | None) -> None:
+    """Set the header ``name`` to ``value``, or remove it for None, whatever the case."""
+    wanted = name.lower()
+    # A key spelled exactly as name keeps its place in a dict.
+    for key in [key for key in headers if key != name and key.lower() == wanted]:
+        del headers[key]
+    if value is None:
+        headers.pop(name, None)
+    else:
+        headers[name] = value
+
+
+class _Hook:
+    """What an httpx request hook injects, and where."""
+
+    __slots__ = ("_allow", "_header")
+
+    def __init__(self, allow: AllowList, header: str) -> None:
+        self._allow = allow
+        self._header = header
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._allow!r} header={self._header!r}>"
+
+
+@final
+class _HttpxHook(_Hook):
+    __slots__ = ()
+
+    def __call__(self, request: _Request) -> None:
+        _inject(request.headers, self._allow, self._header)
+
+
+@final
+class _AsyncHttpxHook(_Hook):
+    __slots__ = ()
+
+    async def __call__(self, request: _Request) -> None:
+        _inject(request.headers, self._allow, self._header)
+
+
+@final
+class _ContextAdapter:
+    """A requests transport adapter that injects, then sends with the adapter it wraps."""
+
+    __slots__ = ("_allow", "_header", "adapter")
+
+    def __init__(self, adapter: Any, allow: AllowList, header: str) -> None:
+        self.adapter = adapter
+        self._allow = allow
+        self._header = header
+
+    def __repr__(self) -> str:
+        return f"<_ContextAdapter {self._allow!r} header={self._header!r} for {self.adapter!r}>"
+
+    def send(self, request: _Request, *args: Any, **kwargs: Any) -> Any:
+        """Send ``request`` with the wrapped adapter, carrying the context."""
+        _inject(request.headers, self._allow, self._header)
+        return self.adapter.send(request, *args, **kwargs)
+
+    def close(self) -> None:
+        """Close the wrapped adapter."""
+        self.adapter.close()

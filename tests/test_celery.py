@@ -1,0 +1,908 @@
+"""contextual.integrations.celery: from publisher to task, with a real broker and worker.
+
+The first part runs in this process, on apps with the in-memory broker:
+what each message carries, and what the worker side applies and restores
+(through Celery's own tracer, with ``task.apply()``). The second part
+starts real ``celery worker`` processes (prefork and threads pools) on a
+real Redis server (``CONTEXTUAL_TEST_REDIS_URL``; ``.ci/start-redis`` starts
+one), publishes from several requests at once, and reads what each task
+saw, its result, and the worker's log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery, chain, chord, group
+from celery.signals import after_task_publish
+
+import _celery_app as tasks
+from contextual import (
+    ContextExecutor,
+    ContextStore,
+    ThreadLocalDB,
+    TransactionError,
+    TransactionManager,
+    current_request,
+    get_current_user,
+    get_request_id,
+    request_context,
+)
+from contextual.integrations import celery as integration
+from contextual.integrations.celery import HEADER, enqueue_on_commit, install
+
+REQUIRE_VARIABLE = "CONTEXTUAL_REQUIRE_SERVERS"
+TESTS = Path(__file__).parent
+SESSION = uuid.uuid4().hex[:10]
+ALLOW = {"tests.celery.tenant": True, "contextual.request": ["user_id"]}
+# What the stores hold in a worker between tasks.
+BASELINE = {
+    "request_id": None,
+    "current_request": None,
+    "user": None,
+    "tenant": {},
+    "secret": {},
+    "scratch": {},
+}
+
+
+def payload(stores: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"format": 1, "stores": stores}
+
+
+def request_values(request_id: object, **more: object) -> dict[str, Any]:
+    return payload({"contextual.request": {"request_id": request_id, **more}})
+
+
+# -- in this process: apps on the in-memory broker ----------------------------------
+
+local = Celery(
+    "contextual_local", broker="memory://", backend="cache+memory://", set_as_current=False
+)
+local.conf.task_default_queue = f"contextual-local-{SESSION}"
+install(local, allow=ALLOW)
+kept = ContextStore("tests.celery.kept", backend="thread", propagate=False)
+
+
+def _seen() -> dict[str, Any]:
+    request = current_request()
+    return {
+        "request_id": get_request_id(),
+        "current_request": None if request is None else request.request_id,
+        "user": get_current_user(),
+        "tenant": dict(tasks.tenant),
+        "secret": dict(tasks.secret),
+        "scratch": dict(tasks.scratch),
+    }
+
+
+@local.task(bind=True)
+def local_look(self: Any, tag: str, *, leave: bool = False) -> dict[str, Any]:
+    del self
+    seen = _seen()
+    if leave:
+        tasks.tenant["left_by"] = tag
+        tasks.secret["left_by"] = tag
+        tasks.scratch["left_by"] = tag
+        kept["connection"] = tag
+    return seen
+
+
+@local.task(bind=True)
+def local_fail(self: Any, tag: str) -> None:
+    del self
+    tasks.tenant["left_by"] = tag
+    msg = f"failing on purpose: {tag}"
+    raise RuntimeError(msg)
+
+
+local_attempts: list[dict[str, Any]] = []
+
+
+@local.task(bind=True, max_retries=1)
+def local_retry(self: Any, tag: str) -> str:
+    local_attempts.append({**_seen(), "retries": self.request.retries})
+    tasks.tenant["left_by"] = tag
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return "done"
+
+
+@pytest.fixture
+def published() -> Iterator[list[dict[str, Any]]]:
+    """The headers of every message published during the test, in order."""
+    messages: list[dict[str, Any]] = []
+
+    def record(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        messages.append({"task": sender, **(headers or {})})
+
+    after_task_publish.connect(record, weak=False)
+    yield messages
+    after_task_publish.disconnect(record)
+
+
+@pytest.fixture(autouse=True)
+def _clean_stores() -> Iterator[None]:
+    integration._unsendable_reported.clear()
+    integration._incoming_reported.clear()
+    yield
+    for store in (tasks.tenant, tasks.secret, tasks.scratch, kept):
+        store.clear()
+
+
+def test_import_without_celery_says_how_to_install(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delitem(sys.modules, "contextual.integrations.celery")
+    monkeypatch.setitem(sys.modules, "celery.signals", None)
+    with pytest.raises(ImportError, match=r"needs Celery.*pip install 'contextual\[celery\]'"):
+        importlib.import_module("contextual.integrations.celery")
+
+
+def test_importing_contextual_does_not_import_celery():
+    code = "import sys, contextual, contextual.integrations; print('celery' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_all_names_what_the_module_defines():
+    assert integration.__all__ == sorted(integration.__all__)
+    defined = {
+        name
+        for name, value in vars(integration).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == integration.__name__
+    }
+    assert set(integration.__all__) == defined | {"HEADER"}
+
+
+def test_install_refuses_what_is_not_a_celery_app():
+    with pytest.raises(TypeError, match=r"install\(\) takes a Celery app .* got object"):
+        install(object())  # type: ignore[arg-type]
+
+
+def test_install_refuses_a_malformed_allow_list():
+    app = Celery("contextual_bad_allow", broker="memory://", set_as_current=False)
+    with pytest.raises(TypeError, match="write allow="):
+        install(app, allow="tests.celery.tenant")
+    assert "send_task" not in vars(app)  # nothing installed
+
+
+def test_a_message_carries_the_request_id_and_nothing_else_by_default(published):
+    app = Celery("contextual_default", broker="memory://", set_as_current=False)
+    install(app)
+    with request_context(request_id="r-default", user_id="ada"), tasks.tenant.scope(name="acme"):
+        app.send_task("anything", queue=f"default-{SESSION}")
+    assert published[-1][HEADER] == request_values("r-default")
+
+
+def test_send_task_takes_its_options_by_position_too(published):
+    with request_context(request_id="r-position"):
+        local.send_task("anything", ("a",), {"b": 1}, 60, queue=f"position-{SESSION}")
+    assert published[-1]["eta"] is not None  # countdown, the fourth parameter
+    assert published[-1][HEADER] == request_values("r-position")
+
+
+def test_a_message_outside_any_request_carries_no_header(published):
+    local_look.apply_async(("outside",))
+    assert HEADER not in published[-1]
+
+
+def test_allowed_stores_and_keys_travel_and_nothing_else(published):
+    with (
+        request_context(request_id="r-allowed", user_id="ada", note="not sent"),
+        tasks.tenant.scope(name="acme", plan=["a", 1, {"b": None}]),
+        tasks.secret.scope(token="s3cret"),  # noqa: S106 (test data)
+    ):
+        local_look.delay("allowed")
+    assert published[-1][HEADER] == payload(
+        {
+            "contextual.request": {"request_id": "r-allowed", "user_id": "ada"},
+            "tests.celery.tenant": {"name": "acme", "plan": ["a", 1, {"b": None}]},
+        }
+    )
+
+
+def test_apps_in_one_process_keep_their_own_settings(published):
+    bare = Celery("contextual_bare", broker="memory://", set_as_current=False)
+    default = Celery("contextual_other", broker="memory://", set_as_current=False)
+    install(default)
+    with request_context(request_id="r-apps", user_id="ada"), tasks.tenant.scope(name="acme"):
+        bare.send_task("anything", queue=f"bare-{SESSION}")
+        default.send_task("anything", queue=f"other-{SESSION}")
+        local_look.delay("apps")
+    bare_message, default_message, local_message = published[-3:]
+    assert HEADER not in bare_message
+    assert default_message[HEADER] == request_values("r-apps")
+    assert local_message[HEADER]["stores"]["tests.celery.tenant"] == {"name": "acme"}
+
+
+def test_installing_twice_wraps_once_and_replaces_allow(published):
+    app = Celery("contextual_twice", broker="memory://", set_as_current=False)
+    install(app, allow=["tests.celery.tenant"])
+    wrapper = app.send_task
+    install(app)
+    assert app.send_task is wrapper
+    with request_context(request_id="r-twice"), tasks.tenant.scope(name="acme"):
+        app.send_task("anything", queue=f"twice-{SESSION}")
+    assert published[-1][HEADER] == request_values("r-twice")
+
+
+def test_values_that_are_not_plain_data_stay_behind_with_one_warning(published, caplog):
+    class Opaque:
+        pass
+
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    with (
+        request_context(request_id="r-plain"),
+        tasks.tenant.scope(obj=Opaque(), when=(1, [Opaque()])),
+    ):
+        local_look.delay("plain")
+        local_look.delay("plain again")
+    assert published[-1][HEADER] == request_values("r-plain")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2  # one per key, not one per message
+    assert "'tests.celery.tenant'['obj']" in warnings[0]
+    assert "its value (a Opaque) is not, or holds something that is not, plain data" in warnings[0]
+    assert "(a tuple)" in warnings[1]
+    assert "leave it out of install(allow=...)" in warnings[0]
+
+
+def test_deeply_nested_values_are_not_plain_data(published):
+    nested: list[Any] = []
+    for _ in range(40):
+        nested = [nested]
+    with request_context(request_id="r-deep"), tasks.tenant.scope(nested=nested, keyed={1: 2}):
+        local_look.delay("deep")
+    assert published[-1][HEADER] == request_values("r-deep")
+
+
+def test_a_header_the_caller_gives_is_sent_as_given(published):
+    given = request_values("r-given")
+    with request_context(request_id="r-current"):
+        local_look.apply_async(("given",), headers={HEADER: given, "other": 1})
+        local_look.apply_async(("merged",), headers={"other": 2})
+    assert published[-2][HEADER] == given
+    assert published[-2]["other"] == 1
+    assert published[-1][HEADER] == request_values("r-current")
+    assert published[-1]["other"] == 2
+
+
+def test_canvas_messages_carry_the_context(published):
+    with request_context(request_id="r-canvas"):
+        group(local_look.s("g1"), local_look.s("g2")).apply_async()
+        chain(local_look.s("c1"), local_look.si("c2")).apply_async()
+    assert [m[HEADER] for m in published[-3:]] == [request_values("r-canvas")] * 3
+
+
+# -- in this process: the worker side, through Celery's tracer ------------------------
+
+
+def test_a_task_runs_with_the_header_and_the_worker_gets_its_state_back():
+    header = payload(
+        {
+            "contextual.request": {"request_id": "r-run", "user_id": "ada"},
+            "tests.celery.tenant": {"name": "acme"},
+            "tests.celery.secret": {"token": "forged"},
+            "nowhere.store": {"x": 1},
+        }
+    )
+    with tasks.tenant.scope(worker="w1"):
+        seen = local_look.apply(("run",), kwargs={"leave": True}, headers={HEADER: header}).get()
+        assert _seen() == {**BASELINE, "tenant": {"worker": "w1"}}
+    assert seen == {
+        "request_id": "r-run",
+        "current_request": "r-run",
+        "user": "ada",
+        "tenant": {"worker": "w1", "name": "acme"},
+        "secret": {},
+        "scratch": {},
+    }
+    assert kept["connection"] == "run"  # propagate=False: the thread's own, kept
+
+
+def test_a_task_without_a_header_keeps_nothing_it_wrote():
+    seen = local_look.apply(("bare",), kwargs={"leave": True}).get()
+    assert seen == BASELINE
+    assert _seen() == BASELINE
+
+
+def test_a_failing_task_restores_the_state():
+    header = request_values("r-fail")
+    result = local_fail.apply(("fail",), headers={HEADER: header}, throw=False)
+    assert isinstance(result.result, RuntimeError)
+    assert _seen() == BASELINE
+
+
+def test_a_retried_task_runs_each_attempt_with_the_header_and_restores():
+    local_attempts.clear()
+    header = payload(
+        {"contextual.request": {"request_id": "r-retry"}, "tests.celery.tenant": {"n": 1}}
+    )
+    local_retry.apply(("retry",), headers={HEADER: header}).get()
+    # Eagerly, the retry runs inside the first attempt: it gets the header again.
+    assert [(a["request_id"], a["tenant"], a["retries"]) for a in local_attempts] == [
+        ("r-retry", {"n": 1}, 0),
+        ("r-retry", {"n": 1}, 1),
+    ]
+    assert _seen() == BASELINE
+
+
+def test_a_task_applied_inside_a_request_of_this_process_sees_it_and_changes_nothing():
+    with request_context(request_id="r-eager", user_id="ada"), tasks.tenant.scope(name="acme"):
+        seen = local_look.apply(("eager",), kwargs={"leave": True}).get()
+        assert _seen()["tenant"] == {"name": "acme"}
+    assert seen["request_id"] == "r-eager"
+    assert seen["tenant"] == {"name": "acme"}
+
+
+def test_a_worker_request_holds_the_header_as_an_attribute():
+    # What a real worker does with message headers (the end-to-end tests
+    # below go through it); here without a worker, to see each step.
+    local_look.push_request(id="t-attribute", contextual=request_values("r-attribute"))
+    try:
+        integration._on_task_prerun(task_id="t-attribute", task=local_look)
+        assert get_request_id() == "r-attribute"
+        integration._on_task_postrun(task_id="t-attribute", task=local_look)
+    finally:
+        local_look.pop_request()
+    assert get_request_id() is None
+
+
+def test_the_worker_applies_only_what_its_own_allow_list_names():
+    narrow = Celery("contextual_narrow", broker="memory://", set_as_current=False)
+    install(narrow)
+
+    @narrow.task
+    def narrow_look() -> dict[str, Any]:
+        return _seen()
+
+    header = payload(
+        {
+            "contextual.request": {"request_id": "r-narrow", "user_id": "ada"},
+            "tests.celery.tenant": {"name": "acme"},
+        }
+    )
+    seen = narrow_look.apply(headers={HEADER: header}).get()
+    assert (seen["request_id"], seen["user"], seen["tenant"]) == ("r-narrow", None, {})
+
+
+def test_tasks_of_apps_without_install_run_untouched():
+    bare = Celery("contextual_bare_worker", broker="memory://", set_as_current=False)
+
+    @bare.task
+    def bare_look() -> dict[str, Any]:
+        tasks.tenant["left_by"] = "bare"
+        return _seen()
+
+    seen = bare_look.apply(headers={HEADER: request_values("r-bare")}).get()
+    assert seen["request_id"] is None
+    assert tasks.tenant["left_by"] == "bare"  # nothing scoped it
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ("garbage", "the header is a str, not a mapping"),
+        ({"format": 2, "stores": {}}, "format 2, where this contextual reads 1"),
+        ({"stores": {}}, "format None"),
+        ({"format": True, "stores": {}}, "format True"),
+        ({"format": 1, "stores": ["a"]}, "'stores' is a list, not a mapping"),
+        ({"format": 1, "stores": {"a": 1}}, "the entry 'a' is not store name: mapping"),
+        ({"format": 1, "stores": {3: {}}}, "the entry 3 is not store name: mapping"),
+        (
+            {"format": 1, "stores": {"tests.celery.tenant": {1: "x", "ok": "y"}}},
+            "store 'tests.celery.tenant' has the non-str key 1",
+        ),
+        (request_values("bad\r\nINFO forged line"), r"the request ID 'bad\r\nINFO forged line'"),
+        (request_values(""), "the request ID '' is not valid"),
+        (request_values("x" * 129), "the request ID 'xxxx"),
+        (request_values(42), "the request ID 42 is not valid"),
+    ],
+)
+def test_a_malformed_header_is_ignored_with_one_warning_and_the_task_runs(caplog, header, problem):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    seen = local_look.apply(("malformed",), headers={HEADER: header}).get()
+    assert seen["request_id"] is None
+    assert seen["tenant"] in ({}, {"ok": "y"})
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert f"Ignored part of the 'contextual' header of task {local_look.name}[" in message
+    assert problem in message
+    assert "\n" not in message
+    assert "compatible versions of contextual" in message
+    assert "Later problems of the same kind are not reported" in message
+    local_look.apply(("malformed again",), headers={HEADER: header}).get()
+    assert len(caplog.records) == 1
+
+
+def test_a_warning_lists_five_problems_and_counts_the_rest(caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    header = payload({f"s{i}": i for i in range(8)})  # type: ignore[dict-item]
+    local_look.apply(("many",), headers={HEADER: header}).get()
+    (record,) = caplog.records
+    assert record.getMessage().count("is not store name: mapping") == 5
+    assert "(and 3 more)" in record.getMessage()
+
+
+def test_the_warning_about_a_header_carries_the_tasks_request_id(caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    seen_ids: list[str | None] = []
+    handler = logging.Handler()
+    handler.emit = lambda _record: seen_ids.append(get_request_id())  # type: ignore[method-assign]
+    logging.getLogger("contextual.integrations").addHandler(handler)
+    try:
+        header = payload({"contextual.request": {"request_id": "r-warn"}, "bad": 1})
+        local_look.apply(("warn",), headers={HEADER: header}).get()
+    finally:
+        logging.getLogger("contextual.integrations").removeHandler(handler)
+    assert seen_ids == ["r-warn"]
+
+
+def test_a_request_id_of_none_is_no_request_and_no_problem(caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    seen = local_look.apply(("none",), headers={HEADER: request_values(None, user_id="ada")}).get()
+    assert (seen["request_id"], seen["current_request"], seen["user"]) == (None, None, "ada")
+    assert not caplog.records
+
+
+@pytest.fixture
+def wide() -> Any:
+    """A task of an app that allows every key of the request store."""
+    app = Celery("contextual_wide", broker="memory://", set_as_current=False)
+    install(app, allow=["contextual.request"])
+
+    @app.task
+    def wide_look() -> dict[str, Any]:
+        return _seen()
+
+    return wide_look
+
+
+def test_a_sent_request_object_is_never_applied(wide):
+    header = request_values("r-object", request=["forged", "by", "sender"])
+    seen = wide.apply(headers={HEADER: header}).get()
+    assert seen["current_request"] == "r-object"
+
+
+def test_a_user_without_a_request_id_is_applied_alone(wide):
+    seen = wide.apply(headers={HEADER: payload({"contextual.request": {"user_id": "ada"}})}).get()
+    assert (seen["request_id"], seen["current_request"], seen["user"]) == (None, None, "ada")
+
+
+def test_the_request_object_stays_behind_and_is_rebuilt_in_the_worker(wide, published):
+    with request_context(request_id="r-wide", user_id="ada", note="extra"):
+        wide.delay()
+    sent = published[-1][HEADER]
+    assert sent == request_values("r-wide", user_id="ada")
+    seen = wide.apply(headers={HEADER: sent}).get()
+    assert (seen["current_request"], seen["user"]) == ("r-wide", "ada")
+
+
+def test_postrun_of_a_task_that_never_started_here_changes_nothing():
+    with tasks.tenant.scope(name="acme"):
+        integration._on_task_postrun(task_id="unknown")
+        assert tasks.tenant["name"] == "acme"
+
+
+def test_prerun_ignores_senders_that_are_not_tasks_of_an_installed_app():
+    integration._on_task_prerun(task_id="t-none", task=None)
+    integration._on_task_prerun(task_id="t-int", task=3)  # type: ignore[arg-type]
+    assert integration._running_here() == []
+
+
+def test_postrun_also_undoes_tasks_above_it_that_missed_their_postrun():
+    local_look.push_request(id="outer", contextual=request_values("r-outer"))
+    local_look.push_request(id="inner", contextual=request_values("r-inner"))
+    try:
+        integration._on_task_prerun(task_id="outer", task=local_look)
+        integration._on_task_prerun(task_id="inner", task=local_look)
+        assert get_request_id() == "r-inner"
+        integration._on_task_postrun(task_id="outer")
+    finally:
+        local_look.pop_request()
+        local_look.pop_request()
+    assert get_request_id() is None
+    assert integration._running_here() == []
+
+
+def test_a_failure_while_applying_undoes_what_was_applied(monkeypatch):
+    def broken() -> list[ContextStore]:
+        raise RuntimeError("broken registry")
+
+    monkeypatch.setattr(integration, "propagating_stores", broken)
+    local_look.push_request(id="t-broken", contextual=request_values("r-broken"))
+    try:
+        with pytest.raises(RuntimeError, match="broken registry"):
+            integration._on_task_prerun(task_id="t-broken", task=local_look)
+    finally:
+        local_look.pop_request()
+    assert get_request_id() is None
+    assert integration._running_here() == []
+
+
+# -- in this process: enqueue_on_commit ------------------------------------------------
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[ThreadLocalDB]:
+    path = tmp_path / "items.sqlite3"
+    setup = sqlite3.connect(path)
+    setup.execute("CREATE TABLE items (k INTEGER PRIMARY KEY, v TEXT)")
+    setup.commit()
+    setup.close()
+    db = ThreadLocalDB(str(path))
+    yield db
+    db.close_all()
+
+
+def test_enqueue_on_commit_publishes_after_the_outermost_commit(db, published):
+    with request_context(request_id="r-commit"):
+        with db.transaction():
+            with db.transaction():
+                result = enqueue_on_commit(local_look, "commit", manager=db.transactions)
+            assert published == []
+        assert [m["id"] for m in published] == [result.id]
+    assert published[0][HEADER] == request_values("r-commit")
+
+
+def test_enqueue_on_commit_never_publishes_after_a_rollback(db, published):
+    with pytest.raises(ZeroDivisionError), db.transaction():
+        enqueue_on_commit(local_look, "rolled back", manager=db.transactions)
+        1 / 0  # noqa: B018
+    with db.transaction(), pytest.raises(ZeroDivisionError), db.transaction():  # a savepoint
+        enqueue_on_commit(local_look, "savepoint", manager=db.transactions)
+        1 / 0  # noqa: B018
+    assert published == []
+
+
+def test_enqueue_on_commit_outside_a_transaction_publishes_at_once(published):
+    result = enqueue_on_commit(local_look, "now", manager=TransactionManager())
+    assert [m["id"] for m in published] == [result.id]
+
+
+def test_enqueue_on_commit_sends_the_context_of_the_call_not_of_the_commit(db, published):
+    with db.transaction():
+        with request_context(request_id="r-enqueued"), tasks.tenant.scope(name="acme"):
+            enqueue_on_commit(local_look, "enqueued", manager=db.transactions)
+        with request_context(request_id="r-committing"):
+            pass
+    assert published[0][HEADER] == payload(
+        {
+            "contextual.request": {"request_id": "r-enqueued"},
+            "tests.celery.tenant": {"name": "acme"},
+        }
+    )
+
+
+def test_enqueue_on_commit_completes_signatures_and_keeps_their_options(published):
+    result = enqueue_on_commit(
+        local_look.s().set(countdown=60), "signature", manager=TransactionManager(), leave=True
+    )
+    (message,) = published
+    assert message["id"] == result.id
+    assert message["eta"] is not None
+    assert message["argsrepr"] == "('signature',)"
+    assert message["kwargsrepr"] == "{'leave': True}"
+    enqueue_on_commit(local_look.s("as is"), manager=TransactionManager())
+    assert published[-1]["argsrepr"] == "('as is',)"
+
+
+def test_enqueue_on_commit_returns_a_group_result_for_a_group(published):
+    result = enqueue_on_commit(
+        group(local_look.s("g1"), local_look.s("g2")), manager=TransactionManager()
+    )
+    assert sorted(r.id for r in result.results) == sorted(m["id"] for m in published)
+
+
+def test_enqueue_on_commit_refuses_what_is_not_a_task_or_a_manager():
+    with pytest.raises(TypeError, match=r"takes a Celery task or signature .* got function"):
+        enqueue_on_commit(lambda: None, manager=TransactionManager())
+    with pytest.raises(TypeError, match=r"db\.transactions for a ThreadLocalDB\), got str"):
+        enqueue_on_commit(local_look, manager="db")  # type: ignore[arg-type]
+
+
+def test_enqueue_on_commit_from_a_thread_that_inherited_the_transaction_raises(db):
+    with db.transaction(), ContextExecutor(1) as pool:
+        future = pool.submit(enqueue_on_commit, local_look, "x", manager=db.transactions)
+        with pytest.raises(TransactionError, match="did not open the current transaction"):
+            future.result()
+
+
+# -- real worker processes on a real Redis server ------------------------------------------
+
+
+def redis_url() -> str:
+    """The test server's URL; skips (fails in CI) when there is none."""
+    url = os.environ.get(tasks.REDIS_VARIABLE)
+    if url:
+        return url
+    reason = f"no Redis server: set {tasks.REDIS_VARIABLE} (.ci/start-redis prints one)"
+    if os.environ.get(REQUIRE_VARIABLE):
+        pytest.fail(f"{reason}; {REQUIRE_VARIABLE} is set, so this can't be skipped")
+    pytest.skip(reason)
+
+
+TIMEOUT = 20.0
+
+
+@dataclass
+class Worker:
+    """One ``celery worker`` process and the files it writes."""
+
+    pool: str
+    queue: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    seen: Path
+    output: Path
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.seen.exists():
+            return []
+        with self.seen.open(encoding="utf-8") as file:
+            return [json.loads(line) for line in file if line.endswith("\n")]
+
+    def lines(self) -> list[str]:
+        return self.log.read_text(encoding="utf-8").splitlines() if self.log.exists() else []
+
+    def wait(self, condition: Callable[[], Any], what: str) -> Any:
+        """Poll the worker's files until ``condition()`` is truthy; fail if it dies first."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            found = condition()
+            if found:
+                return found
+            if self.process.poll() is not None:
+                pytest.fail(f"the {self.pool} worker exited before {what}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not happen within {TIMEOUT} s:\n{self.tail()}")
+            time.sleep(0.02)
+
+    def record(self, event: str, task_id: str) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            matches = [r for r in self.records() if (r["event"], r["task_id"]) == (event, task_id)]
+            return matches[-1] if matches else None
+
+        found: dict[str, Any] = self.wait(find, f"a {event!r} record of task {task_id}")
+        return found
+
+    def line(self, *parts: str) -> str:
+        def find() -> str | None:
+            return next((ln for ln in self.lines() if all(p in ln for p in parts)), None)
+
+        found: str = self.wait(find, f"a worker log line with {parts}")
+        return found
+
+    def tail(self) -> str:
+        output = self.output.read_text(encoding="utf-8", errors="replace")
+        return "\n".join([*output.splitlines()[-30:], *self.lines()[-30:]])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    # The worker's pool processes share its process group: end them all.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module", params=["prefork", "threads"])
+def worker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    url = redis_url()
+    pool: str = request.param
+    directory = tmp_path_factory.mktemp(f"celery-{pool}")
+    queue = f"contextual-test-{SESSION}-{pool}"
+    env = {
+        **os.environ,
+        tasks.REDIS_VARIABLE: url,
+        tasks.SEEN_VARIABLE: str(directory / "seen.jsonl"),
+        tasks.QUEUE_VARIABLE: queue,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+    }
+    env.pop("COVERAGE_PROCESS_START", None)
+    command = [
+        sys.executable, "-m", "celery", "-A", "_celery_app", "worker",
+        f"--pool={pool}", f"--concurrency={2 if pool == 'prefork' else 3}",
+        f"--queues={queue}", f"--hostname={pool}-{SESSION}@%h",
+        "--loglevel=INFO", f"--logfile={directory / 'worker.log'}",
+        "--without-heartbeat", "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+    output = directory / "output.txt"
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            command, env=env, cwd=TESTS, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    running = Worker(
+        pool, queue, process, directory / "worker.log", directory / "seen.jsonl", output
+    )
+    try:
+        running.line("ready.")
+        yield running
+    finally:
+        _stop(process)
+
+
+def _seen_part(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: record[key] for key in BASELINE}
+
+
+def test_each_task_carries_its_publishers_request_id(worker):
+    count = 8
+    barrier = threading.Barrier(count)
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def publish(i: int) -> None:
+        try:
+            with (
+                request_context(request_id=f"req-{SESSION}-{i}", user_id=f"user-{i}"),
+                tasks.tenant.scope(name=f"tenant-{i}"),
+                tasks.secret.scope(token=f"secret-{i}"),
+            ):
+                barrier.wait(timeout=TIMEOUT)
+                results[i] = tasks.look.apply_async((f"tag-{i}",), queue=worker.queue)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for i, result in results.items():
+        seen = result.get(timeout=TIMEOUT)
+        request_id = f"req-{SESSION}-{i}"
+        assert _seen_part(seen) == {
+            "request_id": request_id,
+            "current_request": request_id,
+            "user": f"user-{i}",
+            "tenant": {"name": f"tenant-{i}"},
+            "secret": {},
+            "scratch": {},
+        }
+        assert f"[{request_id}]" in worker.line("look", f"tag-{i}")
+        worker.line(f"[{request_id}]", "succeeded", result.id)
+        assert _seen_part(worker.record("after", result.id)) == BASELINE
+
+
+def test_nothing_a_task_writes_reaches_the_next_task_in_the_process(worker):
+    with (
+        request_context(request_id=f"leave-{SESSION}", user_id="ada"),
+        tasks.tenant.scope(name="x"),
+    ):
+        leaving = [
+            tasks.look.apply_async((f"leave-{i}",), {"leave": True}, queue=worker.queue)
+            for i in range(6)
+        ]
+    places = {(r["pid"], r["thread"]) for r in (res.get(timeout=TIMEOUT) for res in leaving)}
+    outside = [tasks.look.apply_async((f"outside-{i}",), queue=worker.queue) for i in range(6)]
+    seen = [res.get(timeout=TIMEOUT) for res in outside]
+    assert [_seen_part(s) for s in seen] == [BASELINE] * 6
+    # The check means something: some ran where values were left behind.
+    assert places & {(s["pid"], s["thread"]) for s in seen}
+    for result in leaving:
+        assert _seen_part(worker.record("after", result.id)) == BASELINE
+
+
+def test_a_failing_task_logs_with_the_request_id_and_restores(worker):
+    with request_context(request_id=f"fail-{SESSION}"):
+        result = tasks.fail.apply_async(("fail",), queue=worker.queue)
+    with pytest.raises(RuntimeError, match="failing on purpose"):
+        result.get(timeout=TIMEOUT)
+    assert worker.record("seen", result.id)["request_id"] == f"fail-{SESSION}"
+    worker.line(f"[fail-{SESSION}]", "ERROR", "raised unexpected", "failing on purpose")
+    assert _seen_part(worker.record("after", result.id)) == BASELINE
+
+
+def test_a_retried_task_gets_the_original_context_on_each_attempt(worker):
+    with request_context(request_id=f"retry-{SESSION}", user_id="ada"), tasks.tenant.scope(n=1):
+        result = tasks.retry_once.apply_async(("retry",), queue=worker.queue)
+    final = result.get(timeout=TIMEOUT)
+    attempts = [r for r in worker.records() if r["task_id"] == result.id and r["event"] == "seen"]
+    assert [(a["retries"], a["request_id"], a["user"], a["tenant"]) for a in attempts] == [
+        (0, f"retry-{SESSION}", "ada", {"n": 1}),
+        (1, f"retry-{SESSION}", "ada", {"n": 1}),
+    ]
+    assert final["retries"] == 1
+    worker.line(f"[retry-{SESSION}]", "Retry in")
+
+    def afters() -> list[dict[str, Any]]:
+        found = [r for r in worker.records() if (r["task_id"], r["event"]) == (result.id, "after")]
+        return found if len(found) == 2 else []
+
+    assert [_seen_part(a) for a in worker.wait(afters, "both attempts' postrun")] == [BASELINE] * 2
+
+
+def test_a_task_revoked_with_terminate_restores(worker):
+    if worker.pool != "prefork":
+        pytest.skip("only the prefork pool can terminate a running task")
+    with request_context(request_id=f"revoke-{SESSION}"):
+        result = tasks.wait_to_be_revoked.apply_async(("revoke",), queue=worker.queue)
+    assert worker.record("seen", result.id)["request_id"] == f"revoke-{SESSION}"
+    tasks.app.control.revoke(result.id, terminate=True, signal="SIGUSR1")
+    assert _seen_part(worker.record("after", result.id)) == BASELINE
+    worker.line(f"[revoke-{SESSION}]", "SoftTimeLimitExceeded")
+
+
+def test_canvas_carries_the_request_to_every_task(worker):
+    def on_queue(signature: Any) -> Any:
+        return signature.set(queue=worker.queue)
+
+    with request_context(request_id=f"canvas-{SESSION}"):
+        grouped = group(on_queue(tasks.look.s(f"group-{i}")) for i in range(3)).apply_async()
+        chained = chain(
+            on_queue(tasks.look.s("chain-1")), on_queue(tasks.look_after.s("chain-2"))
+        ).apply_async()
+        chorded = chord(
+            [on_queue(tasks.look.s(f"chord-{i}")) for i in range(2)],
+            on_queue(tasks.collect.s("chord-body")),
+        ).apply_async()
+    request_id = f"canvas-{SESSION}"
+    assert [r["request_id"] for r in grouped.get(timeout=TIMEOUT)] == [request_id] * 3
+    assert chained.get(timeout=TIMEOUT)["request_id"] == request_id
+    assert chained.parent.get(timeout=TIMEOUT)["request_id"] == request_id
+    body = chorded.get(timeout=TIMEOUT)
+    assert body["request_id"] == request_id
+    assert body["header_request_ids"] == [request_id] * 2
+
+
+def test_a_task_publishes_subtasks_with_its_own_context(worker):
+    with request_context(request_id=f"parent-{SESSION}"), tasks.tenant.scope(name="acme"):
+        parent = tasks.publish_child.apply_async(("parent",), queue=worker.queue)
+    child_id = parent.get(timeout=TIMEOUT)
+    child = tasks.look.AsyncResult(child_id).get(timeout=TIMEOUT)
+    assert child["request_id"] == f"parent-{SESSION}"
+    assert child["tenant"] == {"name": "acme", "changed_by": "parent"}
+
+
+def test_enqueue_on_commit_reaches_the_worker_after_the_commit_only(worker, tmp_path, published):
+    path = tmp_path / "items.sqlite3"
+    setup = sqlite3.connect(path)
+    setup.execute("CREATE TABLE items (k INTEGER PRIMARY KEY, v TEXT)")
+    setup.commit()
+    setup.close()
+    db = ThreadLocalDB(str(path))
+    signature = tasks.row_exists.s().set(queue=worker.queue)
+    try:
+        with (
+            request_context(request_id=f"rollback-{SESSION}"),
+            pytest.raises(ZeroDivisionError),
+            db.transaction(),
+        ):
+            db.execute("INSERT INTO items VALUES (1, 'rolled back')")
+            rolled_back = enqueue_on_commit(
+                signature, "rollback", str(path), 1, manager=db.transactions
+            )
+            1 / 0  # noqa: B018
+        with request_context(request_id=f"commit-{SESSION}"), db.transaction():
+            db.execute("INSERT INTO items VALUES (2, 'committed')")
+            committed = enqueue_on_commit(
+                signature, "commit", str(path), 2, manager=db.transactions
+            )
+    finally:
+        db.close_all()
+    seen = committed.get(timeout=TIMEOUT)
+    assert (seen["request_id"], seen["row_exists"]) == (f"commit-{SESSION}", True)
+    assert [m["id"] for m in published] == [committed.id]
+    assert rolled_back.id not in {r["task_id"] for r in worker.records()}
