@@ -205,7 +205,7 @@ def test_allowed_stores_and_keys_travel_and_nothing_else(published):
     with (
         request_context(request_id="r-allowed", user_id="ada", note="not sent"),
         tasks.tenant.scope(name="acme", plan=["a", 1, {"b": None}]),
-        tasks.secret.scope(token="s3cret"),  # noqa: S106 (test data)
+        tasks.secret.scope(token="s3cret"),
     ):
         local_look.delay("allowed")
     assert published[-1][HEADER] == payload(
