@@ -261,6 +261,27 @@ def test_values_that_are_not_plain_data_stay_behind_with_one_warning(published, 
     assert "leave it out of install(allow=...)" in warnings[0]
 
 
+def test_an_int_too_long_for_json_stays_behind_with_one_warning(published, caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    with request_context(request_id="r-big"), tasks.tenant.scope(big=10**5000, nested=[10**5000]):
+        local_look.delay("big")
+    assert published[-1][HEADER] == request_values("r-big")
+    assert len(caplog.records) == 2
+    assert "get_int_max_str_digits" in caplog.records[0].getMessage()
+
+
+def test_unsendable_values_are_reported_for_a_bounded_number_of_keys(published, caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    limit = integration._MAX_UNSENDABLE_REPORTED
+    with request_context(request_id="r-bound"):
+        for n in range(limit + 20):
+            with tasks.tenant.scope(**{f"k{n}": object()}):
+                local_look.delay("bound")
+    assert len(caplog.records) == limit
+    assert len(integration._unsendable_reported) == limit
+    assert published[-1][HEADER] == request_values("r-bound")
+
+
 def test_deeply_nested_values_are_not_plain_data(published):
     nested: list[Any] = []
     for _ in range(40):
@@ -405,7 +426,7 @@ def test_tasks_of_apps_without_install_run_untouched():
         ({"format": 1, "stores": {3: {}}}, "the entry 3 is not store name: mapping"),
         (
             {"format": 1, "stores": {"tests.celery.tenant": {1: "x", "ok": "y"}}},
-            "store 'tests.celery.tenant' has the non-str key 1",
+            "store 'tests.celery.tenant' has a key that is not a str (1)",
         ),
         (request_values("bad\r\nINFO forged line"), r"the request ID 'bad\r\nINFO forged line'"),
         (request_values(""), "the request ID '' is not valid"),
@@ -457,6 +478,132 @@ def test_a_request_id_of_none_is_no_request_and_no_problem(caplog):
     seen = local_look.apply(("none",), headers={HEADER: request_values(None, user_id="ada")}).get()
     assert (seen["request_id"], seen["current_request"], seen["user"]) == (None, None, "ada")
     assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ada\nINFO forged line",
+        "cr\r",
+        "nul\x00",
+        "del\x7f",
+        "c1\x85",
+        "ls\u2028",
+        "ps\u2029",
+        ["ok", "bad\n"],
+        {"k": {"deeper": ["bad\r\n"]}},
+        {"bad\nkey": 1},
+    ],
+    ids=repr,
+)
+def test_incoming_values_with_control_characters_are_dropped(caplog, value):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    header = payload(
+        {
+            "contextual.request": {"request_id": "r-ctl", "user_id": value},
+            "tests.celery.tenant": {"bad": value, "ok": "fine", "n": 1, "list": [1, "two"]},
+        }
+    )
+    seen = local_look.apply(("control",), headers={HEADER: header}).get()
+    assert (seen["request_id"], seen["current_request"], seen["user"]) == ("r-ctl", "r-ctl", None)
+    assert seen["tenant"] == {"ok": "fine", "n": 1, "list": [1, "two"]}
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "'contextual.request'['user_id'] holds a control character" in message
+    assert "'tests.celery.tenant'['bad'] holds a control character" in message
+    assert "\n" not in message
+    assert "\r" not in message
+
+
+def test_a_key_with_control_characters_is_dropped(caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    header = payload({"tests.celery.tenant": {"bad\nkey": "x", "ok": "y"}})
+    seen = local_look.apply(("control key",), headers={HEADER: header}).get()
+    assert seen["tenant"] == {"ok": "y"}
+    assert "'bad\\nkey'" in caplog.records[0].getMessage()
+
+
+def test_a_store_left_with_no_value_is_not_applied_and_deep_values_are_dropped(caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    deep: list[Any] = ["ok"]
+    for _ in range(40):
+        deep = [deep]
+    header = payload(
+        {
+            "contextual.request": {"request_id": "r-deep", "user_id": "a\u2028b"},
+            "tests.celery.tenant": {"deep": deep},
+        }
+    )
+    seen = local_look.apply(("deep",), headers={HEADER: header}).get()
+    assert (seen["request_id"], seen["user"], seen["tenant"]) == ("r-deep", None, {})
+    assert "'tests.celery.tenant'['deep']" in caplog.records[0].getMessage()
+
+
+def test_the_task_id_in_a_warning_is_escaped(caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    local_look.apply(("id",), headers={HEADER: "garbage"}, task_id="forged\nINFO line").get()
+    (record,) = caplog.records
+    assert "['forged\\nINFO line']" in record.getMessage()
+    assert "\n" not in record.getMessage()
+
+
+def uuid_only(value: str) -> bool:
+    return len(value) == 36 and value.count("-") == 4
+
+
+@pytest.fixture
+def validating() -> Any:
+    """A task of an app whose worker takes UUIDs alone as request IDs."""
+    app = Celery("contextual_validating", broker="memory://", set_as_current=False)
+    install(app, validator=uuid_only)
+
+    @app.task
+    def validated_look() -> dict[str, Any]:
+        return _seen()
+
+    return validated_look
+
+
+def test_the_worker_checks_request_ids_with_the_validator_given(validating, caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    request_id = "123e4567-e89b-12d3-a456-426614174000"
+    assert (
+        validating.apply(headers={HEADER: request_values(request_id)}).get()["request_id"]
+        == request_id
+    )
+    assert validating.apply(headers={HEADER: request_values("r-1")}).get()["request_id"] is None
+    assert "the request ID 'r-1' is not valid" in caplog.records[0].getMessage()
+
+
+def test_a_validator_accepts_ids_the_default_check_refuses(validating):
+    install(validating.app, validator=lambda _value: True)
+    wide_id = "an id with spaces " + "x" * 200
+    seen = validating.apply(headers={HEADER: request_values(wide_id)}).get()
+    assert seen["request_id"] == wide_id
+    seen = validating.apply(headers={HEADER: request_values("caf\u00e9")}).get()
+    assert seen["request_id"] is None, "printable ASCII only, whatever the validator says"
+
+
+def test_a_validator_that_raises_refuses_the_id_and_the_task_runs(validating, caplog):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+
+    def broken(value: str) -> bool:
+        raise RuntimeError(value)
+
+    install(validating.app, validator=broken)
+    seen = validating.apply(headers={HEADER: request_values("r-broken")}).get()
+    assert seen["request_id"] is None
+    assert "the validator raised \"RuntimeError('r-broken')\"" in caplog.records[0].getMessage()
+
+
+def test_install_refuses_a_validator_that_is_not_a_plain_callable():
+    async def check(value: str) -> bool:
+        return bool(value)
+
+    with pytest.raises(TypeError, match="validator must be callable or None"):
+        install(local, validator="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="validator must be a plain function"):
+        install(local, validator=check)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -599,6 +746,50 @@ def test_enqueue_on_commit_completes_signatures_and_keeps_their_options(publishe
     assert message["kwargsrepr"] == "{'leave': True}"
     enqueue_on_commit(local_look.s("as is"), manager=TransactionManager())
     assert published[-1]["argsrepr"] == "('as is',)"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: local_look.si("reused"),
+        lambda: local_look.s("reused").set(link=local_look.si("linked")),
+        lambda: group(local_look.si("g1"), local_look.si("g2")),
+        lambda: chain(local_look.si("c1"), local_look.si("c2")),
+    ],
+    ids=["signature", "with a link", "group", "chain"],
+)
+def test_enqueue_on_commit_never_changes_the_signature_given(published, make):
+    signature = make()
+    before = json.dumps(signature, sort_keys=True)
+    first = enqueue_on_commit(signature, manager=TransactionManager())
+    second = enqueue_on_commit(signature, manager=TransactionManager())
+    assert json.dumps(signature, sort_keys=True) == before
+    assert first.id != second.id
+    ids = [m["id"] for m in published]
+    assert len(ids) == len(set(ids))
+
+
+def test_enqueue_on_commit_publishes_with_no_current_transaction(db):
+    seen: list[object] = []
+    eager = Celery("contextual_eager", broker="memory://", set_as_current=False)
+    eager.conf.task_always_eager = True
+    install(eager)
+
+    @eager.task
+    def follow_up() -> None:
+        seen.append(db.transactions.current)
+        with db.transaction():  # a transaction of its own, not a savepoint of the committed one
+            db.execute("INSERT INTO items VALUES (2, 'follow-up')")
+        seen.append(get_request_id())
+
+    with request_context(request_id="r-eager"), db.transaction() as transaction:
+        db.execute("INSERT INTO items VALUES (1, 'first')")
+        enqueue_on_commit(follow_up, manager=db.transactions)
+        assert seen == []
+    assert seen == [None, "r-eager"]
+    assert transaction.state == "committed"
+    assert db.execute("SELECT count(*) FROM items") == [(2,)]
+    assert db.transactions.current is None
 
 
 def test_enqueue_on_commit_returns_a_group_result_for_a_group(published):
@@ -834,9 +1025,9 @@ def test_a_retried_task_gets_the_original_context_on_each_attempt(worker):
     assert [_seen_part(a) for a in worker.wait(afters, "both attempts' postrun")] == [BASELINE] * 2
 
 
+# Only the prefork pool can terminate a running task.
+@pytest.mark.parametrize("worker", ["prefork"], indirect=True)
 def test_a_task_revoked_with_terminate_restores(worker):
-    if worker.pool != "prefork":
-        pytest.skip("only the prefork pool can terminate a running task")
     with request_context(request_id=f"revoke-{SESSION}"):
         result = tasks.wait_to_be_revoked.apply_async(("revoke",), queue=worker.queue)
     assert worker.record("seen", result.id)["request_id"] == f"revoke-{SESSION}"
@@ -865,6 +1056,32 @@ def test_canvas_carries_the_request_to_every_task(worker):
     body = chorded.get(timeout=TIMEOUT)
     assert body["request_id"] == request_id
     assert body["header_request_ids"] == [request_id] * 2
+
+
+def test_link_and_link_error_callbacks_carry_the_request_id(worker):
+    with request_context(request_id=f"link-{SESSION}"):
+        succeeded = tasks.look.apply_async(
+            ("linked",), queue=worker.queue, link=tasks.look.si("callback").set(queue=worker.queue)
+        )
+        failed = tasks.fail.apply_async(
+            ("failing",),
+            queue=worker.queue,
+            link_error=tasks.look.si("errback").set(queue=worker.queue),
+        )
+    succeeded.get(timeout=TIMEOUT)
+    with pytest.raises(RuntimeError):
+        failed.get(timeout=TIMEOUT)
+
+    def callbacks() -> list[dict[str, Any]]:
+        tags = {"callback", "errback"}
+        found = [r for r in worker.records() if r["event"] == "seen" and r["tag"] in tags]
+        return found if len(found) == len(tags) else []
+
+    records = worker.wait(callbacks, "the callback and the errback")
+    assert {(r["tag"], r["request_id"]) for r in records} == {
+        ("callback", f"link-{SESSION}"),
+        ("errback", f"link-{SESSION}"),
+    }
 
 
 def test_a_task_publishes_subtasks_with_its_own_context(worker):

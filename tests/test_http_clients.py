@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
+from requests.adapters import BaseAdapter, HTTPAdapter
+from urllib3.util.retry import Retry
 
 from _http_servers import TIMEOUT, forget_reports, running_asgi
 from _middleware_support import WARNINGS_LOGGER, recording
@@ -252,18 +253,53 @@ def test_installing_on_requests_wraps_mounted_adapters_once(url):
     custom = ClosingAdapter(max_retries=2)
     with requests.Session() as session:
         session.mount("http://127.0.0.1", custom)
+        mounted = dict(session.adapters)
         install_requests(session)
         install_requests(session, allow=USER)
-        wrapper: Any = session.get_adapter(f"{url}/echo")
-        assert wrapper.adapter is custom
-        assert "for <" in repr(wrapper)
-        assert {type(adapter).__name__ for adapter in session.adapters.values()} == {
-            "_ContextAdapter"
-        }
+        assert session.adapters == mounted, "the adapters themselves stay mounted"
+        assert session.get_adapter(f"{url}/echo") is custom
+        wrapped: Any = custom.send
+        assert wrapped.send.__func__ is HTTPAdapter.send, "wrapped once, not twice"
+        assert "for <" in repr(wrapped)
         with request_context(request_id="r-9", user_id="ada"):
             response = session.get(f"{url}/echo", timeout=TIMEOUT)
     assert carried(response)["baggage"] == ["contextual.request|user_id=ada"]
-    assert custom.closed, "closing the session closes the wrapped adapters"
+    assert custom.closed, "closing the session closes the adapters"
+
+
+def test_the_adapters_keep_their_type_and_attributes():
+    with requests.Session() as session:
+        retry = Retry(total=3)
+        session.mount("https://", HTTPAdapter(max_retries=retry))
+        install_requests(session, allow=USER)
+        adapter: Any = session.get_adapter("https://example.com")
+        assert isinstance(adapter, BaseAdapter)
+        assert isinstance(adapter, HTTPAdapter)
+        assert adapter.max_retries is retry
+        assert adapter.poolmanager is not None
+        assert adapter.proxy_manager == {}
+        adapter.init_poolmanager(2, 2)
+        assert adapter.get_connection_with_tls_context is not None
+
+
+class SlottedAdapter:
+    __slots__ = ()
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def test_install_requests_refuses_adapters_it_cannot_wrap():
+    with requests.Session() as session:
+        session.adapters["odd://"] = object()  # type: ignore[assignment]
+        with pytest.raises(TypeError, match=r"has none\. Mount requests transport adapters only"):
+            install_requests(session)
+        session.adapters["odd://"] = SlottedAdapter()
+        with pytest.raises(TypeError, match="its instances take no new attributes"):
+            install_requests(session)
 
 
 def test_install_requests_refuses_what_is_not_a_session():

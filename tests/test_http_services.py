@@ -185,16 +185,26 @@ def test_b_s_threads_hold_nothing_after_its_requests(a_url, wsgi_b):
 
 
 @pytest.mark.parametrize(
-    "baggage",
+    ("baggage", "kinds"),
     [
-        "tests.http_services.tenant|tenant=ok,,bad member;,;x=y,tests.http_services.tenant|long="
-        + "x" * 5000,
-        ",".join(["tests.http_services.tenant|tenant=ok"] + ["k=v"] * 300),
-        "tests.http_services.tenant|tenant=ok," + "\\" * 12_000,
+        (
+            "tests.http_services.tenant|tenant=ok,,bad member;,;x=y,"
+            "tests.http_services.tenant|long=" + "x" * 5000,
+            2,  # malformed members, a member too long
+        ),
+        (",".join(["tests.http_services.tenant|tenant=ok"] + ["k=v"] * 300), 1),
+        ("tests.http_services.tenant|tenant=ok," + "\\" * 12_000, 1),
+        (
+            (
+                "contextual.request|user_id=mallory%0Ar-999%20admin%20logged%20in,"
+                "tests.http_services.tenant|tenant=ok"
+            ),
+            1,
+        ),
     ],
-    ids=["malformed", "too many", "too big"],
+    ids=["malformed", "too many", "too big", "control characters"],
 )
-def test_hostile_baggage_never_fails_b(wsgi_b, asgi_b, baggage):
+def test_hostile_baggage_never_fails_b(wsgi_b, asgi_b, baggage, kinds):
     with recording(WARNINGS_LOGGER) as recorder:
         for url in (wsgi_b, asgi_b):
             response = httpx.get(
@@ -204,7 +214,9 @@ def test_hostile_baggage_never_fails_b(wsgi_b, asgi_b, baggage):
             )
             assert response.status_code == 200
             assert (response.json()["id"], response.json()["tenant"]) == ("r-hostile", "ok")
-    assert 1 <= len(recorder.lines) <= 2, "once per kind of problem"
+    # Once per kind of problem in the process, which serves both B's.
+    assert len(recorder.lines) == kinds
+    assert all(line.user is None for line in recorder.lines)
     for line in recorder.lines:
         assert line.request_id == "r-hostile", "logged inside the request"
         assert len(line.message.splitlines()) == 1

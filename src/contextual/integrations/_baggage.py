@@ -12,7 +12,11 @@ alone.
 
 The header has limits: 8192 bytes, 180 members, 4096 bytes per member.
 Nothing here ever writes a header beyond them, or a malformed one: what
-doesn't fit or can't be encoded is left out, and each kind of problem is
+doesn't fit or can't be encoded is left out. When the members a header
+already had and ours don't fit together, ours are kept and the others are
+dropped: this service answers for its own. An incoming value that decodes
+to a control character is refused (it would forge log lines). Each kind
+of problem is
 reported once per process (see ``_headers.report_once``). Functions here
 return the problems instead of logging them, so that the middleware can log
 them inside the request they belong to.
@@ -24,7 +28,7 @@ import re
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote
 
-from contextual.integrations._carrier import REQUEST_ID_KEY, REQUEST_STORE_NAME
+from contextual.integrations._carrier import REQUEST_ID_KEY, REQUEST_STORE_NAME, has_control
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -112,7 +116,11 @@ def _member(text: str) -> tuple[str, str] | None:
 
 
 def _text(value: Any) -> str | None:
-    """Return what a value travels as, or None if it can't travel."""
+    """Return what a value travels as, or None if it can't travel.
+
+    Raises:
+        ValueError: An int with more digits than ``sys.get_int_max_str_digits()``.
+    """
     if isinstance(value, str):
         return value
     if isinstance(value, bool | int | float):
@@ -128,25 +136,34 @@ def write(
     ``stores`` is already selected by an allow-list. ``existing`` is the
     header the request had, or None. Its well-formed members stay, first
     and in order, unless one of ours has the same key; ours follow. Members
-    that are malformed, or don't fit the limits, are left out. The header is
-    None when no member is left.
+    that are malformed, or don't fit the limits, are left out: ours take
+    the room first, and the existing members share what is left. The header
+    is None when no member is left.
     """
     problems: list[Problem] = []
     ours = _ours(stores, problems)
-    members = [] if existing is None else _theirs(existing, ours, problems)
-    members.extend(ours.values())
+    theirs = [] if existing is None else _theirs(existing, ours, problems)
+    # No comma before the first member: size starts at -1.
+    kept_ours, size = _fit(list(ours.values()), 0, -1, problems, existing=False)
+    kept_theirs, _ = _fit(theirs, len(kept_ours), size, problems, existing=True)
+    return ",".join(kept_theirs + kept_ours) or None, problems
+
+
+def _fit(
+    members: list[str], count: int, size: int, problems: list[Problem], *, existing: bool
+) -> tuple[list[str], int]:
+    """Return the ``members`` that fit after ``count`` members of ``size`` bytes, and the size."""
     kept: list[str] = []
-    size = -1  # no comma before the first member
     for member in members:
-        if len(kept) == MAX_MEMBERS:
-            problems.append(_too_many("outgoing"))
+        if count + len(kept) == MAX_MEMBERS:
+            problems.append(_too_many("outgoing", existing=existing))
             break
         if size + 1 + len(member) > MAX_BYTES:
-            problems.append(_too_big("outgoing", member))
+            problems.append(_too_big("outgoing", member, existing=existing))
             continue
         kept.append(member)
         size += 1 + len(member)
-    return ",".join(kept) or None, problems
+    return kept, size
 
 
 def _ours(stores: Mapping[str, Mapping[str, Any]], problems: list[Problem]) -> dict[str, str]:
@@ -156,7 +173,11 @@ def _ours(stores: Mapping[str, Mapping[str, Any]], problems: list[Problem]) -> d
         for key, value in values.items():
             if value is None or (store == REQUEST_STORE_NAME and key in _NEVER_CARRIED):
                 continue  # None is "unset": the other side's defaults serve
-            text = _text(value)
+            try:
+                text = _text(value)
+            except ValueError:
+                problems.append(_too_many_digits(store, key))
+                continue
             if text is None:
                 problems.append(_unsendable(store, key, value))
                 continue
@@ -195,8 +216,9 @@ def read(header: str, allow: AllowList) -> tuple[dict[str, dict[str, str]], list
     """Return the allowed stores' values a Baggage header carries, and the problems.
 
     Values are percent-decoded as UTF-8 (invalid sequences become U+FFFD, as
-    the specification says). A member that is malformed or too long is
-    skipped; members past 180, or past byte 8192 of the header, are dropped.
+    the specification says). A member that is malformed or too long, or
+    whose key or value decodes to a control character, is skipped; members
+    past 180, or past byte 8192 of the header, are dropped.
     Members that name no store, or a store and key ``allow`` refuses, are
     ignored, and so are the request store's ``request_id`` and ``request``.
     """
@@ -227,8 +249,13 @@ def read(header: str, allow: AllowList) -> tuple[dict[str, dict[str, str]], list
         if names is None:
             continue
         store, key = names
-        if allow.allows(store, key) and not (store == REQUEST_STORE_NAME and key in _NEVER_CARRIED):
-            stores.setdefault(store, {})[key] = unquote(parsed[1], errors="replace")
+        if not allow.allows(store, key) or (store == REQUEST_STORE_NAME and key in _NEVER_CARRIED):
+            continue
+        value = unquote(parsed[1], errors="replace")
+        if has_control(key) or has_control(value):
+            problems.append(_control(text))
+            continue
+        stores.setdefault(store, {})[key] = value
     return stores, problems
 
 
@@ -255,6 +282,30 @@ def _unsendable(store: str, key: str, value: object) -> Problem:
     )
 
 
+def _too_many_digits(store: str, key: str) -> Problem:
+    return (
+        "unsendable int",
+        (
+            "Left %s out of the outgoing Baggage header: its value is an int with more "
+            "digits than str() converts (sys.get_int_max_str_digits()). Store it as a str, "
+            "or leave the key out of allow."
+        ),
+        (f"{store}{SEPARATOR}{key}",),
+    )
+
+
+def _control(text: str) -> Problem:
+    return (
+        "incoming control",
+        (
+            "Ignored the member %s of the incoming Baggage header: its key or value "
+            "decodes to a control character (a line break, DEL, U+2028...), which would "
+            "forge or garble log lines. Senders should carry printable text only."
+        ),
+        (text,),
+    )
+
+
 def _unencodable(store: str, key: str) -> Problem:
     return (
         "unencodable",
@@ -271,7 +322,7 @@ def _malformed(direction: str, text: str) -> Problem:
     return (
         f"{direction} malformed",
         (
-            f"Dropped a malformed member of the {direction} Baggage header: %s. A member "
+            f"Dropped a malformed member of the {direction} Baggage header, %s; a member "
             "is key=value with optional ;properties: the key an HTTP token, the value "
             "printable ASCII without spaces, quotes, commas, semicolons and backslashes "
             "(percent-encode the rest)."
@@ -292,7 +343,19 @@ def _too_long(direction: str, text: str) -> Problem:
     )
 
 
-def _too_many(direction: str) -> Problem:
+# Said of the members an outgoing header already had, dropped when they
+# don't fit beside ours: this service answers for its own members.
+_EXISTING: Final = (
+    "Dropped members that the outgoing Baggage header already had (other code's "
+    "baggage) to make room for the allowed context this service sends, which comes "
+    "first: {limit}. Have that code send less baggage, or allow fewer keys to travel."
+)
+
+
+def _too_many(direction: str, *, existing: bool = False) -> Problem:
+    if existing:
+        limit = f"a header may hold at most {MAX_MEMBERS} members"
+        return ("outgoing existing members", _EXISTING.format(limit=limit), ())
     return (
         f"{direction} members",
         (
@@ -304,12 +367,15 @@ def _too_many(direction: str) -> Problem:
     )
 
 
-def _too_big(direction: str, text: str) -> Problem:
+def _too_big(direction: str, text: str, *, existing: bool = False) -> Problem:
+    if existing:
+        limit = f"a header may hold at most {MAX_BYTES} bytes, and %s did not fit"
+        return ("outgoing existing size", _EXISTING.format(limit=limit), (text,))
     return (
         f"{direction} size",
         (
             f"Dropped members of the {direction} Baggage header past its limit of "
-            f"{MAX_BYTES} bytes, the first being %s. Allow fewer keys to travel, or "
+            f"{MAX_BYTES} bytes (the first being %s). Allow fewer keys to travel, or "
             "carry shorter values."
         ),
         (text,),

@@ -32,6 +32,8 @@ __all__ = [
     "LOGGED_CHARS",
     "Opened",
     "RequestOpener",
+    "accepts_request_id",
+    "check_callable",
     "check_header_name",
     "escape_for_log",
     "is_printable_ascii",
@@ -89,6 +91,34 @@ def escape_for_log(value: str) -> str:
     """
     shown = ascii(value[:LOGGED_CHARS])
     return shown + "..." if len(value) > LOGGED_CHARS else shown
+
+
+def accepts_request_id(value: str, validator: Callable[[str], bool] | None) -> bool:
+    """Return whether to keep the incoming request ID ``value``.
+
+    Without ``validator``, the default check (:func:`is_valid_request_id`);
+    with one, what it says of a value of printable ASCII: whatever it says,
+    nothing else goes out in a header or into a log line. Whatever
+    ``validator`` raises propagates.
+    """
+    if validator is None:
+        return _VALID_ID.fullmatch(value) is not None
+    return _SAFE.fullmatch(value) is not None and bool(validator(value))
+
+
+def check_callable(option: str, value: object) -> None:
+    """Raise :class:`TypeError` unless ``value`` is None or a plain (not async) callable."""
+    if value is not None and not callable(value):
+        msg = f"{option} must be callable or None, got {type(value).__name__} {value!r}."
+        raise TypeError(msg)
+    if inspect.iscoroutinefunction(value):
+        msg = (
+            f"{option} must be a plain function: it runs before the request or task "
+            f"starts, where nothing can await it; got the coroutine function {value!r}."
+        )
+        if option == "get_user":
+            msg += " Look the user up in the app instead, inside a nested request_context()."
+        raise TypeError(msg)
 
 
 def check_header_name(header: object) -> str:
@@ -199,16 +229,7 @@ class RequestOpener(Generic[_C]):
             ("generator", generator),
         )
         for option, value in options:
-            if value is not None and not callable(value):
-                msg = f"{option} must be callable or None, got {type(value).__name__} {value!r}."
-                raise TypeError(msg)
-            if inspect.iscoroutinefunction(value):
-                msg = (
-                    f"{option} must be a plain function: it runs before the request opens, "
-                    f"where nothing can await it; got the coroutine function {value!r}. Look "
-                    "the user up in the app instead, inside a nested request_context()."
-                )
-                raise TypeError(msg)
+            check_callable(option, value)
         self.header = header
         self._get_user = get_user
         self._validator = validator
@@ -306,7 +327,4 @@ class RequestOpener(Generic[_C]):
         return new_request_id()
 
     def _accepts(self, value: str) -> bool:
-        if self._validator is None:
-            return _VALID_ID.fullmatch(value) is not None  # is_valid_request_id, inlined
-        # Whatever the validator says, the ID goes back out in a header.
-        return _SAFE.fullmatch(value) is not None and bool(self._validator(value))
+        return accepts_request_id(value, self._validator)

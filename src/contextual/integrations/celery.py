@@ -39,8 +39,15 @@ from contextual.integrations._carrier import (
     AllowList,
     AllowSpec,
     applied,
+    has_control,
 )
-from contextual.integrations._headers import LOGGED_CHARS, escape_for_log, is_valid_request_id
+from contextual.integrations._headers import (
+    LOGGED_CHARS,
+    accepts_request_id,
+    check_callable,
+    escape_for_log,
+    is_printable_ascii,
+)
 
 __all__ = ["HEADER", "enqueue_on_commit", "install"]
 
@@ -78,6 +85,10 @@ _PLAIN_DEPTH: Final = 32
 _REQUEST_KEY: Final = "request"
 _USER_KEY: Final = "user_id"
 _SHOWN_PROBLEMS: Final = 5
+_CONTROL_PROBLEM: Final = (
+    "the value of {} holds a control character (a line break, DEL, U+2028...), which "
+    "would forge or garble log lines"
+)
 
 
 class _CeleryApp(Protocol):
@@ -105,10 +116,11 @@ class _SignatureLike(Protocol):
 class _Installed:
     """One app's settings; shared with its ``send_task`` wrapper, so a new install updates both."""
 
-    __slots__ = ("allow",)
+    __slots__ = ("allow", "validator")
 
-    def __init__(self, allow: AllowList) -> None:
+    def __init__(self, allow: AllowList, validator: Callable[[str], bool] | None) -> None:
         self.allow = allow
+        self.validator = validator
 
 
 # The apps install() was called on. Weak: an app that goes away takes its
@@ -118,8 +130,10 @@ _install_lock = threading.Lock()
 # What was reported already, to say it once per process: the (store, key)
 # pairs that could not be sent, and the kinds of problems met in headers.
 # A publisher that sends the same bad header with every task can't flood
-# the worker's log.
+# the worker's log. The pairs are bounded: a store allowed whole may have
+# keys without end.
 _unsendable_reported: set[tuple[str, str]] = set()
+_MAX_UNSENDABLE_REPORTED: Final = 100
 _incoming_reported: set[str] = set()
 _report_lock = threading.Lock()
 # Per thread: (task ID, the exits that undo what task_prerun applied), one
@@ -127,13 +141,15 @@ _report_lock = threading.Lock()
 _running = threading.local()
 
 
-def install(app: _CeleryApp, *, allow: AllowSpec = None) -> None:
+def install(
+    app: _CeleryApp, *, allow: AllowSpec = None, validator: Callable[[str], bool] | None = None
+) -> None:
     """Carry the allowed context from publishers to the tasks of ``app``.
 
     Call it once where the app is created, in a module that both the
     publishing processes and the worker import. Calling it again for the
-    same app only replaces ``allow``; other apps in the process are not
-    affected.
+    same app only replaces ``allow`` and ``validator``; other apps in the
+    process are not affected.
 
     **Publishing.** Every message that ``app`` publishes carries, in the
     :data:`HEADER` message header, the values of the publishing code's
@@ -145,8 +161,9 @@ def install(app: _CeleryApp, *, allow: AllowSpec = None) -> None:
     attempt it retries (Celery copies the message's headers). Values must be
     plain data: str, int, float, bool, ``None``, and lists, tuples (they
     arrive as lists) and dicts of those, which every transport carries. Any
-    other value stays behind, with a warning the first time for each store
-    and key. Request fields that are ``None`` (no request, no user) are not
+    other value (an int too long for ``str()`` included) stays behind, with
+    a warning the first time for each store and key (for the first 100
+    keys). Request fields that are ``None`` (no request, no user) are not
     sent, and a message with nothing to carry has no header. A ``headers``
     option that already holds :data:`HEADER` is sent as given.
 
@@ -178,8 +195,10 @@ def install(app: _CeleryApp, *, allow: AllowSpec = None) -> None:
 
     Incoming headers are untrusted: values the worker's ``allow`` doesn't
     name are dropped, a request ID must pass the middleware's check (1 to
-    128 characters from ``A-Z a-z 0-9 . _ : -``), and a malformed header or
-    entry is ignored. Each kind of problem is reported once per process, as
+    128 characters from ``A-Z a-z 0-9 . _ : -``, or ``validator``), a value
+    holding a str with a control character (a line break would forge log
+    lines), in it or in a list or dict in it, is dropped, and a malformed
+    header or entry is ignored. Each kind of problem is reported once per process, as
     a warning on the ``contextual.integrations`` logger logged inside the
     task, so a misbehaving publisher can't flood the log. The task always
     runs.
@@ -202,9 +221,15 @@ def install(app: _CeleryApp, *, allow: AllowSpec = None) -> None:
             ``{store name: True | [key, ...]}``. Each side filters with its
             own: the publisher's decides what leaves, the worker's what is
             applied.
+        validator: Replaces the check of incoming request IDs, as the
+            middleware's ``validator=`` does: takes the ID, returns whether
+            to keep it. Whatever it says, only printable ASCII is kept; when
+            it raises, the ID is refused. Give the worker the one the
+            middleware of the publishing services uses.
 
     Raises:
-        TypeError: ``app`` is not a Celery app, or ``allow`` is malformed.
+        TypeError: ``app`` is not a Celery app, ``allow`` is malformed, or
+            ``validator`` is not a plain callable.
 
     .. versionadded:: 0.1.0
     """
@@ -215,13 +240,15 @@ def install(app: _CeleryApp, *, allow: AllowSpec = None) -> None:
         )
         raise TypeError(msg)
     allow_list = AllowList(allow)
+    check_callable("validator", validator)
     _connect_signals()
     with _install_lock:
         installed = _installed.get(app)
         if installed is not None:
             installed.allow = allow_list
+            installed.validator = validator
             return
-        installed = _Installed(allow_list)
+        installed = _Installed(allow_list, validator)
         app.send_task = _with_context(app.send_task, installed)
         _installed[app] = installed
 
@@ -273,6 +300,8 @@ def _outgoing(allow: AllowList, task_name: str) -> dict[str, Any] | None:
 
 def _is_plain(value: object, depth: int) -> bool:
     kind = type(value)
+    if kind is int:
+        return _int_fits(cast("int", value))
     if kind in _PLAIN:
         return True
     if depth == 0:
@@ -285,16 +314,28 @@ def _is_plain(value: object, depth: int) -> bool:
     return False
 
 
+def _int_fits(value: int) -> bool:
+    """Tell whether JSON can encode ``value``: not past ``sys.get_int_max_str_digits()``."""
+    try:
+        str(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _report_unsendable(store: str, key: str, value: object, task_name: str) -> None:
     with _report_lock:
-        if (store, key) in _unsendable_reported:
+        if (store, key) in _unsendable_reported or len(
+            _unsendable_reported
+        ) >= _MAX_UNSENDABLE_REPORTED:
             return
         _unsendable_reported.add((store, key))
     _logger.warning(
         "Did not send %s[%s] with task %s, nor will it with later tasks: its value (a %s) "
         "is not, or holds something that is not, plain data (str, int, float, bool, None, "
-        "and lists, tuples and dicts of those), which every Celery transport carries. "
-        "Store plain data under that key, or leave it out of install(allow=...).",
+        "and lists, tuples and dicts of those; no int past sys.get_int_max_str_digits()), "
+        "which every Celery transport carries. Store plain data under that key, or leave "
+        "it out of install(allow=...).",
         escape_for_log(store),
         escape_for_log(key),
         task_name,
@@ -309,7 +350,9 @@ def _report_unsendable(store: str, key: str, value: object, task_name: str) -> N
 _Problem: TypeAlias = tuple[str, str]
 
 
-def _incoming(raw: object, allow: AllowList) -> tuple[dict[str, dict[str, Any]], list[_Problem]]:
+def _incoming(
+    raw: object, allow: AllowList, validator: Callable[[str], bool] | None = None
+) -> tuple[dict[str, dict[str, Any]], list[_Problem]]:
     """What a task should apply of a received header, and what was wrong with it.
 
     Returns:
@@ -330,9 +373,10 @@ def _incoming(raw: object, allow: AllowList) -> tuple[dict[str, dict[str, Any]],
     problems: list[_Problem] = []
     clean = _well_formed(stores, problems)
     selected = allow.select(clean)
+    selected = _without_control(selected, problems)
     request = selected.get(REQUEST_STORE_NAME)
     if request is not None:
-        _rebuild_request(request, problems)
+        _rebuild_request(request, problems, validator)
         if not request:
             del selected[REQUEST_STORE_NAME]
     return selected, problems
@@ -353,27 +397,73 @@ def _well_formed(
                 kept[key] = value
             else:
                 problems.append(
-                    ("entry", f"store {_shown(name)} has the non-str key {_shown(key)}")
+                    ("entry", f"store {_shown(name)} has a key that is not a str ({_shown(key)})")
                 )
         clean[name] = kept
     return clean
 
 
-def _rebuild_request(request: dict[str, Any], problems: list[_Problem]) -> None:
+def _without_control(
+    stores: dict[str, dict[str, Any]], problems: list[_Problem]
+) -> dict[str, dict[str, Any]]:
+    """``stores`` without the entries whose key or value holds a control character."""
+    clean: dict[str, dict[str, Any]] = {}
+    for name, values in stores.items():
+        kept: dict[str, Any] = {}
+        for key, value in values.items():
+            # The request ID has a check of its own, below: printable ASCII only.
+            is_id = name == REQUEST_STORE_NAME and key == REQUEST_ID_KEY
+            if not is_id and (
+                _holds_control(key, _PLAIN_DEPTH) or _holds_control(value, _PLAIN_DEPTH)
+            ):
+                shown = f"{_shown(name)}[{_shown(key)}]"
+                problems.append(("control", _CONTROL_PROBLEM.format(shown)))
+            else:
+                kept[key] = value
+        if kept:
+            clean[name] = kept
+    return clean
+
+
+def _holds_control(value: object, depth: int) -> bool:
+    """Tell whether ``value``, or a str in the lists and dicts in it, holds a control character.
+
+    Values nested deeper than ``depth`` count as holding one.
+    """
+    if isinstance(value, str):
+        return has_control(value)
+    if depth == 0:
+        return True  # deeper than any publisher sends: refused, unread
+    if isinstance(value, list):
+        return any(_holds_control(item, depth - 1) for item in cast("list[object]", value))
+    if isinstance(value, dict):
+        items = cast("dict[object, object]", value).items()
+        return any(_holds_control(k, depth - 1) or _holds_control(v, depth - 1) for k, v in items)
+    return False
+
+
+def _rebuild_request(
+    request: dict[str, Any], problems: list[_Problem], validator: Callable[[str], bool] | None
+) -> None:
     """Check the request ID and pair it with its RequestContext, in place."""
     request.pop(_REQUEST_KEY, None)  # ours to build, never the sender's
     if REQUEST_ID_KEY not in request:
         return
     request_id = request[REQUEST_ID_KEY]
-    if isinstance(request_id, str) and is_valid_request_id(request_id):
+    try:
+        accepted = isinstance(request_id, str) and accepts_request_id(request_id, validator)
+    except Exception as exc:  # noqa: BLE001 (a broken validator refuses; the task still runs)
+        accepted = False
+        problems.append(
+            ("request ID", f"the validator raised {_shown(repr(exc))} on the request ID")
+        )
+    if accepted:
         request[_REQUEST_KEY] = RequestContext(request_id, request.get(_USER_KEY))
         return
     del request[REQUEST_ID_KEY]
     if request_id is not None:
         shown = _shown(request_id)
-        problems.append(
-            ("request ID", f"the request ID {shown} is not valid (1 to 128 of A-Za-z0-9._:-)")
-        )
+        problems.append(("request ID", f"the request ID {shown} is not valid"))
 
 
 def _shown(value: object) -> str:
@@ -382,6 +472,13 @@ def _shown(value: object) -> str:
         return escape_for_log(value)
     text = ascii(value)
     return text[:LOGGED_CHARS] + "..." if len(text) > LOGGED_CHARS else text
+
+
+def _name(value: object) -> str:
+    """A task's name or ID for a log line: as it is when it is short printable ASCII."""
+    if isinstance(value, str) and len(value) <= LOGGED_CHARS and is_printable_ascii(value):
+        return value
+    return _shown(value)
 
 
 def _received(request: object) -> object:
@@ -413,7 +510,7 @@ def _on_task_prerun(
         return
     if installed is None or task is None:
         return
-    stores, problems = _incoming(_received(task.request), installed.allow)
+    stores, problems = _incoming(_received(task.request), installed.allow, installed.validator)
     exits = contextlib.ExitStack()
     try:
         exits.enter_context(applied(stores))
@@ -443,8 +540,8 @@ def _report_incoming(problems: list[_Problem], task_name: str, task_id: object) 
         "contextual.integrations.celery.install() sends; check that both sides run "
         "compatible versions of contextual. Later problems of the same kind are not reported.",
         HEADER,
-        task_name,
-        task_id,
+        _name(task_name),
+        _name(task_id),
         "; ".join(new[:_SHOWN_PROBLEMS]),
         f" (and {more} more)" if more > 0 else "",
     )
@@ -482,7 +579,12 @@ def enqueue_on_commit(
 
     The context travels as it is now, at the call, not as it is when the
     transaction commits: the message carries the values allowed by
-    :func:`install` that the calling code sees here.
+    :func:`install` that the calling code sees here. The transaction itself
+    does not: publishing (and a task run eagerly with
+    ``task_always_eager``) sees no current transaction of ``manager``.
+
+    A signature given is copied, never changed: the same signature can be
+    enqueued again, each time as a new task with an ID of its own.
 
     Args:
         task_or_signature: A task (called with ``*args`` and ``**kwargs``),
@@ -526,20 +628,30 @@ def enqueue_on_commit(
     snapshot = capture()
 
     def publish() -> None:
-        snapshot.run(signature.apply_async)
+        snapshot.run(_outside_transactions, manager, signature.apply_async)
 
     manager.on_commit(publish)
     return result
+
+
+def _outside_transactions(manager: TransactionManager, fn: Callable[[], object]) -> None:
+    """Call ``fn`` with no current transaction of ``manager``: the committed one is over."""
+    # The snapshot, taken inside the transaction, holds it as current.
+    var = manager._var  # noqa: SLF001
+    token = var.set(None)
+    try:
+        fn()
+    finally:
+        var.reset(token)
 
 
 def _signature(
     task_or_signature: object, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> _SignatureLike:
     if isinstance(task_or_signature, _Signature):
-        signature: Any = task_or_signature
-        if args or kwargs:
-            signature = signature.clone(args, kwargs)
-        return cast("_SignatureLike", signature)
+        given: Any = task_or_signature
+        # freeze() writes the task IDs into the signature: never into the caller's.
+        return cast("_SignatureLike", given.clone(args, kwargs))
     if isinstance(task_or_signature, _Task):
         task: Any = task_or_signature
         return cast("_SignatureLike", task.signature(args, kwargs))

@@ -28,9 +28,19 @@ ignored on the way in.
 
 The header has limits (8192 bytes, 180 members, 4096 bytes per member).
 Members that don't fit, values that can't travel and malformed members of
-a header are left out, never sent nor applied, and each kind of problem is
-reported once per process, as a warning on the ``contextual.integrations``
-logger.
+a header are left out, never sent nor applied; when the members a header
+already had and the allowed values don't fit together, the allowed values
+are kept and the others dropped. Incoming values that decode to a control
+character (a line break would forge log lines) are never applied. Each
+kind of problem is reported once per process, as a warning on the
+``contextual.integrations`` logger.
+
+Incoming baggage is the caller's word: whoever reaches the service can set
+any key the receiving side allows, ``user_id`` included. Let baggage in
+only on services that trusted peers alone can reach, or strip the
+``baggage`` header at the edge. The hooks inject into every request of a
+client, redirects to other hosts included: install them only on clients
+that call your own services.
 
 .. versionadded:: 0.1.0
 """
@@ -52,9 +62,10 @@ from contextual.integrations._carrier import (
 from contextual.integrations._carrier import applied as _applied
 from contextual.integrations._headers import (
     DEFAULT_HEADER,
+    accepts_request_id,
+    check_callable,
     check_header_name,
     is_printable_ascii,
-    is_valid_request_id,
     report_once,
 )
 
@@ -166,16 +177,24 @@ def extract(
     *,
     allow: Mapping[str, bool | Iterable[str]] | Iterable[str] | None = None,
     header: str = DEFAULT_HEADER,
+    validator: Callable[[str], bool] | None = None,
 ) -> CarriedContext:
     """Return the request ID and the allowed context an incoming request's headers carry.
 
-    The request ID is kept when the header holds one value that
-    :func:`~contextual.integrations.wsgi.RequestContextMiddleware`'s
-    default check accepts. Baggage members of stores and keys that ``allow``
-    refuses are ignored, and so are malformed ones and those past the
-    header's limits; :meth:`CarriedContext.applied` opens the request with
-    what is left. The middleware does all of this for you: use ``extract``
-    where there is none.
+    The request ID is kept when the header holds one value that the check
+    accepts: the middleware's default (1 to 128 characters from
+    ``A-Z a-z 0-9 . _ : -``), or ``validator``, as for
+    :class:`~contextual.integrations.wsgi.RequestContextMiddleware`.
+    Baggage members of stores and keys that ``allow`` refuses are ignored,
+    and so are malformed ones, those past the header's limits, and those
+    whose value decodes to a control character (a line break would forge
+    log lines); :meth:`CarriedContext.applied` opens the request with what
+    is left. The middleware does all of this for you: use ``extract`` where
+    there is none.
+
+    The Baggage header is the caller's word: whoever can reach the service
+    can set any allowed key, ``user_id`` included. Allow keys only on
+    services that trusted peers alone can reach.
 
     Args:
         headers: The incoming request's headers: any mapping of header
@@ -183,9 +202,13 @@ def extract(
         allow: What to take besides the request ID: store names, or
             ``{store name: True | [key, ...]}``. ``None``: nothing else.
         header: The request-ID header's name.
+        validator: Replaces the default check of the request ID: takes the
+            header's value, returns whether to keep it. Whatever it says,
+            only printable ASCII is kept; when it raises, the ID is refused.
 
     Raises:
-        TypeError: ``allow`` is not an allow-list.
+        TypeError: ``allow`` is not an allow-list, or ``validator`` is not
+            a plain callable.
         ValueError: ``header`` is not an HTTP field name.
 
     Example:
@@ -203,18 +226,30 @@ def extract(
     """
     allow_list = AllowList(allow)
     check_header_name(header)
+    check_callable("validator", validator)
     problems: list[Problem] = []
     request_id = None
     ids = _values(headers, header)
-    if len(ids) == 1 and is_valid_request_id(ids[0]):
+    try:
+        accepted = len(ids) == 1 and accepts_request_id(ids[0], validator)
+    except Exception as exc:  # noqa: BLE001 (a broken validator refuses; it must not fail requests)
+        accepted = False
+        problems.append(
+            (
+                "incoming request ID validator",
+                "Ignored the %s header, %s: the validator raised %s.",
+                (header, ids[0], repr(exc)),
+            )
+        )
+    if accepted:
         request_id = ids[0]
-    elif ids:
+    elif ids and not problems:
         problems.append(
             (
                 "incoming request ID",
                 (
-                    "Ignored the %s header: %s is not one valid request ID (1 to 128 "
-                    "characters from A-Z a-z 0-9 . _ : -)."
+                    "Ignored the %s header, %s: it is not one valid request ID (by "
+                    "default 1 to 128 characters from A-Z a-z 0-9 . _ : -)."
                 ),
                 (header, ", ".join(ids)),
             )
@@ -239,8 +274,8 @@ def install_httpx(
     Adds a request event hook to ``client`` (an ``httpx.Client`` or
     ``httpx.AsyncClient``; the hook matches the client's kind), after the
     hooks it has. The hook runs in the code that sends the request, for
-    each request and each redirect, and does what :func:`inject` does
-    there. Installing again on the same client replaces the hook.
+    each request and each redirect (to another host too), and does what
+    :func:`inject` does there. Installing again on the same client replaces the hook.
 
     Args:
         client: The client, changed in place.
@@ -285,12 +320,14 @@ def install_requests(
 ) -> None:
     """Make every request a requests session sends carry the request ID and allowed context.
 
-    Wraps each transport adapter mounted on ``session`` (the default ones
-    for ``http://`` and ``https://``, and yours) in one that does what
+    Wraps the ``send`` method of each transport adapter mounted on
+    ``session`` (the default ones for ``http://`` and ``https://``, and
+    yours), on the adapter object itself, so that it does what
     :func:`inject` does, in the code that sends the request, for each
-    request and each redirect, then hands the request to the adapter it
-    wraps. Mount your own adapters first: one mounted later is not
-    wrapped. Installing again replaces the wrappers.
+    request and each redirect, then sends as before. The adapters stay
+    what they were (an ``HTTPAdapter`` keeps its ``max_retries``, its pools
+    and its other methods). Mount your own adapters first: one mounted
+    later is not wrapped. Installing again replaces the wrappers.
 
     Args:
         session: The ``requests.Session``, changed in place.
@@ -299,8 +336,8 @@ def install_requests(
         header: The request-ID header's name.
 
     Raises:
-        TypeError: ``session`` has no ``adapters``, or ``allow`` is not an
-            allow-list.
+        TypeError: ``session`` has no ``adapters``, an adapter's ``send``
+            can't be replaced, or ``allow`` is not an allow-list.
         ValueError: ``header`` is not an HTTP field name.
 
     Example:
@@ -321,9 +358,25 @@ def install_requests(
             "other client, call inject() on its headers."
         )
         raise TypeError(msg)
-    for prefix, adapter in list(adapters.items()):
-        inner = adapter.adapter if isinstance(adapter, _ContextAdapter) else adapter
-        adapters[prefix] = _ContextAdapter(inner, allow_list, header)
+    for adapter in adapters.values():
+        send = getattr(adapter, "send", None)
+        inner = send.send if isinstance(send, _ContextSend) else send
+        if not callable(inner):
+            msg = (
+                f"install_requests wraps the send() of each adapter mounted on the session, "
+                f"but {type(adapter).__name__} {adapter!r} has none. Mount requests "
+                "transport adapters only."
+            )
+            raise TypeError(msg)
+        try:
+            adapter.send = _ContextSend(inner, allow_list, header)
+        except AttributeError:  # __slots__ without a "send" slot
+            msg = (
+                f"install_requests can't wrap the send() of the adapter "
+                f"{type(adapter).__name__} {adapter!r}: its instances take no new "
+                "attributes. Call inject() on the request's headers in its send() instead."
+            )
+            raise TypeError(msg) from None
 
 
 def _inject(headers: MutableMapping[str, str], allow: AllowList, header: str) -> None:
@@ -400,24 +453,19 @@ class _AsyncHttpxHook(_Hook):
 
 
 @final
-class _ContextAdapter:
-    """A requests transport adapter that injects, then sends with the adapter it wraps."""
+class _ContextSend:
+    """A requests adapter's ``send``, wrapped: injects, then sends as the adapter did."""
 
-    __slots__ = ("_allow", "_header", "adapter")
+    __slots__ = ("_allow", "_header", "send")
 
-    def __init__(self, adapter: Any, allow: AllowList, header: str) -> None:
-        self.adapter = adapter
+    def __init__(self, send: Callable[..., Any], allow: AllowList, header: str) -> None:
+        self.send = send
         self._allow = allow
         self._header = header
 
     def __repr__(self) -> str:
-        return f"<_ContextAdapter {self._allow!r} header={self._header!r} for {self.adapter!r}>"
+        return f"<_ContextSend {self._allow!r} header={self._header!r} for {self.send!r}>"
 
-    def send(self, request: _Request, *args: Any, **kwargs: Any) -> Any:
-        """Send ``request`` with the wrapped adapter, carrying the context."""
+    def __call__(self, request: _Request, *args: Any, **kwargs: Any) -> Any:
         _inject(request.headers, self._allow, self._header)
-        return self.adapter.send(request, *args, **kwargs)
-
-    def close(self) -> None:
-        """Close the wrapped adapter."""
-        self.adapter.close()
+        return self.send(request, *args, **kwargs)

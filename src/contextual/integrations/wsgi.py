@@ -126,10 +126,14 @@ class RequestContextMiddleware:
             stores are back as they were when it closes. The request
             store's ``user_id`` is the request's user when there is no
             ``get_user`` or it returns ``None``; the request ID comes from
-            ``header`` alone. Members that are malformed or past the
-            header's limits are skipped, each kind of problem reported once
-            per process as a warning on the ``contextual.integrations``
-            logger; members of keys not allowed are ignored.
+            ``header`` alone. Members that are malformed, past the
+            header's limits, or that decode to a control character (a line
+            break would forge log lines) are skipped, each kind of problem
+            reported once per process as a warning on the
+            ``contextual.integrations`` logger; members of keys not allowed
+            are ignored. The header is the caller's word: turn this on only
+            in services that trusted peers alone can reach, or strip
+            ``baggage`` at the edge.
 
     Raises:
         ValueError: ``header`` is not an HTTP field name.
