@@ -25,6 +25,7 @@ import tty
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,50 @@ class Broken:
         pass
 
 
+class Clock:
+    """A clock for ``_spinner._clock``: moves when told, counts the spinner thread's readings."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.readings = 0
+        self._changed = threading.Condition()
+
+    def __call__(self) -> float:
+        with self._changed:
+            if threading.current_thread().name == "contextual-spinner":
+                self.readings += 1
+                self._changed.notify_all()
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._changed:
+            self.now += seconds
+
+    def wait_for_readings(self, count: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.readings >= count)
+
+
+class Held:
+    """A stream that holds every write containing ``text`` until ``release`` is set."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.written: list[str] = []
+
+    def write(self, text: str) -> int:
+        if self.text in text:
+            self.holding.set()
+            self.release.wait()
+        self.written.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("test_spinner_var")
 
 
@@ -241,13 +286,39 @@ def test_stop_wakes_the_thread_at_once_whatever_the_interval(terminal):
     assert not thread.is_alive()
 
 
-def test_setting_the_text_redraws_at_once(terminal):
-    # No frame is due for an hour: the redraw can only come from the setter.
+def test_a_new_text_shows_without_waiting_for_the_next_frame(terminal):
+    # No frame is due for an hour: the redraw can only come from the new text.
     with Spinner("Step 1", stream=terminal.stream, interval=3600) as spinner:
         spinner.text = "Step 2"
         assert spinner.text == "Step 2"
         terminal.wait_for(lambda out: frame("⠋", "Step 2") in out)
     assert re.search(re.escape(f"{GREEN}✔{RESET} Step 2 ") + ELAPSED, terminal.close())
+
+
+def test_a_new_text_shows_no_sooner_than_a_tenth_of_a_second_after_the_last_draw(
+    terminal, monkeypatch
+):
+    clock = Clock()
+    monkeypatch.setattr(_spinner, "_clock", clock)
+    with Spinner("Copying", stream=terminal.stream, interval=3600) as spinner:
+        clock.wait_for_readings(1)  # the thread waits for the next frame, an hour away
+        spinner.text = "Copying file 1 of 1000"
+        # The new text wakes it, but by this clock it drew just now: it
+        # comes round again without drawing, and again until the clock moves.
+        clock.wait_for_readings(3)
+        for n in range(2, 1001):
+            spinner.text = f"Copying file {n} of 1000"
+        clock.wait_for_readings(clock.readings + 2)
+        clock.advance(0.1)
+        terminal.wait_for(lambda out: frame("⠋", "Copying file 1000 of 1000") in out)
+    out = terminal.close()
+    # A thousand texts, one redraw.
+    assert out == (
+        HIDE
+        + frame("⠋", "Copying")
+        + frame("⠋", "Copying file 1000 of 1000")
+        + f"{ERASE}{GREEN}✔{RESET} Copying file 1000 of 1000 (0.1s)\n{SHOW}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -381,7 +452,8 @@ def test_one_exit_hook_serves_every_spinner():
     assert result.stdout == "1\n"
 
 
-def test_the_exit_hook_ends_every_running_spinner():
+def test_the_exit_hook_ends_every_running_spinner(monkeypatch):
+    monkeypatch.setattr(_spinner, "_exiting", False)  # restored after the test
     first, second = io.StringIO(), io.StringIO()
     Spinner("one", stream=first, enabled=True, interval=3600).start()
     Spinner("two", stream=second, enabled=False).start()
@@ -476,6 +548,14 @@ def test_an_ascii_stream_gets_ascii_frames_marks_and_replacements():
     assert re.search(re.escape(SHOW) + r"\?chec\nFAIL \?chec " + ELAPSED + r"\n$", out)
 
 
+def test_frames_the_stream_cannot_encode_give_way_to_ones_it_can():
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii", write_through=True)
+    with Spinner("Go", frames="◐◓◑◒", stream=stream, enabled=True, interval=3600):
+        pass
+    assert raw.getvalue().decode("ascii").startswith(HIDE + frame("-", "Go", colour=False))
+
+
 def test_a_stream_with_an_unknown_encoding_is_written_as_if_it_had_none():
     class Odd(io.StringIO):
         encoding = "no-such-codec"  # type: ignore[assignment]
@@ -502,11 +582,11 @@ def test_the_elapsed_time_reads_as_seconds_minutes_and_hours(seconds, shown):
 
 
 def test_the_final_line_shows_the_time_since_the_start(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(_spinner.time, "monotonic", lambda: now[0])
+    clock = Clock()
+    monkeypatch.setattr(_spinner, "_clock", clock)
     stream = io.StringIO()
     with Spinner("Loading", stream=stream):
-        now[0] += 75
+        clock.advance(75)
     assert stream.getvalue() == "Loading\n✔ Loading (1m 15s)\n"
 
 
@@ -610,9 +690,9 @@ def test_a_broken_stream_ends_the_frames_quietly():
     assert not spinner.running
 
 
-def test_a_frame_due_when_stop_runs_is_never_drawn(monkeypatch):
+def test_a_frame_due_when_stop_runs_is_never_drawn():
     class Gate:
-        """The spinners' lock; holds the spinner thread once, until the test's stop() is done."""
+        """A gate's lock; holds the spinner thread once, until the test's stop() is done."""
 
         def __init__(self) -> None:
             self.lock = threading.RLock()
@@ -634,8 +714,11 @@ def test_a_frame_due_when_stop_runs_is_never_drawn(monkeypatch):
 
     main = threading.current_thread()
     gate = Gate()
-    monkeypatch.setattr(_spinner, "_LOCK", gate)
     stream = io.StringIO()
+    # The stream's gate, held here so that the spinner's run gets this one;
+    # its thread takes the lock from the gate at each use.
+    held = _spinner._gate_for(stream)
+    held.lock = gate  # type: ignore[assignment]
     spinner = Spinner("Loading", stream=stream, enabled=True, interval=0.001).start()
     gate.armed = True
     # The thread's wait for the next frame is over; it is about to take the lock.
@@ -644,22 +727,249 @@ def test_a_frame_due_when_stop_runs_is_never_drawn(monkeypatch):
     assert stream.getvalue().endswith(ERASE + SHOW)
 
 
+@pytest.mark.parametrize(
+    ("status", "mark"),
+    [
+        ((), "✔"),
+        ((0,), "✔"),
+        ((None,), "✔"),
+        ((False,), "✔"),
+        ((1,), "✖"),
+        (("bad",), "✖"),
+        ((0.0,), "✖"),  # not an int: Python prints it and exits with status 1
+        (([0],), "✖"),
+    ],
+)
+def test_sys_exit_in_the_block_ends_with_ok_for_status_zero_or_none(status, mark):
+    stream = io.StringIO()
+    with pytest.raises(SystemExit), Spinner("Deploying", stream=stream):
+        sys.exit(*status)
+    assert re.fullmatch(f"Deploying\n{mark} Deploying " + ELAPSED + "\n", stream.getvalue())
+
+
+def test_an_interrupt_while_the_thread_starts_leaves_no_thread_drawing(monkeypatch):
+    start = threading.Thread.start
+
+    def start_then_interrupt(self: threading.Thread) -> None:
+        # Ctrl-C while Thread.start() waits for the new thread, which runs.
+        start(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    stream = io.StringIO()
+    spinner = Spinner("Loading", stream=stream, enabled=True, interval=0.001)
+    with pytest.raises(KeyboardInterrupt):
+        spinner.start()
+    assert not spinner.running
+    assert not spinner_threads()
+    assert stream.getvalue() == ""
+    spinner.stop()
+
+
+def test_an_interrupt_in_the_first_write_shows_the_cursor_again():
+    class Interrupted(io.StringIO):
+        def write(self, text: str) -> int:
+            written = super().write(text)
+            if text.startswith(HIDE):
+                raise KeyboardInterrupt
+            return written
+
+    stream = Interrupted()
+    spinner = Spinner("Loading", stream=stream, enabled=True, interval=0.001)
+    with pytest.raises(KeyboardInterrupt):
+        spinner.start()
+    assert not spinner.running
+    assert not spinner_threads()
+    assert stream.getvalue() == HIDE + frame("⠋", "Loading", colour=False) + ERASE + SHOW
+
+
+class TakesBytes:
+    """A stream that says nothing of bytes until its write() refuses a str."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if not isinstance(data, bytes):
+            raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}")
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_stream_whose_first_write_raises_fails_the_start_and_leaves_nothing(enabled):
+    stream = TakesBytes()
+    spinner = Spinner("Loading", stream=stream, enabled=enabled)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a bytes-like object is required"):
+        spinner.start()
+    assert not spinner.running
+    assert not spinner_threads()
+    # Only the first write: showing the cursor again would have raised too.
+    assert stream.writes == (2 if enabled else 1)
+    with pytest.raises(TypeError, match="a bytes-like object is required"), spinner:
+        pass
+
+
+def test_a_binary_stderr_fails_the_start_and_leaves_nothing_for_the_exit_hook(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.BytesIO())
+    spinner = Spinner("Loading")
+    with pytest.raises(TypeError, match="a bytes-like object is required"):
+        spinner.start()
+    assert not spinner.running
+    assert not _spinner._RUNNING
+
+
+def test_a_file_opened_for_bytes_is_refused(tmp_path):
+    with (tmp_path / "log").open("wb", buffering=0) as raw, (tmp_path / "log").open("ab") as buf:
+        for stream in (raw, buf):
+            with pytest.raises(TypeError, match=r'a file opened with mode "w", not "wb"'):
+                Spinner("Loading", stream=stream)  # type: ignore[arg-type]
+
+
+def test_after_the_exit_hook_a_new_spinner_writes_plain_lines(terminal, monkeypatch):
+    monkeypatch.setattr(_spinner, "_exiting", False)  # restored after the test
+    Spinner("Before", stream=terminal.stream, interval=3600).start()
+    _spinner._end_all()
+    # As a daemon thread would, before the interpreter stops it.
+    with Spinner("After", stream=terminal.stream, interval=0.001):
+        assert not spinner_threads()
+    with Spinner("Forced", stream=terminal.stream, enabled=True, interval=0.001):
+        assert not spinner_threads()
+    out = terminal.close()
+    assert out.count(HIDE) == out.count(SHOW) == 1
+    assert re.fullmatch(
+        re.escape(HIDE + frame("⠋", "Before") + ERASE + SHOW)
+        + re.escape(f"After\n{GREEN}✔{RESET} After ")
+        + ELAPSED
+        + re.escape(f"\nForced\n{GREEN}✔{RESET} Forced ")
+        + ELAPSED
+        + "\n",
+        out,
+    )
+
+
+def test_two_threads_that_stop_a_spinner_together_both_return_once_its_thread_ended():
+    stream = Held(SHOW)  # holds the end's write
+    spinner = Spinner("Loading", stream=stream, enabled=True, interval=3600).start()
+    (thread,) = spinner_threads()
+    run = spinner._run
+    assert run is not None
+    second_waits, second_is_past, thread_may_end = (threading.Event() for _ in range(3))
+
+    class Gate:
+        """The gate's lock: tells when the second stop() waits for it, and holds the thread."""
+
+        def __init__(self, lock: threading.RLock) -> None:
+            self.lock = lock
+
+        def __enter__(self) -> None:
+            name = threading.current_thread().name
+            if name == "second":
+                second_waits.set()
+            elif name == "contextual-spinner":
+                # Its thread would end at once; it ends only once the second
+                # stop() has returned or waits for it.
+                thread_may_end.wait()
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    def join(timeout: float | None = None) -> None:
+        if threading.current_thread().name == "second":
+            second_is_past.set()
+        threading.Thread.join(thread, timeout)
+
+    run.gate.lock = Gate(run.gate.lock)  # type: ignore[assignment]
+    thread.join = join  # type: ignore[method-assign]
+    thread_alive_after: dict[str, bool] = {}
+
+    def stop() -> None:
+        spinner.stop()
+        thread_alive_after[threading.current_thread().name] = thread.is_alive()
+        second_is_past.set()
+
+    first = threading.Thread(target=stop, name="first")
+    first.start()
+    stream.holding.wait()  # the first writes the end, with the gate's lock
+    second = threading.Thread(target=stop, name="second")
+    second.start()
+    second_waits.wait()
+    stream.release.set()
+    second_is_past.wait()
+    thread_may_end.set()
+    first.join()
+    second.join()
+    assert thread_alive_after == {"first": False, "second": False}
+    assert "".join(stream.written).count(SHOW) == 1
+
+
+def test_a_spinner_stopped_from_its_own_thread_ends_without_an_error():
+    class Stopping(io.StringIO):
+        """Stops the spinner, once, from the spinner's thread, in the middle of a frame."""
+
+        stopped = False
+
+        def write(self, text: str) -> int:
+            if threading.current_thread().name == "contextual-spinner" and not self.stopped:
+                self.stopped = True
+                spinner.stop()
+            return super().write(text)
+
+    stream = Stopping()
+    spinner = Spinner("Loading", stream=stream, enabled=True, interval=0.001).start()
+    (thread,) = spinner_threads()
+    # An error in the thread would fail the test: the suite makes it one.
+    thread.join()
+    assert not spinner.running
+    assert stream.getvalue().count(SHOW) == 1
+
+
 # -- threads, context and fork -----------------------------------------------------
 
 
-def test_the_spinner_thread_is_a_daemon_that_sees_an_empty_context():
+def inherit_context_in_new_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make new threads run in a copy of their starter's context, as Python 3.14 can.
+
+    Python 3.14's ``sys.flags.thread_inherit_context`` (on by default in its
+    free-threaded build) does this; before 3.14 a new thread always starts in
+    an empty context, and a test that a spinner's thread sees none proves
+    nothing there.
+    """
+    start = threading.Thread.start
+
+    def inheriting_start(self: threading.Thread) -> None:
+        context = contextvars.copy_context()
+        run = self.run
+        self.run = lambda: context.run(run)  # type: ignore[method-assign]
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", inheriting_start)
+
+
+def test_the_spinner_thread_is_a_daemon_that_sees_an_empty_context(monkeypatch):
+    inherit_context_in_new_threads(monkeypatch)
     stream = Recorder()
+    seen_by_a_plain_thread: list[tuple[object, object]] = []
     token = VAR.set("caller's value")
     try:
-        with (
-            request_context(request_id="r-1"),
-            Spinner("Loading", stream=stream, enabled=True, interval=0.001),
-        ):
-            (thread,) = spinner_threads()
-            assert thread.daemon
-            stream.from_spinner.wait()
+        with request_context(request_id="r-1"):
+            # The imitation works: a thread started here sees the caller's context.
+            plain = threading.Thread(
+                target=lambda: seen_by_a_plain_thread.append((VAR.get("unset"), get_request_id()))
+            )
+            plain.start()
+            plain.join()
+            with Spinner("Loading", stream=stream, enabled=True, interval=0.001):
+                (thread,) = spinner_threads()
+                assert thread.daemon
+                stream.from_spinner.wait()
     finally:
         VAR.reset(token)
+    assert seen_by_a_plain_thread == [("caller's value", "r-1")]
     assert stream.seen
     assert set(stream.seen) == {("unset", None)}
 
@@ -801,6 +1111,187 @@ def test_write_lets_errors_of_the_stream_through_and_draws_the_spinner_again():
             spinner.write("lost")
 
 
+def test_a_spinner_started_inside_another_on_its_terminal_writes_its_lines_above_it(terminal):
+    @Spinner("Fetching", stream=terminal.stream, interval=0.001)
+    def fetch() -> str:
+        assert len(spinner_threads()) == 1  # the outer spinner's
+        return "data"
+
+    with Spinner("Building", stream=terminal.stream, interval=3600):
+        assert fetch() == "data"
+    out = terminal.close()
+    outer = frame("⠋", "Building")
+    assert re.fullmatch(
+        re.escape(f"{HIDE}{outer}{ERASE}Fetching\n{outer}{ERASE}{GREEN}✔{RESET} Fetching ")
+        + ELAPSED
+        + re.escape(f"\n{outer}{ERASE}{GREEN}✔{RESET} Building ")
+        + ELAPSED
+        + re.escape(f"\n{SHOW}"),
+        out,
+    )
+
+
+def test_a_spinner_on_another_stream_of_the_same_terminal_counts_as_inside(terminal):
+    other = Path(os.ttyname(terminal.slave)).open("w", encoding="utf-8")  # noqa: SIM115
+    try:
+        with Spinner("Building", stream=terminal.stream, interval=3600):
+            with Spinner("Fetching", stream=other, interval=0.001) as inner:
+                assert len(spinner_threads()) == 1
+                inner.write("a line")
+            terminal.wait_for(lambda out: "✔\x1b[0m Fetching" in out)
+    finally:
+        other.close()
+    out = terminal.close()
+    assert out.count(HIDE) == out.count(SHOW) == 1
+    outer = frame("⠋", "Building")
+    assert f"{outer}{ERASE}Fetching\n{outer}{ERASE}a line\n{outer}{ERASE}{GREEN}✔" in out
+
+
+def test_the_cursor_stays_hidden_until_the_spinner_that_animates_ends(terminal):
+    outer = Spinner("Outer", stream=terminal.stream, interval=3600).start()
+    inner = Spinner("Inner", stream=terminal.stream, interval=3600).start()
+    inner.ok()
+    assert SHOW not in terminal.wait_for(lambda out: "✔\x1b[0m Inner" in out)
+    outer.ok()
+    out = terminal.close()
+    assert out.count(HIDE) == out.count(SHOW) == 1
+    assert out.endswith(SHOW)
+
+
+def test_a_spinner_left_inside_animates_not_when_the_outer_one_ends(terminal):
+    outer = Spinner("Outer", stream=terminal.stream, interval=3600).start()
+    inner = Spinner("Inner", stream=terminal.stream, interval=3600).start()
+    outer.ok()
+    inner.text = "Inner, still"
+    # The terminal is free: the next spinner animates, and the inner one's
+    # final line goes above it.
+    later = Spinner("Later", stream=terminal.stream, interval=3600).start()
+    assert len(spinner_threads()) == 1
+    inner.ok()
+    later.ok()
+    out = terminal.close()
+    assert out.count(HIDE) == out.count(SHOW) == 2
+    assert re.search(
+        re.escape(f"{SHOW}{HIDE}{frame('⠋', 'Later')}{ERASE}{GREEN}✔{RESET} Inner, still ")
+        + ELAPSED
+        + re.escape(f"\n{frame('⠋', 'Later')}{ERASE}"),
+        out,
+    )
+
+
+def test_decorated_calls_from_four_threads_at_once_animate_one_spinner(terminal):
+    barrier = threading.Barrier(4)
+    threads_seen: list[int] = []
+
+    @Spinner("Fetching", stream=terminal.stream, interval=0.001)
+    def fetch() -> None:
+        barrier.wait()  # all four spinners run
+        threads_seen.append(len(spinner_threads()))
+        barrier.wait()
+
+    workers = [threading.Thread(target=fetch) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    out = terminal.close()
+    assert threads_seen == [1, 1, 1, 1]
+    assert out.count(HIDE) == out.count(SHOW) == 1
+    assert out.count("Fetching\n") == 3  # the start lines of the three that don't animate
+    assert len(re.findall(re.escape(f"✔{RESET} Fetching ") + ELAPSED + "\n", out)) == 4
+
+
+def test_spinners_on_two_terminals_both_animate(terminal):
+    elsewhere = Terminal()
+    try:
+        with (
+            Spinner("Here", stream=terminal.stream, interval=0.001),
+            Spinner("There", stream=elsewhere.stream, interval=0.001),
+        ):
+            assert len(spinner_threads()) == 2
+            elsewhere.wait_for(lambda out: frame("⠙", "There") in out)
+            terminal.wait_for(lambda out: frame("⠙", "Here") in out)
+    finally:
+        there = elsewhere.close()
+    assert there.startswith(HIDE + frame("⠋", "There"))
+    assert terminal.close().startswith(HIDE + frame("⠋", "Here"))
+
+
+def test_writes_and_new_texts_from_other_threads_while_stop_runs(terminal):
+    spinner = Spinner("Working", stream=terminal.stream, interval=0.0001).start()
+    terminal.wait_for(lambda out: frame("⠙", "Working") in out)
+    barrier = threading.Barrier(5)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(100):
+                spinner.write(f"thread {n} line {i}")
+                spinner.text = f"thread {n} text {i}"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    spinner.stop()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    out = terminal.close()
+    # Each line whole, once; after the end, nothing else.
+    for n in range(4):
+        for i in range(100):
+            line = f"thread {n} line {i}\n"
+            after_what = f"(?:(?<=\n)|(?<={re.escape(ERASE)})|(?<={re.escape(SHOW)}))"
+            assert len(re.findall(after_what + line, out)) == 1
+    spinning, after = out.split(SHOW)
+    assert re.fullmatch(r"(thread \d line \d+\n)*", after)
+    # Take the lines out: what is left is frames, whole, and the end.
+    spinning = re.sub(re.escape(ERASE) + r"thread \d line \d+\n", "", spinning)
+    assert re.fullmatch(
+        re.escape(HIDE)
+        + "("
+        + re.escape(f"\r{CYAN}")
+        + f"[{DOTS}]"
+        + re.escape(RESET)
+        + r" (Working|thread \d text \d+)"
+        + re.escape("\x1b[K")
+        + ")+"
+        + re.escape(ERASE),
+        spinning,
+    )
+
+
+def test_a_terminal_that_stops_reading_holds_up_only_its_own_writers():
+    stuck = Held("Stuck")  # a frame write never returns, as after Ctrl-S
+    spinner = Spinner("Stuck", stream=stuck, enabled=True, interval=0.001)
+    # The first frame, from start(), is let through.
+    stuck.release.set()
+    spinner.start()
+    stuck.release.clear()
+    stuck.holding.clear()
+    try:
+        stuck.holding.wait()  # the spinner's thread is stuck in write()
+        # None of these waits for it (if one did, the suite's timeout would
+        # fail the test).
+        assert spinner.running
+        assert repr(spinner) == "<Spinner 'Stuck' running>"
+        spinner.text = "Stuck still"
+        elsewhere = io.StringIO()
+        SpinnerHandler(elsewhere).handle(
+            logging.LogRecord("app", logging.INFO, __file__, 1, "a record", None, None)
+        )
+        with Spinner("Elsewhere", stream=elsewhere, enabled=True, interval=3600) as other:
+            other.write("a line")
+        assert elsewhere.getvalue().startswith("a record\n" + HIDE)
+    finally:
+        stuck.release.set()
+        spinner.stop()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_in_a_forked_child_the_parents_spinner_has_ended(terminal):
     spinner = Spinner("Parent", stream=terminal.stream, interval=3600).start()
@@ -808,7 +1299,8 @@ def test_in_a_forked_child_the_parents_spinner_has_ended(terminal):
     held, release = threading.Event(), threading.Event()
 
     def hold_the_lock() -> None:
-        with _spinner._LOCK:
+        assert spinner._run is not None
+        with spinner._run.gate.lock, _spinner._LOCK:
             held.set()
             release.wait()
 
@@ -822,7 +1314,7 @@ def test_in_a_forked_child_the_parents_spinner_has_ended(terminal):
         pid = os.fork()
     if pid == 0:  # pragma: no cover (the child; coverage measures the parent)
         try:
-            # The lock a parent's thread held is free here: no deadlock.
+            # The locks a parent's thread held are free here: no deadlock.
             report = f"running={spinner.running}"
             spinner.ok("child")
             spinner.write("from the child")
@@ -844,19 +1336,29 @@ def test_in_a_forked_child_the_parents_spinner_has_ended(terminal):
 
 
 def test_forgetting_after_fork_ends_every_spinner_in_this_process(monkeypatch):
-    original = _spinner._LOCK
-    monkeypatch.setattr(_spinner, "_LOCK", original)
+    originals = {name: getattr(_spinner, name) for name in ("_LOCK", "_RUNNING", "_GATES")}
+    for name, value in originals.items():
+        monkeypatch.setattr(_spinner, name, value)  # restored after the test
     stream = io.StringIO()
     spinner = Spinner("Loading", stream=stream, enabled=True, interval=3600).start()
-    (thread,) = spinner_threads()
+    run = spinner._run
+    assert run is not None
     _spinner._forget_after_fork()
-    assert _spinner._LOCK is not original
+    # New objects, not the old ones cleared: a parent's thread may have been
+    # changing those when it forked.
+    for name, value in originals.items():
+        assert getattr(_spinner, name) is not value
+    assert spinner in originals["_RUNNING"]
     assert not spinner.running
+    # A forked child has no spinner thread; this process has one to end.
+    run.stopping = True
+    run.wake.set()
+    (thread,) = spinner_threads()
+    thread.join()
+    spinner.text = "no wake-up for a run that has ended"
     spinner.ok()
     assert not stream.getvalue().endswith(SHOW)
-    # A forked child has no spinner thread; this process has one to end.
-    spinner._event.set()
-    thread.join()
+    originals["_RUNNING"].discard(spinner)
 
 
 # -- decorator and async ---------------------------------------------------------
@@ -917,6 +1419,15 @@ def test_a_generator_function_cannot_be_decorated():
 # -- bad input ---------------------------------------------------------------------
 
 
+class BinaryMode:
+    """A file-like object opened for bytes, not derived from io's classes."""
+
+    mode = "wb"
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
@@ -932,10 +1443,19 @@ def test_a_generator_function_cannot_be_decorated():
         ({"interval": -1}, ValueError, r"got -1\."),
         ({"interval": float("nan")}, ValueError, r"got nan\."),
         ({"interval": float("inf")}, ValueError, r"at most threading\.TIMEOUT_MAX"),
-        ({"interval": "0.1"}, TypeError, r"interval must be a number of seconds, .* got str"),
+        ({"frames": ["a", ""]}, ValueError, r"each frame must show at least one character"),
+        ({"interval": "0.1"}, TypeError, r"interval must be a real number of seconds, .* got str"),
+        ({"interval": 10**400}, ValueError, r"at most threading\.TIMEOUT_MAX"),
         ({"interval": True}, TypeError, r"got bool True"),
         ({"stream": object()}, TypeError, r"stream must be a text stream with a write\(\)"),
         ({"stream": "out.txt"}, TypeError, r"got str 'out\.txt'"),
+        (
+            {"stream": io.BytesIO()},
+            TypeError,
+            r"stream must be a text stream, but BytesIO .* bytes",
+        ),
+        ({"stream": io.BufferedWriter(io.BytesIO())}, TypeError, r"io\.TextIOWrapper\(stream"),
+        ({"stream": BinaryMode()}, TypeError, r"sys\.stderr, not sys\.stderr\.buffer"),
         ({"enabled": "yes"}, TypeError, r"enabled must be True .* got str 'yes'"),
         ({"enabled": 1}, TypeError, r"got int 1"),
     ],
@@ -944,6 +1464,12 @@ def test_bad_arguments_are_refused_with_a_clear_message(kwargs, error, message):
     text = kwargs.pop("text", "Loading")
     with pytest.raises(error, match=message):
         Spinner(text, **kwargs)
+
+
+def test_interval_may_be_any_real_number():
+    stream = Recorder()
+    with Spinner("Go", stream=stream, enabled=True, interval=Fraction(1, 1000)):
+        stream.from_spinner.wait()  # a frame after the first
 
 
 def test_frames_may_be_any_iterable_of_str():

@@ -2,19 +2,23 @@
 
 A daemon thread draws the frames while the caller works. Between frames it
 waits on a :class:`threading.Event`, not in a sleep, so ``stop()`` wakes it at
-once. Every write to a spinner's stream (frames, the final line, lines and log
-records printed above it) goes through one lock, so a line never tears and
-never interleaves with a frame.
+once. Every write to one terminal (frames, final lines, lines and log records
+printed above a spinner) goes through that terminal's lock, so a line never
+tears and never interleaves with a frame, and a terminal that stops reading
+holds up only the writers to it.
 """
 
 from __future__ import annotations
 
 import atexit
 import codecs
+import contextlib
 import contextvars
 import functools
+import io
 import itertools
 import logging
+import numbers
 import os
 import sys
 import threading
@@ -56,9 +60,18 @@ _MARKS: Final = ("✔", "✖", "…")
 _ASCII_FRAMES: Final = tuple("-\\|/")
 _ASCII_MARKS: Final = ("OK", "FAIL", "...")
 
+# The least time between two draws for a new text, when frames are further
+# apart: a loop that sets the text thousands of times a second must not write
+# thousands of lines to the terminal.
+_TEXT_GAP: Final = 0.1
+
 # Line breaks, tabs, escapes and the other C0 and C1 controls would move the
 # cursor off the spinner's line or throw out its width: they print as spaces.
 _CONTROLS: Final = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], " ")
+
+# The clock of start times, elapsed times and frames; a name of this module,
+# so that a test can set it without changing time.monotonic for everyone.
+_clock = time.monotonic
 
 
 class _Stream(Protocol):
@@ -77,14 +90,35 @@ class _Discard:
         pass
 
 
-# One lock for every write of every spinner and SpinnerHandler, and for every
-# change to which spinners run. Reentrant, so that a stream whose write() logs
-# through a SpinnerHandler doesn't deadlock its own thread.
+class _Gate:
+    """The lock for writes to one terminal, and the run that animates there."""
+
+    __slots__ = ("__weakref__", "lock", "run")
+
+    def __init__(self) -> None:
+        # Reentrant, so that a stream whose write() logs through a
+        # SpinnerHandler to the same terminal doesn't deadlock its own thread.
+        self.lock = threading.RLock()
+        # One at a time: a spinner that starts while another animates on the
+        # same terminal writes plain lines above it instead.
+        self.run: _Run | None = None
+
+
+# Guards _RUNNING, _GATES, _exiting and each spinner's current run. Never held
+# while writing: a terminal that stops reading (Ctrl-S) must not hold up
+# spinners and handlers elsewhere. Reentrant, since the garbage collector may
+# run a __del__ that stops a spinner while this thread holds it.
 _LOCK = threading.RLock()
-# The spinners that run now, for the exit hook and for SpinnerHandler. Weak,
-# so that the set never keeps a spinner alive: one that animates is held by
-# its thread until it stops, and one that doesn't has no cursor to restore.
+# The spinners that run now, for the exit hook. Weak, so that the set never
+# keeps a spinner alive: one that animates is held by its thread until it
+# stops, and one that doesn't has no cursor to restore.
 _RUNNING: weakref.WeakSet[Spinner] = weakref.WeakSet()
+# The gate of each terminal (or stream) in use, by _gate_for()'s key. Weak: a
+# gate lives while a run or a writer holds it.
+_GATES: weakref.WeakValueDictionary[object, _Gate] = weakref.WeakValueDictionary()
+# Set by the exit hook: a spinner started after it (by a daemon thread, before
+# the interpreter stops it) must not hide the cursor again.
+_exiting = False
 
 
 class Spinner(AsyncToo["Spinner"]):
@@ -93,17 +127,21 @@ class Spinner(AsyncToo["Spinner"]):
     A context manager (``with``, ``async with``), a decorator for functions
     and coroutine functions, and an object with :meth:`start` and
     :meth:`stop` for manual use. The ``with`` block (or the decorated call)
-    ends with :meth:`ok` when it returns and with :meth:`fail` when it
-    raises, ``KeyboardInterrupt`` included; the exception propagates.
+    ends with :meth:`ok` when it returns, or exits through ``sys.exit()``
+    with status 0 or ``None``, and with :meth:`fail` when it raises anything
+    else, ``KeyboardInterrupt`` included; the exception propagates.
 
     What it writes depends on the stream, looked up when the spinner starts:
 
     - On an interactive terminal (``isatty()``, and ``TERM`` is not
       ``dumb``), a thread redraws one line every ``interval`` seconds: a
       frame and the text, cut to the terminal's width. The cursor is hidden
-      while it spins and always shown again: on :meth:`stop`, when the block
-      raises, on ``KeyboardInterrupt``, and at interpreter exit for a spinner
-      never stopped. Marks are coloured unless ``NO_COLOR`` is set.
+      while it spins and shown again when it ends: on :meth:`stop`, when the
+      block raises, on ``KeyboardInterrupt``, and at interpreter exit for a
+      spinner never stopped. (Not when a signal that Python doesn't handle
+      ends the process, such as ``SIGKILL``, or ``SIGTERM`` without a
+      handler: then nothing runs.) Marks are coloured unless ``NO_COLOR`` is
+      set.
     - Anywhere else (a pipe, a file, a CI log): no frames, no ``\r``, no
       escape codes and no thread, just one line with the text when it starts
       and one final line when it ends.
@@ -114,8 +152,13 @@ class Spinner(AsyncToo["Spinner"]):
 
     Print with :meth:`write`, and log through a :class:`SpinnerHandler`,
     while it spins: each line appears above the spinner, whole. (A bare
-    ``print()`` to the same terminal would land on the spinner's line.) Run
-    one spinner per terminal at a time.
+    ``print()`` to the same terminal would land on the spinner's line.)
+    Spinners may nest, as when a decorated function runs inside another
+    spinner's block, or run in several threads: while one animates on a
+    terminal, another that starts there animates not, but writes its start
+    and final lines above the one that does. A spinner started after the
+    interpreter's exit hook ran (by a daemon thread) writes those two lines
+    too, so that nothing hides the cursor again.
 
     What code elsewhere sees: the spinner's thread starts from an empty
     :mod:`contextvars` context, so it never sees, nor keeps alive, the
@@ -125,19 +168,22 @@ class Spinner(AsyncToo["Spinner"]):
     spinner goes on undisturbed.
 
     Starting a running spinner does nothing. Stopping one that is not
-    running (never started, or already ended) does nothing, so :meth:`ok` or
-    :meth:`fail` inside a ``with`` block decides the final line, and the end
-    of the block adds none. A stopped spinner can start again, with a new
-    start time. If the stream fails (closed, a broken pipe), the spinner
-    stops writing to it instead of raising.
+    running (never started, or already ended) writes nothing, so :meth:`ok`
+    or :meth:`fail` inside a ``with`` block decides the final line, and the
+    end of the block adds none. A stopped spinner can start again, with a
+    new start time. If the stream fails (closed, a broken pipe), the spinner
+    stops writing to it instead of raising; if its first write raises
+    anything else, :meth:`start` undoes itself and lets the error through.
 
     Args:
         text: What the spinner says, on one line. Change it while it runs
             with the :attr:`text` attribute.
         frames: The animation: a str (each character a frame) or a sequence
-            of str. By default braille dots, or ``-\|/`` where the stream's
-            encoding can't show those.
-        interval: Seconds between frames.
+            of str. By default, and where the stream's encoding can't show
+            the frames given, braille dots, or ``-\|/`` where it can't show
+            those either.
+        interval: Seconds between frames: a real number (an int, a float, a
+            :class:`~fractions.Fraction`) above 0.
         stream: Where to write: a text stream. ``None`` for ``sys.stderr``,
             looked up at each start (so redirection and pytest's capture
             work); if that is ``None`` too, the spinner writes nothing.
@@ -147,10 +193,10 @@ class Spinner(AsyncToo["Spinner"]):
 
     Raises:
         TypeError: ``text`` is not a str, a frame is not a str, ``interval``
-            is not a number, ``stream`` has no ``write()``, or ``enabled``
-            is not a bool or ``None``.
-        ValueError: ``frames`` is empty or a frame doesn't print on one
-            line, or ``interval`` is not a finite number above 0.
+            is not a real number, ``stream`` has no ``write()`` or takes
+            bytes, or ``enabled`` is not a bool or ``None``.
+        ValueError: ``frames`` is empty, a frame is empty or doesn't print
+            on one line, or ``interval`` is not a finite number above 0.
 
     Example:
         Outside a terminal, as in a CI log, a spinner writes two lines:
@@ -167,25 +213,12 @@ class Spinner(AsyncToo["Spinner"]):
 
     __slots__ = (
         "__weakref__",
-        "_animate",
-        "_colour",
         "_enabled",
-        "_encoding",
-        "_event",
-        "_fd",
-        "_frames",
         "_given_frames",
-        "_index",
         "_interval",
-        "_lines",
-        "_marks",
-        "_rendered_for",
-        "_started",
-        "_stream",
+        "_run",
         "_stream_arg",
-        "_terminal",
         "_text",
-        "_thread",
     )
 
     def __init__(
@@ -193,7 +226,7 @@ class Spinner(AsyncToo["Spinner"]):
         text: str = "",
         *,
         frames: str | Iterable[str] | None = None,
-        interval: float = 0.1,
+        interval: float | numbers.Real = 0.1,
         stream: TextIO | None = None,
         enabled: bool | None = None,
     ) -> None:
@@ -202,115 +235,83 @@ class Spinner(AsyncToo["Spinner"]):
         self._interval = _checked_interval(interval)
         self._stream_arg = _checked_stream(stream)
         self._enabled = _checked_enabled(enabled)
-        # What one run uses; set by start().
-        self._stream: _Stream = _Discard()
-        self._animate = False
-        self._colour = False
-        self._encoding: str | None = None
-        self._fd: int | None = None
-        self._terminal: tuple[int, int] | None = None
-        self._frames = _FRAMES
-        self._marks = _MARKS
-        self._event = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started = 0.0
-        self._index = 0
-        self._rendered_for: tuple[str, int] | None = None
-        self._lines: list[str] = []
+        # The current run, or the last one; set by start().
+        self._run: _Run | None = None
 
     def __repr__(self) -> str:
         return f"<Spinner {self._text!r} {'running' if self.running else 'stopped'}>"
 
     @property
     def text(self) -> str:
-        """What the spinner says. Setting it while it spins redraws it at once.
+        """What the spinner says.
 
-        Outside a terminal only the start and final lines show the text, so
-        a new text shows in the final line.
+        Set it while the spinner spins, and its thread draws the new text at
+        the next frame, or within a tenth of a second where frames are
+        further apart. However often it is set, the line is drawn no more
+        often than that. Outside a terminal only the start and final lines
+        show the text, so a new text shows in the final line.
         """
         return self._text
 
     @text.setter
     def text(self, text: str) -> None:
-        text = _checked_text(text, "text")
-        with _LOCK:
-            self._text = text
-            if self._animate and self in _RUNNING:
-                self._draw()
+        self._text = _checked_text(text, "text")
+        run = self._run
+        # Only a wake-up for the spinner's thread, and no lock: the setter
+        # neither writes nor waits for a terminal that stopped reading.
+        if run is not None and self in _RUNNING:
+            run.wake.set()
 
     @property
     def running(self) -> bool:
         """Whether the spinner has started and not yet ended."""
-        with _LOCK:
-            return self in _RUNNING
+        # Without a lock (a set lookup is atomic): a terminal that stopped
+        # reading must not hold this up.
+        return self in _RUNNING
 
     def start(self) -> Self:
         """Start spinning; return the spinner. Does nothing if it runs already.
 
         Writes the first frame (or, outside a terminal, the start line)
-        before it returns.
+        before it returns. If that write raises, or anything interrupts
+        :meth:`start`, it undoes itself: the spinner is not running, no
+        thread goes on drawing, and the cursor is shown, before the error
+        propagates.
         """
-        with _LOCK:
-            if self in _RUNNING:
-                return self
-            stream = self._stream_arg if self._stream_arg is not None else sys.stderr
-            self._stream = stream if stream is not None else _Discard()
-            tty = _isatty(self._stream)
-            if self._enabled is None:
-                self._animate = tty and os.environ.get("TERM") != "dumb"
-            else:
-                self._animate = self._enabled
-            # NO_COLOR counts when set and not empty (https://no-color.org).
-            self._colour = self._animate and tty and not os.environ.get("NO_COLOR")
-            self._encoding = _encoding_of(self._stream)
-            fancy = self._encoding is None or _can_encode(
-                "".join((*_FRAMES, *_MARKS)), self._encoding
-            )
-            self._frames = self._given_frames or (_FRAMES if fancy else _ASCII_FRAMES)
-            self._marks = _MARKS if fancy else _ASCII_MARKS
-            self._event = event = threading.Event()
-            self._started = time.monotonic()
-            _register_exit_hook()
-            if not self._animate:
-                self._thread = None
-                _RUNNING.add(self)
-                _emit(self._stream, self._printable(self._text) + "\n")
-                return self
-            self._fd = _fileno(self._stream)
-            self._terminal = _terminal_id(self._fd)
-            self._index = 0
-            self._rendered_for = None
-            thread = threading.Thread(
-                target=self._spin, args=(event,), name="contextual-spinner", daemon=True
-            )
-            # Registered before the cursor is hidden: from here on, the exit
-            # hook shows it again even if this thread is interrupted.
-            _RUNNING.add(self)
-            try:
-                # Where new threads inherit their starter's context, the
-                # spinner would see the caller's request context and keep it
-                # alive while it spins. Start it from an empty one everywhere.
-                contextvars.Context().run(thread.start)
-            except BaseException:  # such as "can't start new thread"
-                _RUNNING.discard(self)
-                raise
-            self._thread = thread
-            _emit(self._stream, _HIDE_CURSOR + self._frame_line())
+        stream = self._current_stream()
+        gate = _gate_for(stream)
+        run = None
+        try:
+            with gate.lock:
+                run = self._register(stream, gate)
+                if run is None:
+                    return self
+                try:
+                    self._begin(run)
+                except BaseException:
+                    self._abandon(run)
+                    raise
+        finally:
+            # After the gate's lock is released: the thread takes it to see
+            # that it must end.
+            if run is not None and run.stopping:
+                _join(run)
         return self
 
     def stop(self) -> None:
         """Stop spinning and erase the spinner's line; write no final line.
 
         Returns once the spinner's thread has ended, at once rather than
-        after the current frame's interval. Does nothing if the spinner is
-        not running.
+        after the current frame's interval, whichever thread ends the
+        spinner (two that call :meth:`stop` together both wait). Writes
+        nothing if the spinner is not running.
         """
         self._end(None, success=None)
 
     def ok(self, text: str | None = None) -> None:
         """End with a success line: ``✔``, the text and the time taken.
 
-        Does nothing if the spinner is not running.
+        Writes nothing if the spinner is not running.
 
         Args:
             text: The final line's text; the spinner's :attr:`text` if
@@ -321,7 +322,7 @@ class Spinner(AsyncToo["Spinner"]):
     def fail(self, text: str | None = None) -> None:
         """End with a failure line: ``✖``, the text and the time taken.
 
-        Does nothing if the spinner is not running.
+        Writes nothing if the spinner is not running.
 
         Args:
             text: The final line's text; the spinner's :attr:`text` if
@@ -343,13 +344,9 @@ class Spinner(AsyncToo["Spinner"]):
         line = _checked_text(line, "line")
         if not line.endswith("\n"):
             line += "\n"
-        with _LOCK:
-            if self in _RUNNING:
-                stream = self._stream
-            else:
-                current = self._stream_arg if self._stream_arg is not None else sys.stderr
-                stream = current if current is not None else _Discard()
-            _write_above(stream, line)
+        run = self._run
+        stream = run.stream if run is not None and self in _RUNNING else self._current_stream()
+        _write_above(stream, line)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -360,7 +357,12 @@ class Spinner(AsyncToo["Spinner"]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
+        # sys.exit() and sys.exit(0) end the program with status 0: a success.
+        code = getattr(exc, "code", None)
+        if exc_type is None or (
+            issubclass(exc_type, SystemExit)
+            and (code is None or (isinstance(code, int) and code == 0))
+        ):
             self.ok()
         else:
             self.fail()
@@ -378,80 +380,229 @@ class Spinner(AsyncToo["Spinner"]):
             enabled=self._enabled,
         )
 
+    def _current_stream(self) -> _Stream:
+        stream = self._stream_arg if self._stream_arg is not None else sys.stderr
+        return stream if stream is not None else _Discard()
+
+    def _register(self, stream: _Stream, gate: _Gate) -> _Run | None:
+        """Make a run on ``stream`` and register it; ``None`` if the spinner runs already.
+
+        Called with the gate's lock held.
+        """
+        tty = _isatty(stream)
+        if self._enabled is None:
+            animate = tty and os.environ.get("TERM") != "dumb"
+        else:
+            animate = self._enabled
+        # NO_COLOR counts when set and not empty (https://no-color.org).
+        colour = animate and tty and not os.environ.get("NO_COLOR")
+        run = _Run(self, stream, gate, self._given_frames, colour=colour)
+        with _LOCK:
+            if self in _RUNNING:
+                return None
+            # One animates per terminal; the others write plain lines above
+            # it. After the exit hook, none: nothing would show the cursor.
+            run.animated = animate and gate.run is None and not _exiting
+            self._run = run
+            _RUNNING.add(self)
+        if run.animated:
+            gate.run = run
+        _register_exit_hook()
+        return run
+
+    def _begin(self, run: _Run) -> None:
+        """Write the run's first output and start its thread; with the gate's lock held."""
+        text = self._text
+        if not run.animated:
+            _write_above(run.stream, run.printable(text) + "\n", run.gate, own=True)
+            return
+        thread = threading.Thread(
+            target=self._spin, args=(run,), name="contextual-spinner", daemon=True
+        )
+        # Known before it starts: an interrupt in start() may come after the
+        # thread began, and the thread must then be joined.
+        run.thread = thread
+        # Set before it starts, so that it waits for the next frame, or for a
+        # new text, from the first.
+        run.shown = text
+        run.frame_due = run.started + self._interval
+        # Where new threads inherit their starter's context, the spinner would
+        # see the caller's request context and keep it alive while it spins.
+        # Start it from an empty one everywhere.
+        contextvars.Context().run(thread.start)
+        run.hidden = True
+        run.draw(text, _HIDE_CURSOR)
+
+    def _abandon(self, run: _Run) -> None:
+        """Undo a start() that failed part way; with the gate's lock held."""
+        run.stopping = True
+        run.wake.set()
+        if run.gate.run is run:
+            run.gate.run = None
+        with _LOCK:
+            _RUNNING.discard(self)
+        if run.hidden:
+            # The first frame's write raised or was interrupted: the cursor
+            # may be hidden. The original error is the one to report.
+            with contextlib.suppress(Exception):
+                _emit(run.stream, _ERASE_LINE + _SHOW_CURSOR)
+
     def _end(self, text: str | None, *, success: bool | None) -> None:
         if text is not None:
             text = _checked_text(text, "text")
-        with _LOCK:
-            if self not in _RUNNING:
+        run = self._run
+        try:
+            # Seen before the gate's lock is taken: in a child made by fork(),
+            # the parent's spinners have ended, and a thread of the parent may
+            # have held that lock.
+            if run is None or self not in _RUNNING:
                 return
-            self._event.set()
-            thread = self._thread
-            out = _ERASE_LINE if self._animate else ""
-            if success is not None:
-                out += self._final_line(success, self._text if text is None else text)
-            if self._animate:
-                out += _SHOW_CURSOR
-            _emit(self._stream, out)
-            # Only now: if this thread is interrupted before it got here, the
-            # spinner is still registered and the exit hook ends it again.
-            _RUNNING.discard(self)
-        if thread is not None:
-            thread.join()
+            with run.gate.lock:
+                with _LOCK:
+                    if self._run is not run or self not in _RUNNING:
+                        return  # another thread ended it meanwhile
+                run.stopping = True
+                run.wake.set()
+                final = ""
+                if success is not None:
+                    final = run.final_line(success, self._text if text is None else text)
+                if run.animated:
+                    _emit(run.stream, _ERASE_LINE + final + _SHOW_CURSOR)
+                    run.gate.run = None
+                elif final:
+                    _write_above(run.stream, final, run.gate, own=True)
+                # Only now: if this thread is interrupted before it got here,
+                # the spinner is still registered and the exit hook ends it
+                # again.
+                with _LOCK:
+                    _RUNNING.discard(self)
+        finally:
+            _join(run)
 
-    def _spin(self, event: threading.Event) -> None:
+    def _spin(self, run: _Run) -> None:
         interval = self._interval
-        while not event.wait(interval):
-            with _LOCK:
-                # stop() may have ended the spinner while this thread waited
-                # for the lock: its line is erased, and must stay so.
-                if event.is_set():
+        gap = min(interval, _TEXT_GAP)
+        while True:
+            due = run.frame_due
+            if run.shown != self._text:
+                due = min(due, run.drawn_at + gap)
+            run.wake.wait(due - _clock())
+            with run.gate.lock:
+                # stop() may have ended the run while this thread waited for
+                # the lock: its line is erased, and must stay so.
+                if run.stopping:
                     return
-                self._index += 1
-                if not self._draw():
+                run.wake.clear()
+                now = _clock()
+                if now >= run.frame_due:
+                    run.index += 1
+                    run.frame_due = now + interval
+                elif run.shown == self._text or now < run.drawn_at + gap:
+                    # Woken for a text already shown, or too soon to show it.
+                    continue
+                if not run.draw(self._text):
                     return
 
-    def _draw(self) -> bool:
-        return _emit(self._stream, self._frame_line())
 
-    def _frame_line(self) -> str:
-        columns = _columns(self._fd)
-        if self._rendered_for != (self._text, columns):
-            self._lines = self._render(columns)
-            self._rendered_for = (self._text, columns)
-        return self._lines[self._index % len(self._lines)]
+class _Run:
+    """One run of a spinner, from start() to its end: where it writes, and how."""
 
-    def _render(self, columns: int) -> list[str]:
-        text = self._printable(self._text)
+    __slots__ = (
+        "animated",
+        "colour",
+        "drawn_at",
+        "encoding",
+        "fd",
+        "frame_due",
+        "frames",
+        "gate",
+        "hidden",
+        "index",
+        "lines",
+        "marks",
+        "owner",
+        "rendered_for",
+        "shown",
+        "started",
+        "stopping",
+        "stream",
+        "thread",
+        "wake",
+    )
+
+    def __init__(
+        self,
+        owner: Spinner,
+        stream: _Stream,
+        gate: _Gate,
+        frames: tuple[str, ...] | None,
+        *,
+        colour: bool,
+    ) -> None:
+        self.owner = owner
+        self.stream = stream
+        self.gate = gate
+        self.animated = False  # decided by Spinner._register()
+        self.colour = colour
+        self.encoding = encoding = _encoding_of(stream)
+        fancy = encoding is None or _can_encode("".join((*_FRAMES, *_MARKS)), encoding)
+        if frames is None or not (encoding is None or _can_encode("".join(frames), encoding)):
+            frames = _FRAMES if fancy else _ASCII_FRAMES
+        self.frames = frames
+        self.marks = _MARKS if fancy else _ASCII_MARKS
+        self.fd = _fileno(stream)
+        self.started = self.drawn_at = _clock()
+        self.frame_due = self.started  # of an animated run: set by Spinner._begin()
+        self.index = 0
+        self.shown = ""
+        self.rendered_for: tuple[str, int] | None = None
+        self.lines: list[str] = []
+        # wake: set by stop() and by a new text; stopping: set by stop().
+        self.wake = threading.Event()
+        self.stopping = False
+        self.hidden = False  # set just before the first frame hides the cursor
+        self.thread: threading.Thread | None = None
+
+    def draw(self, text: str, before: str = "") -> bool:
+        """Draw the current frame with ``text``; return False if the stream failed."""
+        self.shown = text
+        self.drawn_at = _clock()
+        return _emit(self.stream, before + self.frame_line(text))
+
+    def frame_line(self, text: str) -> str:
+        columns = _columns(self.fd)
+        if self.rendered_for != (text, columns):
+            self.lines = self.render(text, columns)
+            self.rendered_for = (text, columns)
+        return self.lines[self.index % len(self.lines)]
+
+    def render(self, text: str, columns: int) -> list[str]:
+        text = self.printable(text)
         lines = []
-        for frame in self._frames:
+        for frame in self.frames:
             # One column short of the width: a line that fills the last
             # column makes some terminals wrap, and "\r" then misses it.
             room = columns - 1 - _width(frame) - 1
-            shown = _cut(text, room, self._marks[2])
-            coloured = f"{_CYAN}{frame}{_RESET}" if self._colour else frame
+            shown = _cut(text, room, self.marks[2])
+            coloured = f"{_CYAN}{frame}{_RESET}" if self.colour else frame
             body = f"{coloured} {shown}" if shown else coloured
             lines.append(f"\r{body}{_ERASE_TO_END}")
         return lines
 
-    def _final_line(self, success: bool, text: str) -> str:
-        mark = self._marks[0] if success else self._marks[1]
-        if self._colour:
+    def final_line(self, success: bool, text: str) -> str:
+        mark = self.marks[0] if success else self.marks[1]
+        if self.colour:
             mark = f"{_GREEN if success else _RED}{mark}{_RESET}"
-        elapsed = _format_elapsed(time.monotonic() - self._started)
-        text = self._printable(text)
+        elapsed = _format_elapsed(_clock() - self.started)
+        text = self.printable(text)
         return f"{mark} {text} ({elapsed})\n" if text else f"{mark} ({elapsed})\n"
 
-    def _printable(self, text: str) -> str:
+    def printable(self, text: str) -> str:
         text = text.translate(_CONTROLS)
-        encoding = self._encoding
+        encoding = self.encoding
         if encoding is not None and not _can_encode(text, encoding):
             text = text.encode(encoding, "replace").decode(encoding)
         return text
-
-    def _shares_terminal_with(self, stream: _Stream) -> bool:
-        return stream is self._stream or (
-            self._terminal is not None and self._terminal == _terminal_id(_fileno(stream))
-        )
 
 
 class SpinnerHandler(_StreamHandler):
@@ -461,9 +612,10 @@ class SpinnerHandler(_StreamHandler):
     way, and when a :class:`Spinner` spins on the same terminal (the same
     stream, or another stream open on the same terminal device), it erases
     the spinner's line, writes the record whole and draws the spinner again,
-    under the lock that all the spinner's writes take. Records logged from
-    any thread never tear, nor interleave with a frame. Without a running
-    spinner it is a plain ``StreamHandler``.
+    under the lock that all writes to that terminal take. Records logged
+    from any thread never tear, nor interleave with a frame. Without a
+    running spinner it is a plain ``StreamHandler``; a handler whose stream
+    is on no spinner's terminal never waits for a spinner.
 
     Args:
         stream: Where to write; ``sys.stderr`` (when the handler is made) if
@@ -487,18 +639,39 @@ class SpinnerHandler(_StreamHandler):
             self.handleError(record)
 
 
-def _write_above(stream: _Stream, text: str) -> None:
-    """Write ``text`` to ``stream`` above the spinners that spin on its terminal."""
+def _gate_for(stream: _Stream) -> _Gate:
+    """Return the gate of the terminal (or file) behind ``stream``, else of the stream."""
+    key = _terminal_id(_fileno(stream)) or id(stream)
     with _LOCK:
-        below = [s for s in _RUNNING if s._animate and s._shares_terminal_with(stream)]  # noqa: SLF001
-        for spinner in below:
-            _emit(spinner._stream, _ERASE_LINE)  # noqa: SLF001
+        gate = _GATES.get(key)
+        if gate is None:
+            gate = _GATES[key] = _Gate()
+    return gate
+
+
+def _write_above(
+    stream: _Stream, text: str, gate: _Gate | None = None, *, own: bool = False
+) -> None:
+    """Write ``text`` to ``stream`` above the spinner that animates on its terminal.
+
+    ``own`` marks a spinner's own start or final line: if the stream fails,
+    it is ignored, as for every write of a spinner's own.
+    """
+    if gate is None:
+        gate = _gate_for(stream)
+    with gate.lock:
+        below = gate.run
+        if below is not None:
+            _emit(below.stream, _ERASE_LINE)
         try:
-            stream.write(text)
-            stream.flush()
+            if own:
+                _emit(stream, text)
+            else:
+                stream.write(text)
+                stream.flush()
         finally:
-            for spinner in below:
-                spinner._draw()  # noqa: SLF001
+            if below is not None:
+                below.draw(below.owner.text)
 
 
 def _emit(stream: _Stream, text: str) -> bool:
@@ -506,9 +679,18 @@ def _emit(stream: _Stream, text: str) -> bool:
     try:
         stream.write(text)
         stream.flush()
-    except (OSError, ValueError):  # closed, a broken pipe, an unencodable frame
+    except (OSError, ValueError):  # closed, a broken pipe, an unencodable text
         return False
     return True
+
+
+def _join(run: _Run | None) -> None:
+    """Wait for the run's thread to end, if it has one that runs."""
+    thread = None if run is None else run.thread
+    # Not alive: ended, or not started yet by a start() that was interrupted,
+    # which then finds the run stopped before it draws anything.
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread.join()
 
 
 @functools.cache
@@ -519,19 +701,23 @@ def _register_exit_hook() -> None:
 
 def _end_all() -> None:
     """At exit: end every spinner still running, so no terminal keeps a hidden cursor."""
+    global _exiting  # noqa: PLW0603 (the one flag, for every spinner)
     with _LOCK:
+        _exiting = True
         spinners = list(_RUNNING)
     for spinner in spinners:
         spinner.stop()
 
 
 def _forget_after_fork() -> None:
-    # The child has none of the parent's spinner threads, and the lock may
-    # have been held by one of them when the parent forked. The parent's
-    # spinners go on in the parent; in the child they have ended.
-    global _LOCK  # noqa: PLW0603 (rebinding it in the child is the point)
+    # The child has none of the parent's spinner threads, and a lock may have
+    # been held by one of them when the parent forked. The parent's spinners
+    # go on in the parent; in the child they have ended. New objects, not
+    # cleared ones: a thread of the parent may have been changing them.
+    global _LOCK, _RUNNING, _GATES  # noqa: PLW0603 (rebinding them in the child is the point)
     _LOCK = threading.RLock()
-    _RUNNING.clear()
+    _RUNNING = weakref.WeakSet()
+    _GATES = weakref.WeakValueDictionary()
 
 
 if sys.platform != "win32":  # pragma: no branch (Windows has no fork)
@@ -552,13 +738,26 @@ def _checked_text(text: object, what: str) -> str:
 
 
 def _checked_stream(stream: object) -> TextIO | None:
-    if stream is None or callable(getattr(stream, "write", None)):
-        return stream  # type: ignore[return-value]
-    msg = (
-        f"stream must be a text stream with a write() method, such as sys.stdout or an "
-        f"open file, or None for sys.stderr; got {type(stream).__name__} {stream!r}."
-    )
-    raise TypeError(msg)
+    if stream is None:
+        return None
+    if not callable(getattr(stream, "write", None)):
+        msg = (
+            f"stream must be a text stream with a write() method, such as sys.stdout or "
+            f"an open file, or None for sys.stderr; got {type(stream).__name__} {stream!r}."
+        )
+        raise TypeError(msg)
+    mode = getattr(stream, "mode", "")
+    if isinstance(stream, (io.RawIOBase, io.BufferedIOBase)) or (
+        isinstance(mode, str) and "b" in mode
+    ):
+        msg = (
+            f"stream must be a text stream, but {type(stream).__name__} {stream!r} takes "
+            f"bytes. Pass a text stream instead (sys.stderr, not sys.stderr.buffer; a file "
+            f'opened with mode "w", not "wb"), or wrap this one: '
+            f'io.TextIOWrapper(stream, encoding="utf-8", write_through=True).'
+        )
+        raise TypeError(msg)
+    return stream  # type: ignore[return-value]
 
 
 def _checked_enabled(enabled: object) -> bool | None:
@@ -584,6 +783,12 @@ def _checked_frames(frames: object) -> tuple[str, ...] | None:
     for frame in checked:
         if not isinstance(frame, str):
             raise TypeError(f"{expected}; got the frame {frame!r} ({type(frame).__name__}).")
+        if not frame:
+            msg = (
+                f"each frame must show at least one character; got an empty one in "
+                f"{checked!r}. Use a space for a frame that shows nothing."
+            )
+            raise ValueError(msg)
         if not frame.isprintable():
             msg = (
                 f"each frame must print on one line, without line breaks, tabs or escape "
@@ -594,14 +799,14 @@ def _checked_frames(frames: object) -> tuple[str, ...] | None:
 
 
 def _checked_interval(interval: object) -> float:
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+    if isinstance(interval, bool) or not isinstance(interval, numbers.Real):
         msg = (
-            f"interval must be a number of seconds, such as 0.1; got "
+            f"interval must be a real number of seconds, such as 0.1; got "
             f"{type(interval).__name__} {interval!r}."
         )
         raise TypeError(msg)
-    # NaN fails the comparison too.
-    if not 0 < interval <= threading.TIMEOUT_MAX:
+    # NaN fails the first comparison.
+    if not interval <= threading.TIMEOUT_MAX or interval <= 0:
         msg = (
             f"interval must be a number of seconds above 0 and at most "
             f"threading.TIMEOUT_MAX, such as 0.1; got {interval!r}."
