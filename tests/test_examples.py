@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,42 @@ def test_python_m_contextual_runs_the_demonstration():
         assert f"task req-{i} sees request_id=req-{i}" in out
     assert "main thread sees user=None" in out
     assert "after the failed block: {'request_id': None}" in out
+    # Concurrent requests: each log line carries its own request, grouped.
+    requests = out.split("\n4. ", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert requests == [
+        "  [- user=-] server starting (outside any request)",
+        "  [web-1 user=ada] GET /items/book",
+        "  [web-1 user=ada] worker: looked up book",
+        "  [web-1 user=ada] 200 OK BOOK",
+        "  [web-2 user=grace] GET /items/lamp",
+        "  [web-2 user=grace] worker: looked up lamp",
+        "  [web-2 user=grace] 200 OK LAMP",
+        "  [web-3 user=-] GET /items/pen",
+        "  [web-3 user=-] worker: looked up pen",
+        "  [web-3 user=-] 200 OK PEN",
+        "  [task-1 user=linus] GET /profile",
+        "  [task-1 user=linus] 200 OK",
+        "  [task-2 user=barbara] GET /profile",
+        "  [task-2 user=barbara] 200 OK",
+        "  [task-3 user=ken] GET /profile",
+        "  [task-3 user=ken] 200 OK",
+        "  [- user=-] server stopped: 6 requests",
+        "  6 requests served, each logged under its own ID",
+    ]
+    # A connection per thread, one commit, one rollback, all closed.
+    assert "thread A: INSERT book, committed" in out
+    assert "thread B: INSERT chair, the card is declined: rolled back" in out
+    assert "while the pool runs: open_connections=3" in out
+    assert "after the workers exit: open_connections=1" in out
+    assert "rows in the table: [(1, 'book')]" in out
+    assert "after close_all(): open_connections=0" in out
+    assert out.rstrip().endswith("1 transaction committed, 1 rolled back, 0 connections left open.")
+    # The spinner writes to stderr only; in a pipe, two plain lines.
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0] == "Running the contextual demonstration"
+    assert re.fullmatch(r"(✔|OK) Demonstration finished \([0-9.]+s\)", lines[1]), lines[1]
+    assert "\x1b" not in result.stderr
 
 
 def test_python_m_contextual_help():
@@ -141,6 +178,8 @@ def test_python_m_contextual_help():
         check=True,
     )
     assert "usage: python -m contextual" in result.stdout
+    for part in ("request_context()", "ContextFilter", "ThreadLocalDB", "Spinner", "temporary"):
+        assert part in result.stdout
 
 
 def test_demonstration_in_process(capsys):
@@ -148,6 +187,7 @@ def test_demonstration_in_process(capsys):
     first = capsys.readouterr().out
     assert "thread for ada   sees user=ada" in first
     assert "after the tasks: request_id=None" in first
+    assert "after close_all(): open_connections=0" in first
     gc.collect()  # the demo's stores are gone, so their names are free again
     assert main([]) == 0
     assert capsys.readouterr().out == first
