@@ -452,7 +452,7 @@ class ThreadLocalDB:
         here = threading.get_ident()
         with self._lock:
             self._generation = object()
-            slots = [s for r in self._slots.values() if (s := r()) is not None]
+            slots = self._live_slots()
         for slot in slots:
             if slot.thread == here:
                 if slot.connection is not None:
@@ -464,6 +464,10 @@ class ThreadLocalDB:
         # Other threads' slots must die in their own threads, not here.
         del slots
 
+    def _live_slots(self) -> list[_Slot]:
+        """The slots whose thread still holds them. Call with ``_lock`` held."""
+        return [s for r in self._slots.values() if (s := r()) is not None]
+
     @property
     def open_connections(self) -> int:
         """How many connections are open in this process, in all threads.
@@ -472,7 +476,7 @@ class ThreadLocalDB:
         closes them.
         """
         with self._lock:
-            slots = [s for r in self._slots.values() if (s := r()) is not None]
+            slots = self._live_slots()
         return sum(1 for s in slots if s.connection is not None)
 
     def __enter__(self) -> Self:
