@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from celery import Celery, chain, chord, group
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.signals import after_task_publish
 
 import _celery_app as tasks
@@ -878,9 +879,22 @@ class Worker:
         found: str = self.wait(find, f"a worker log line with {parts}")
         return found
 
+    def result(self, result: Any) -> Any:
+        """``result.get()``; a result that never comes fails the test with the worker's log."""
+        try:
+            return result.get(timeout=TIMEOUT)
+        except CeleryTimeoutError:
+            # The stored state, read directly rather than over pub/sub, tells
+            # a task that never ran from a result that never reached us.
+            status = result.backend.get_task_meta(result.id, cache=False)["status"]
+            pytest.fail(
+                f"no result for task {result.id} within {TIMEOUT} s; "
+                f"the result backend holds {status}:\n{self.tail()}"
+            )
+
     def tail(self) -> str:
         output = self.output.read_text(encoding="utf-8", errors="replace")
-        return "\n".join([*output.splitlines()[-30:], *self.lines()[-30:]])
+        return "\n".join([*output.splitlines()[-30:], *self.lines()[-60:]])
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -962,7 +976,7 @@ def test_each_task_carries_its_publishers_request_id(worker):
         thread.join()
     assert errors == []
     for i, result in results.items():
-        seen = result.get(timeout=TIMEOUT)
+        seen = worker.result(result)
         request_id = f"req-{SESSION}-{i}"
         assert _seen_part(seen) == {
             "request_id": request_id,
@@ -986,9 +1000,9 @@ def test_nothing_a_task_writes_reaches_the_next_task_in_the_process(worker):
             tasks.look.apply_async((f"leave-{i}",), {"leave": True}, queue=worker.queue)
             for i in range(6)
         ]
-    places = {(r["pid"], r["thread"]) for r in (res.get(timeout=TIMEOUT) for res in leaving)}
+    places = {(r["pid"], r["thread"]) for r in (worker.result(res) for res in leaving)}
     outside = [tasks.look.apply_async((f"outside-{i}",), queue=worker.queue) for i in range(6)]
-    seen = [res.get(timeout=TIMEOUT) for res in outside]
+    seen = [worker.result(res) for res in outside]
     assert [_seen_part(s) for s in seen] == [BASELINE] * 6
     # The check means something: some ran where values were left behind.
     assert places & {(s["pid"], s["thread"]) for s in seen}
@@ -1000,7 +1014,7 @@ def test_a_failing_task_logs_with_the_request_id_and_restores(worker):
     with request_context(request_id=f"fail-{SESSION}"):
         result = tasks.fail.apply_async(("fail",), queue=worker.queue)
     with pytest.raises(RuntimeError, match="failing on purpose"):
-        result.get(timeout=TIMEOUT)
+        worker.result(result)
     assert worker.record("seen", result.id)["request_id"] == f"fail-{SESSION}"
     worker.line(f"[fail-{SESSION}]", "ERROR", "raised unexpected", "failing on purpose")
     assert _seen_part(worker.record("after", result.id)) == BASELINE
@@ -1009,7 +1023,7 @@ def test_a_failing_task_logs_with_the_request_id_and_restores(worker):
 def test_a_retried_task_gets_the_original_context_on_each_attempt(worker):
     with request_context(request_id=f"retry-{SESSION}", user_id="ada"), tasks.tenant.scope(n=1):
         result = tasks.retry_once.apply_async(("retry",), queue=worker.queue)
-    final = result.get(timeout=TIMEOUT)
+    final = worker.result(result)
     attempts = [r for r in worker.records() if r["task_id"] == result.id and r["event"] == "seen"]
     assert [(a["retries"], a["request_id"], a["user"], a["tenant"]) for a in attempts] == [
         (0, f"retry-{SESSION}", "ada", {"n": 1}),
@@ -1050,10 +1064,13 @@ def test_canvas_carries_the_request_to_every_task(worker):
             on_queue(tasks.collect.s("chord-body")),
         ).apply_async()
     request_id = f"canvas-{SESSION}"
-    assert [r["request_id"] for r in grouped.get(timeout=TIMEOUT)] == [request_id] * 3
-    assert chained.get(timeout=TIMEOUT)["request_id"] == request_id
-    assert chained.parent.get(timeout=TIMEOUT)["request_id"] == request_id
-    body = chorded.get(timeout=TIMEOUT)
+    # The worker's own records first: they show which task did not run, if one didn't.
+    for task_id in (chained.parent.id, chained.id, chorded.id):
+        assert worker.record("seen", task_id)["request_id"] == request_id
+    assert [worker.result(r)["request_id"] for r in grouped.results] == [request_id] * 3
+    assert worker.result(chained)["request_id"] == request_id
+    assert worker.result(chained.parent)["request_id"] == request_id
+    body = worker.result(chorded)
     assert body["request_id"] == request_id
     assert body["header_request_ids"] == [request_id] * 2
 
@@ -1068,9 +1085,9 @@ def test_link_and_link_error_callbacks_carry_the_request_id(worker):
             queue=worker.queue,
             link_error=tasks.look.si("errback").set(queue=worker.queue),
         )
-    succeeded.get(timeout=TIMEOUT)
+    worker.result(succeeded)
     with pytest.raises(RuntimeError):
-        failed.get(timeout=TIMEOUT)
+        worker.result(failed)
 
     def callbacks() -> list[dict[str, Any]]:
         tags = {"callback", "errback"}
@@ -1087,8 +1104,8 @@ def test_link_and_link_error_callbacks_carry_the_request_id(worker):
 def test_a_task_publishes_subtasks_with_its_own_context(worker):
     with request_context(request_id=f"parent-{SESSION}"), tasks.tenant.scope(name="acme"):
         parent = tasks.publish_child.apply_async(("parent",), queue=worker.queue)
-    child_id = parent.get(timeout=TIMEOUT)
-    child = tasks.look.AsyncResult(child_id).get(timeout=TIMEOUT)
+    child_id = worker.result(parent)
+    child = worker.result(tasks.look.AsyncResult(child_id))
     assert child["request_id"] == f"parent-{SESSION}"
     assert child["tenant"] == {"name": "acme", "changed_by": "parent"}
 
@@ -1119,7 +1136,7 @@ def test_enqueue_on_commit_reaches_the_worker_after_the_commit_only(worker, tmp_
             )
     finally:
         db.close_all()
-    seen = committed.get(timeout=TIMEOUT)
+    seen = worker.result(committed)
     assert (seen["request_id"], seen["row_exists"]) == (f"commit-{SESSION}", True)
     assert [m["id"] for m in published] == [committed.id]
     assert rolled_back.id not in {r["task_id"] for r in worker.records()}
