@@ -1,4 +1,4 @@
-"""Real servers on loopback for the HTTP integration's tests, and what they share.
+"""Real servers on loopback for the tests that serve HTTP, and what they share.
 
 ``running_asgi`` serves an ASGI app with uvicorn, ``running_wsgi`` a WSGI
 app with waitress; each in a thread of this process, on 127.0.0.1 and a
@@ -31,7 +31,7 @@ def forget_reports() -> None:
         _headers._reported.clear()
 
 
-def _wait_until(ready: Callable[[], bool], thread: threading.Thread, what: str) -> None:
+def wait_until(ready: Callable[[], bool], thread: threading.Thread, what: str) -> None:
     deadline = time.monotonic() + TIMEOUT
     while not ready():
         if not thread.is_alive():
@@ -42,8 +42,11 @@ def _wait_until(ready: Callable[[], bool], thread: threading.Thread, what: str) 
 
 
 @contextmanager
-def running_asgi(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn (lifespan on) for a block; yield its base URL."""
+def running_asgi(app: Any, **options: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn (lifespan on) for a block; yield its base URL.
+
+    ``options`` go to ``uvicorn.Config`` (``ws=`` for the WebSocket tests).
+    """
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -54,12 +57,13 @@ def running_asgi(app: Any) -> Iterator[str]:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        **options,
     )
     server = uvicorn.Server(config)
     # In a thread, uvicorn installs no signal handlers and leaves the test's alone.
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
-    _wait_until(lambda: server.started, thread, "uvicorn")
+    wait_until(lambda: server.started, thread, "uvicorn")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
@@ -70,8 +74,11 @@ def running_asgi(app: Any) -> Iterator[str]:
 
 
 @contextmanager
-def running_wsgi(app: Any, *, threads: int = 8) -> Iterator[str]:
-    """Serve ``app`` with waitress for a block; yield its base URL."""
+def running_wsgi(app: Any, *, threads: int = 8, probe: str = "/ready") -> Iterator[str]:
+    """Serve ``app`` with waitress for a block; yield its base URL.
+
+    The server is ready once a request for ``probe`` gets any response.
+    """
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=threads)
     thread = threading.Thread(target=server.run, name="waitress", daemon=True)
     thread.start()
@@ -79,12 +86,12 @@ def running_wsgi(app: Any, *, threads: int = 8) -> Iterator[str]:
 
     def serving() -> bool:
         try:
-            httpx.get(f"{url}/ready", timeout=1)
+            httpx.get(f"{url}{probe}", timeout=1)
         except httpx.TransportError:
             return False
         return True
 
-    _wait_until(serving, thread, "waitress")
+    wait_until(serving, thread, "waitress")
     try:
         yield url
     finally:

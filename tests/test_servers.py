@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-import waitress
-from waitress import wasyncore
 from websockets.asyncio.client import connect
 
+from _http_servers import running_asgi, running_wsgi
 from _middleware_support import FRESH_ID, WARNINGS_LOGGER, ContextRecorder, recording, shown_in_log
 from _server_apps import (
     ASGI_LINES,
@@ -46,17 +42,6 @@ CONCURRENCY = 50
 TIMEOUT = 20.0
 
 
-def wait_until(ready: Callable[[], bool], thread: threading.Thread, what: str) -> None:
-    """Poll ``ready`` until it holds; fail if the server thread died or time runs out."""
-    deadline = time.monotonic() + TIMEOUT
-    while not ready():
-        if not thread.is_alive():
-            pytest.fail(f"{what} stopped before it was ready")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} was not ready after {TIMEOUT} s")
-        time.sleep(0.01)
-
-
 @pytest.fixture(scope="module")
 def executor() -> Iterator[ContextExecutor]:
     with ContextExecutor(max_workers=4, thread_name_prefix="tests-pool") as pool:
@@ -72,30 +57,9 @@ class Running:
 @pytest.fixture(scope="module")
 def uvicorn_server(executor: ContextExecutor) -> Iterator[Running]:
     app = AsgiApp(executor)
-    config = uvicorn.Config(
-        asgi.RequestContextMiddleware(app, get_user=user_from_scope),
-        host="127.0.0.1",
-        port=0,
-        loop="asyncio",
-        http="h11",
-        ws="websockets-sansio",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    # In a thread, uvicorn installs no signal handlers and leaves the test's alone.
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, thread, "uvicorn")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield Running(f"http://127.0.0.1:{port}", app)
-    finally:
-        server.should_exit = True
-        thread.join(TIMEOUT)
-        assert not thread.is_alive(), "uvicorn did not stop"
+    middleware = asgi.RequestContextMiddleware(app, get_user=user_from_scope)
+    with running_asgi(middleware, ws="websockets-sansio") as url:
+        yield Running(url, app)
 
 
 @pytest.fixture(scope="module")
@@ -106,28 +70,9 @@ def waitress_server(executor: ContextExecutor) -> Iterator[Running]:
     watch = ThreadWatch(
         wsgi.RequestContextMiddleware(WsgiApp(executor), get_user=user_from_environ)
     )
-    server = waitress.create_server(watch, host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.effective_port}"
-
-    def serving() -> bool:
-        try:
-            return httpx.get(f"{url}/probe", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(serving, thread, "waitress")
-    watch.probes.clear()
-    try:
+    with running_wsgi(watch, probe="/probe") as url:
+        watch.probes.clear()
         yield Running(url, watch)
-    finally:
-        # Close every channel from the server's own loop thread; the loop
-        # ends when nothing is left to watch.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        thread.join(TIMEOUT)
-        server.task_dispatcher.shutdown()
-        assert not thread.is_alive(), "waitress did not stop"
 
 
 # -- the load ----------------------------------------------------------------------
