@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
@@ -122,36 +119,3 @@ def test_a_late_death_notice_does_not_evict_the_name_s_new_owner(unique_name):
     # after a new store took the name; that notice must not evict it.
     _registry._dead.append(stale)
     assert get_store(unique_name) is new
-
-
-def test_a_forked_child_gets_a_registry_lock_nobody_holds() -> None:
-    script = textwrap.dedent(
-        """
-        import os, threading
-        from contextual import ContextStore, _registry
-        holding, forked = threading.Event(), threading.Event()
-        def hold():
-            with _registry._lock:  # another thread is inside the registry...
-                holding.set()
-                forked.wait()
-        thread = threading.Thread(target=hold)
-        thread.start()
-        holding.wait()
-        pid = os.fork()  # ...when this thread forks
-        if pid == 0:
-            ContextStore("made.in.the.child")  # needs the registry's lock
-            os._exit(0)
-        forked.set()
-        thread.join()
-        _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status))
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", script],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    assert (result.returncode, result.stdout, result.stderr) == (0, "0\n", "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -48,6 +49,17 @@ _get_ident = threading.get_ident
 # Serialises hook registrations, so that two threads adding hooks to one
 # transaction at once both get in.
 _hooks_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children only
+    global _hooks_lock  # noqa: PLW0603 (rebinding it in the child is the point)
+    # The forking thread is the child's only thread: if another thread of
+    # the parent held the lock at the fork, nobody would ever release it.
+    _hooks_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @final

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import re
 import threading
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeAlias, TypeVar, final
@@ -66,7 +67,18 @@ Opened: TypeAlias = contextlib.AbstractContextManager[Any]
 # so that a client sending the same bad header on every request can't flood
 # the log.
 _reported: set[str] = set()
-_reported_lock: Final = threading.Lock()
+_reported_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children only
+    global _reported_lock  # noqa: PLW0603 (rebinding it in the child is the point)
+    # The forking thread is the child's only thread: if another thread of
+    # the parent held the lock at the fork, nobody would ever release it.
+    _reported_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def is_valid_request_id(value: str) -> bool:

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import importlib
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -136,6 +137,19 @@ _unsendable_reported: set[tuple[str, str]] = set()
 _MAX_UNSENDABLE_REPORTED: Final = 100
 _incoming_reported: set[str] = set()
 _report_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children only
+    global _install_lock, _report_lock  # noqa: PLW0603 (rebinding them in the child is the point)
+    # The forking thread is the child's only thread: if another thread of
+    # the parent held one of the locks at the fork, nobody would ever release it.
+    _install_lock = threading.Lock()
+    _report_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 # Per thread: (task ID, the exits that undo what task_prerun applied), one
 # entry per task running in this thread (tasks applied eagerly nest).
 _running = threading.local()

@@ -1,0 +1,93 @@
+"""A forked child gets fresh module-level locks, whoever held them at the fork.
+
+``os.fork()`` copies a lock in whatever state it is in, and only the forking
+thread lives on in the child: a lock another thread held at that moment would
+stay locked in the child for ever, and the child's first use of it would
+hang. Each script below has a second thread hold one lock while the main
+thread forks, then makes the child do something that needs that lock; an
+alarm in the child turns a hang into a failure.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = """
+import importlib, logging, os, signal, threading
+{setup}
+lock = getattr(importlib.import_module({module!r}), {name!r})
+holding, forked = threading.Event(), threading.Event()
+
+def hold():
+    with lock:  # another thread is inside the module...
+        holding.set()
+        forked.wait()
+
+thread = threading.Thread(target=hold)
+thread.start()
+holding.wait()
+pid = os.fork()  # ...when this thread forks
+if pid == 0:
+    signal.alarm(10)
+    logging.disable()
+{child}
+    os._exit(0)
+forked.set()
+thread.join()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+CASES = {
+    "store registry": (
+        "contextual._registry",
+        "_lock",
+        "from contextual import ContextStore",
+        'ContextStore("made.in.the.child")',
+    ),
+    "transaction hooks": (
+        "contextual._transaction",
+        "_hooks_lock",
+        "from contextual import TransactionManager",
+        "with TransactionManager().transaction() as txn:\n    txn.on_commit(lambda: None)",
+    ),
+    "header problem reports": (
+        "contextual.integrations._headers",
+        "_reported_lock",
+        "from contextual.integrations._headers import report_once",
+        'report_once([("child", "a problem in %s", ("the child",))])',
+    ),
+    "celery installs": (
+        "contextual.integrations.celery",
+        "_install_lock",
+        "from celery import Celery\nfrom contextual.integrations.celery import install",
+        'install(Celery("child"))',
+    ),
+    "celery problem reports": (
+        "contextual.integrations.celery",
+        "_report_lock",
+        "from contextual.integrations import celery",
+        'celery._report_unsendable("store", "key", object(), "task")',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_forked_child_gets_a_lock_nobody_holds(case: str) -> None:
+    module, name, setup, child = CASES[case]
+    script = SCRIPT.format(
+        module=module, name=name, setup=setup, child=textwrap.indent(child, "    ")
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    # The child's exit code: 0, or -14 (SIGALRM) had it hung on the lock.
+    assert (result.returncode, result.stdout, result.stderr) == (0, "0\n", "")
