@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,27 @@ import pytest
 from contextual.__main__ import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def fresh_id_requests(worker_line: str) -> list[str]:
+    """What the web examples print for a request without an ID, then one with a bad ID."""
+    bad = "'<script>alert(1)</script>'"
+    lines = ["2. a request without an X-Request-ID"]
+    lines += [f"  [<new ID 1> user=-] {line}" for line in ("GET /", worker_line, "200 OK")]
+    lines += [
+        "  client: / sent none, got back <new ID 1> (fresh: 32 hex digits), as the app saw it",
+        f"3. a request whose X-Request-ID is not a valid ID: {bad}",
+        (
+            f"  [<new ID 2> user=-] Refused the X-Request-ID header (not a valid request ID): "
+            f"{bad}; using the new request ID <new ID 2> instead."
+        ),
+    ]
+    lines += [f"  [<new ID 2> user=-] {line}" for line in ("GET /", worker_line, "200 OK")]
+    lines.append(
+        "  client: / sent it, got back <new ID 2> (fresh: 32 hex digits), as the app saw it"
+    )
+    return lines
+
 
 EXPECTED = {
     "pooled_threads.py": [
@@ -90,15 +113,105 @@ EXPECTED = {
         "  task for grace runs as user=grace",
         "  after the tasks, main sees user=None",
     ],
+    "wsgi_server.py": [
+        "server: wsgiref on 127.0.0.1, a thread per request",
+        "1. two requests at once: ada's slow report, and grace's cart while it runs",
+        "  [req-1 user=ada] GET /report",
+        "  [req-1 user=ada] worker: querying for /report",
+        "  [req-2 user=grace] GET /cart",
+        "  [req-2 user=grace] worker: querying for /cart",
+        "  [req-2 user=grace] 200 OK",
+        "  client: /cart   sent req-2, got back req-2, as the app saw it",
+        "  [req-1 user=ada] worker: the report query is done",
+        "  [req-1 user=ada] 200 OK",
+        "  client: /report sent req-1, got back req-1, as the app saw it",
+        *fresh_id_requests("worker: querying for /"),
+        "server: stopped",
+    ],
+    "asgi_server.py": [
+        "  [- user=-] shop starting",
+        "server: uvicorn on 127.0.0.1, one event loop",
+        "1. two requests at once on one event loop: ada's report, and grace's cart",
+        "  [req-1 user=ada] GET /report",
+        "  [req-1 user=ada] worker thread: querying for /report",
+        "  [req-2 user=grace] GET /cart",
+        "  [req-2 user=grace] worker thread: querying for /cart",
+        "  [req-2 user=grace] 200 OK",
+        "  client: /cart   sent req-2, got back req-2, as the app saw it",
+        "  [req-1 user=ada] the pricing service answered",
+        "  [req-1 user=ada] 200 OK",
+        "  client: /report sent req-1, got back req-1, as the app saw it",
+        *fresh_id_requests("worker thread: querying for /"),
+        "  [- user=-] shop stopping",
+        "server: stopped",
+    ],
+    "transaction_scope.py": [
+        "outside any scope: tm.current=None",
+        "1. an order that commits: the hooks run in the order they were added",
+        "  reserve book (depth 0)",
+        "  reserve lamp (depth 0)",
+        "  on_commit: ship book",
+        "  on_commit: ship lamp",
+        "  on_commit: e-mail the receipt",
+        "  stock: {'book': 2, 'lamp': 1, 'gift wrap': 0}",
+        "2. an order whose card is declined: rollback hooks run newest first",
+        "  reserve book (depth 0)",
+        "  reserve lamp (depth 0)",
+        "  on_rollback: release lamp",
+        "  on_rollback: release book",
+        "  the card was declined; nothing ships",
+        "  stock: {'book': 2, 'lamp': 1, 'gift wrap': 0}",
+        "3. a nested scope fails and rolls back alone; the order still commits",
+        "  reserve book (depth 0)",
+        "  reserve lamp (depth 1)",
+        "  on_rollback: release lamp",
+        "  out of stock: gift wrap; the order goes on without the lamp and its wrap",
+        "  current is the order again: True",
+        "  another thread sees tm.current=None",
+        "  on_commit: ship book",
+        "  <Transaction: transaction, committed>; stock: {'book': 1, 'lamp': 1, 'gift wrap': 0}",
+        "4. a durable scope refuses to run inside another one",
+        (
+            "  TransactionError: a durable transaction can't start inside another one "
+            "(<Transaction: transaction, open>): its commit would not be final. Move the block "
+            "out of the enclosing transaction, or drop durable=True."
+        ),
+        "outside any scope: tm.current=None",
+    ],
 }
 
+
+# Examples that need a server: a test of their own below runs them.
+NEEDS_A_SERVER = {
+    "celery_tasks.py": [
+        "worker: started, on a queue of its own",
+        "1. two requests publish a task each; the checkout's card is not allowed to travel",
+        "  published celery_tasks.send_receipt(1,)",
+        "  published celery_tasks.send_receipt(2,)",
+        "  order 1: the task saw request_id=req-1 user=ada card=None",
+        "  order 2: the task saw request_id=req-2 user=grace card=None",
+        "2. enqueue_on_commit in a transaction that commits",
+        "  enqueued order 3: nothing is published before the commit",
+        "  published celery_tasks.send_receipt(3,)",
+        "  committed",
+        "  order 3: the task saw request_id=req-3 user=ada card=None",
+        "3. enqueue_on_commit in a transaction that rolls back",
+        "  enqueued order 4",
+        "  rolled back: order 4 is never published",
+        "worker: stopped, exit code 0; its log lines from the task:",
+        "  [req-1 user=ada] celery_tasks: sending the receipt for order 1",
+        "  [req-2 user=grace] celery_tasks: sending the receipt for order 2",
+        "  [req-3 user=ada] celery_tasks: sending the receipt for order 3",
+    ],
+}
 
 # Examples whose output depends on time or on a terminal: their own tests run them.
 TESTED_ELSEWHERE = {"spinner_supervisor.py": "tests/test_spinner.py"}
 
 
 def test_every_example_has_an_expected_output():
-    assert {p.name for p in EXAMPLES.glob("*.py")} == set(EXPECTED) | set(TESTED_ELSEWHERE)
+    names = {p.name for p in EXAMPLES.glob("*.py")}
+    assert names == set(EXPECTED) | set(NEEDS_A_SERVER) | set(TESTED_ELSEWHERE)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -113,6 +226,53 @@ def test_example_runs(name):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == EXPECTED[name]
     assert result.stderr == ""
+
+
+REDIS_VARIABLE = "CONTEXTUAL_TEST_REDIS_URL"
+REQUIRE_VARIABLE = "CONTEXTUAL_REQUIRE_SERVERS"
+
+
+def redis_url() -> str:
+    """The test server's URL; skips (fails in CI) when there is none."""
+    url = os.environ.get(REDIS_VARIABLE)
+    if url:
+        return url
+    reason = f"no Redis server: set {REDIS_VARIABLE} (.ci/start-redis prints one)"
+    if os.environ.get(REQUIRE_VARIABLE):
+        pytest.fail(f"{reason}; {REQUIRE_VARIABLE} is set, so this can't be skipped")
+    pytest.skip(reason)
+
+
+@pytest.mark.timeout(120)
+def test_celery_example_runs_a_real_worker():
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLES / "celery_tasks.py"), redis_url()],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == NEEDS_A_SERVER["celery_tasks.py"]
+    assert result.stderr == ""
+
+
+def test_celery_example_says_when_the_broker_is_unreachable():
+    # A bound socket that doesn't listen: connecting to its port is refused.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{closed.getsockname()[1]}/0"
+        result = subprocess.run(
+            [sys.executable, "-W", "error", str(EXAMPLES / "celery_tasks.py"), url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"Can't reach the broker at {url}: ")
+    assert "Start a Redis server, or pass the URL of one" in result.stderr
 
 
 def test_python_m_contextual_runs_the_demonstration():
