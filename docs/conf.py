@@ -133,6 +133,7 @@ nitpick_ignore_regex += [
 
 html_theme = "furo"
 html_title = f"contextual {release}"
+html_static_path = ["_static"]
 
 # -- Every public name is documented -------------------------------------------
 
