@@ -7,20 +7,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def _block_after(text: str, marker: str, language: str) -> str:
-    start = text.index(marker)
-    match = re.compile(rf"```{language}\n(.*?)```", re.DOTALL).search(text, start)
-    assert match is not None, f"no {language} block after {marker!r}"
-    return match.group(1)
+def _quickstart_pairs(text: str) -> list[tuple[str, str]]:
+    """Each ``python`` block of the quickstart, with the ``text`` block it says it prints."""
+    start = text.index("## Quickstart")
+    section = text[start : text.index("\n## ", start + 1)]
+    pairs = re.findall(r"```python\n(.*?)```\s+prints\s+```text\n(.*?)```", section, re.DOTALL)
+    return [(code, expected) for code, expected in pairs]
 
 
-def test_quickstart_prints_what_the_readme_shows():
+def test_the_quickstart_has_two_examples_each_with_its_output():
     text = README.read_text(encoding="utf-8")
-    code = _block_after(text, "## Quickstart", "python")
-    expected = _block_after(text, "prints", "text")
+    section = text[text.index("## Quickstart") : text.index("## What's inside")]
+    assert len(_quickstart_pairs(text)) == section.count("```python") == 2
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_quickstart_prints_what_the_readme_shows(index):
+    code, expected = _quickstart_pairs(README.read_text(encoding="utf-8"))[index]
     result = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
         capture_output=True,
@@ -30,6 +38,15 @@ def test_quickstart_prints_what_the_readme_shows():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected
+    assert result.stderr == ""
+
+
+def test_readme_links_point_at_files_that_exist():
+    text = README.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    assert targets, "the README links to its docs"
+    missing = [t for t in targets if "://" not in t and not (README.parent / t).exists()]
+    assert missing == []
 
 
 def test_readme_states_the_two_set_up_commands():
