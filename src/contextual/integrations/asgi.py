@@ -53,10 +53,11 @@ class RequestContextMiddleware:
     Incoming IDs are untrusted. The default check keeps 1 to 128 characters
     from ``A-Z a-z 0-9 . _ : -``. A refused value (CR or LF, other control
     characters, non-ASCII, too long, empty, or the header sent several
-    times) is replaced by a new ID and reported once, as a warning on the
-    ``contextual.integrations`` logger, escaped and cut to 64 characters, so
-    it can't forge a log line. The warning is logged inside the request: it
-    carries the new ID.
+    times) is replaced by a new ID and reported in one warning per request
+    on the ``contextual.integrations`` logger, escaped and cut to 64
+    characters, so it can't forge a log line. The warning is logged inside
+    the request: it carries the new ID, which ties it to the request's other
+    lines.
 
     What sees the request:
 

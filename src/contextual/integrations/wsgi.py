@@ -60,10 +60,11 @@ class RequestContextMiddleware:
     Incoming IDs are untrusted. The default check keeps 1 to 128 characters
     from ``A-Z a-z 0-9 . _ : -``. A refused value (CR or LF, other control
     characters, non-ASCII, too long, empty; several headers, which the
-    server joins with commas) is replaced by a new ID and reported once, as
-    a warning on the ``contextual.integrations`` logger, escaped and cut to
-    64 characters, so it can't forge a log line. The warning is logged
-    inside the request: it carries the new ID.
+    server joins with commas) is replaced by a new ID and reported in one
+    warning per request on the ``contextual.integrations`` logger, escaped
+    and cut to 64 characters, so it can't forge a log line. The warning is
+    logged inside the request: it carries the new ID, which ties it to the
+    request's other lines.
 
     Each request runs in a context of its own (a copy of the server
     thread's), entered for the call of the app, for each step of a streamed
