@@ -16,8 +16,8 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 # A MyST directive block: ```{name} argument ... ``` or :::{name} argument ... :::.
 _DIRECTIVE = re.compile(
-    r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w-]+)\}[ \t]*(?P<argument>[^\n]*)\n"
-    r"(?P<body>.*?)^(?P=fence)[ \t]*$",
+    r"^[ \t]*(?P<fence>`{3,}|:{3,})\{(?P<name>[\w-]+)\}[ \t]*(?P<argument>[^\n]*)\n"
+    r"(?P<body>.*?)^[ \t]*(?P=fence)[ \t]*$",
     re.MULTILINE | re.DOTALL,
 )
 # A Markdown image: ![alt](path).
@@ -59,7 +59,7 @@ def _figure_paths(page: Path) -> list[tuple[Path, bool]]:
     found = []
     for name in ("figure", "image"):
         for argument, body in _directives(page, name):
-            has_alt = re.search(r"^:alt:[ \t]*\S", body, re.MULTILINE) is not None
+            has_alt = re.search(r"^[ \t]*:alt:[ \t]*\S", body, re.MULTILINE) is not None
             found.append((argument, has_alt))
     text = page.read_text(encoding="utf-8")
     found += [(match["path"], bool(match["alt"].strip())) for match in _IMAGE.finditer(text)]
@@ -130,7 +130,11 @@ def test_the_snapshot_figure_paints_its_own_background():
     assert float(background.attrib.get("y", 0)) <= y
     assert float(background.attrib["width"]) >= width
     assert float(background.attrib["height"]) >= height
-    assert background.attrib.get("fill", "black").lower() not in {"none", "transparent"}
+    # A light colour, given explicitly (SVG's default fill is black).
+    fill = background.attrib.get("fill", "")
+    assert re.fullmatch(r"#[0-9a-fA-F]{6}", fill), f"background fill {fill!r}"
+    red, green, blue = (int(fill[i : i + 2], 16) for i in (1, 3, 5))
+    assert 0.2126 * red + 0.7152 * green + 0.0722 * blue >= 230
     assert background.attrib.get("fill-opacity", "1") == "1"
 
 

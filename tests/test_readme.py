@@ -56,3 +56,4 @@ def test_readme_states_the_two_set_up_commands():
     assert "python -m pip install -e . && python -m contextual" in head
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert 'python -m pip install -e ".[test]" && python -m pytest\n' in ci
+    assert "python -m pip install -e . && python -m contextual\n" in ci
