@@ -6,7 +6,10 @@ with the test suite, in milliseconds, and say which file is at fault.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import re
+import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -186,3 +189,50 @@ def test_every_page_is_reachable_from_the_index_through_toctrees():
         "explanation/free-threading.md",
         "explanation/pitfalls.md",
     } <= {p.relative_to(DOCS).as_posix() for p in reached}
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+    """Every ``python`` fence in the docs and the README: code shown, not run by doctest."""
+    fence = re.compile(r"^([ \t]*)```python\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+    blocks = []
+    for page in [*_pages(), DOCS.parent / "README.md"]:
+        for match in fence.finditer(page.read_text(encoding="utf-8")):
+            code = textwrap.dedent("\n".join(line for line in match[2].splitlines()))
+            blocks.append((f"{page.name}:{match.start()}", code))
+    return blocks
+
+
+def test_docs_show_python_blocks():
+    # The checks below mean something only if they find the blocks.
+    assert len(_python_blocks()) >= 10
+
+
+def _syntax_error(code: str, where: str) -> str | None:
+    # Snippets may show the body of a coroutine function: allow a bare await.
+    try:
+        compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    except SyntaxError as error:
+        return f"{where}: {error}"
+    return None
+
+
+def test_every_python_block_in_the_docs_compiles():
+    errors = [_syntax_error(code, where) for where, code in _python_blocks()]
+    assert [e for e in errors if e is not None] == []
+
+
+def test_every_name_the_docs_import_from_contextual_exists():
+    # The blocks that can't run here (they need a broker, a server, a
+    # framework) still can't name an API that doesn't exist.
+    missing = []
+    for where, code in _python_blocks():
+        tree = compile(code, where, "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("contextual"):
+                module = importlib.import_module(node.module or "")
+                missing += [
+                    f"{where}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if not hasattr(module, alias.name)
+                ]
+    assert missing == []
