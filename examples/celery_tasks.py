@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, after_ta
 from celery.utils.log import get_task_logger
 from kombu.exceptions import OperationalError
 
+import contextual
 from contextual import (
     ContextFilter,
     ContextStore,
@@ -53,8 +55,10 @@ URL_VARIABLE = "CONTEXTUAL_EXAMPLE_REDIS_URL"
 QUEUE_VARIABLE = "CONTEXTUAL_EXAMPLE_QUEUE"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 LOG_FORMAT = "[%(request_id)s user=%(user_id)s] %(name)s: %(message)s"
-# A worker that died or never got the tasks fails the example rather than hanging it.
+# A worker that never got the tasks fails the example rather than hanging it.
 TIMEOUT = 20.0
+# How often, while waiting for a result, to check that the worker still runs.
+POLL = 0.5
 HERE = Path(__file__).resolve().parent
 
 # The shop's own store: what the checkout knows. Not allowed below, so it
@@ -99,20 +103,35 @@ class CardDeclinedError(Exception):
     """The payment failed: the order's transaction rolls back."""
 
 
+class WorkerExitedError(Exception):
+    """The worker exited while the script waited for a task's result."""
+
+
 def announce(sender: str | None = None, headers: dict[str, Any] | None = None, **_: object) -> None:
     """Print each task as this process publishes it: Celery's after_task_publish."""
     print(f"  published {sender}{(headers or {}).get('argsrepr', '')}")
 
 
-def seen(result: Any) -> str:
-    """Wait for a task's result; say what the task saw."""
-    found = result.get(timeout=TIMEOUT)
+def seen(result: Any, worker: subprocess.Popen[bytes]) -> str:
+    """Wait for a task's result, while the worker runs; say what the task saw."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            found = result.get(timeout=POLL)
+            break
+        except ResultTimeoutError:
+            # A worker that died (one that can't import contextual, say) never
+            # answers: say so now rather than after the whole TIMEOUT.
+            if worker.poll() is not None:
+                raise WorkerExitedError from None
+            if time.monotonic() >= deadline:
+                raise
     return (
         f"the task saw request_id={found['request_id']} user={found['user']} card={found['card']}"
     )
 
 
-def publish(tm: TransactionManager) -> None:
+def publish(tm: TransactionManager, worker: subprocess.Popen[bytes]) -> None:
     """Publish from two requests, then from a transaction that commits and one that rolls back."""
     print("1. two requests publish a task each; the checkout's card is not allowed to travel")
     results = []
@@ -120,7 +139,7 @@ def publish(tm: TransactionManager) -> None:
         with request_context(request_id=f"req-{order}", user_id=user), checkout.scope(card="visa"):
             results.append(send_receipt.delay(order))
     for order, result in enumerate(results, start=1):
-        print(f"  order {order}: {seen(result)}")
+        print(f"  order {order}: {seen(result, worker)}")
 
     print("2. enqueue_on_commit in a transaction that commits")
     with request_context(request_id="req-3", user_id="ada"):
@@ -128,7 +147,7 @@ def publish(tm: TransactionManager) -> None:
             receipt = enqueue_on_commit(send_receipt, 3, manager=tm)
             print("  enqueued order 3: nothing is published before the commit")
         print("  committed")
-    print(f"  order 3: {seen(receipt)}")
+    print(f"  order 3: {seen(receipt, worker)}")
 
     print("3. enqueue_on_commit in a transaction that rolls back")
     with request_context(request_id="req-4", user_id="grace"):
@@ -141,8 +160,36 @@ def publish(tm: TransactionManager) -> None:
             print("  rolled back: order 4 is never published")
 
 
+def worker_pythonpath() -> str:
+    """Return the worker's PYTHONPATH: contextual's directory, this one, then the caller's.
+
+    The worker runs in this directory, where a relative entry of the
+    caller's PYTHONPATH (``PYTHONPATH=src`` in a checkout) would point
+    elsewhere: each one is made absolute. The directory that holds the
+    contextual package this script imported comes first, so the worker
+    imports the same one.
+    """
+    entries = [Path(contextual.__file__).resolve().parents[1], HERE]
+    inherited = os.environ.get("PYTHONPATH")
+    if inherited:
+        entries += [Path(entry).resolve() for entry in inherited.split(os.pathsep)]
+    return os.pathsep.join(map(str, entries))
+
+
+def failed(problem: str, *files: Path, lines: int = 20) -> int:
+    """Say why the example stopped, with the end of each of the worker's files; return 1."""
+    print(f"{problem}.", file=sys.stderr)
+    for path in files:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        print(f"--- the end of {path.name}:", file=sys.stderr)
+        print("\n".join(text.splitlines()[-lines:]) or "(empty)", file=sys.stderr)
+    return 1
+
+
 def stop(worker: subprocess.Popen[bytes]) -> None:
     """Stop the worker: a warm shutdown of its whole process group."""
+    if worker.poll() is not None:
+        return  # exited and reaped already: its pid may be another process's by now
     with contextlib.suppress(ProcessLookupError):
         os.killpg(worker.pid, signal.SIGTERM)
     try:
@@ -180,7 +227,12 @@ def main(argv: list[str]) -> int:
             "--loglevel=INFO", f"--logfile={log_file}",
             "--without-heartbeat", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
-        env = {**os.environ, URL_VARIABLE: url, QUEUE_VARIABLE: queue}
+        env = {
+            **os.environ,
+            "PYTHONPATH": worker_pythonpath(),
+            URL_VARIABLE: url,
+            QUEUE_VARIABLE: queue,
+        }
         with output.open("wb") as out:
             # A session of its own: stop() signals the worker's whole process group.
             worker = subprocess.Popen(  # noqa: S603 (this interpreter, a fixed command)
@@ -189,11 +241,11 @@ def main(argv: list[str]) -> int:
             )  # fmt: skip
         print("worker: started, on a queue of its own")
         try:
-            publish(TransactionManager())
+            publish(TransactionManager(), worker)
+        except WorkerExitedError:
+            return failed(f"The worker exited with code {worker.returncode}", output, log_file)
         except ResultTimeoutError:
-            print(f"No result from the worker within {TIMEOUT} s; its output:", file=sys.stderr)
-            print(output.read_text(errors="replace"), file=sys.stderr)
-            return 1
+            return failed(f"No result from the worker within {TIMEOUT} s", output, log_file)
         finally:
             stop(worker)
         print(f"worker: stopped, exit code {worker.returncode}; its log lines from the task:")

@@ -1,4 +1,4 @@
-"""Per-thread initialisation: a fresh list and counter for every thread.
+"""Per-thread initialisation: every thread starts with no jobs and a count of 0.
 
 The classic tutorial subclasses threading.local and sets the initial values
 in __init__, which runs once in each thread that touches the object. Put
@@ -7,7 +7,11 @@ list: a class attribute belongs to the class, not to a thread.
 
 A ContextStore with the "thread" backend and a defaults factory does what
 that __init__ does: the factory runs once in each thread, on its first
-access, and that thread's values start from what it returns.
+access, and that thread's values start from what it returns. Its jobs are
+a tuple, and each job stores a new one instead of appending in place, as
+docs/explanation/copy-on-write.md advises: a snapshot of the store, or the
+copy a ContextExecutor carries to a pool task, holds the same object, and a
+change in place would show there too.
 
 The threads run one after another here (each is joined before the next
 starts), so that the output is the same on every run.
@@ -43,7 +47,7 @@ def fresh_state() -> dict[str, Any]:
     global factory_calls  # noqa: PLW0603 (counts the calls to show it runs once per thread)
     with factory_lock:
         factory_calls += 1
-    return {"jobs": [], "count": 0}
+    return {"jobs": (), "count": 0}
 
 
 buffer = ContextStore("examples.per_thread_init", backend="thread", defaults=fresh_state)
@@ -59,7 +63,7 @@ def with_class_attribute(worker: int) -> str:
 def with_factory(worker: int) -> str:
     """Add two jobs to the thread's buffer, from the store."""
     for part in "ab":
-        buffer.jobs.append(f"job {worker}{part}")
+        buffer.jobs = (*buffer.jobs, f"job {worker}{part}")
         buffer.count += 1
     return f"jobs={buffer.jobs} count={buffer.count}"
 

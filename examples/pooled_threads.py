@@ -1,8 +1,9 @@
 """Pooled threads: the request ID that goes missing, and the one that lingers.
 
-A ThreadPoolExecutor runs your task on a thread that has never seen your
-request, so the task's log line has no request ID; and a value one task sets
-on a pooled thread is still there for the next task on that thread. A
+A pool's threads were started before your request, and a ThreadPoolExecutor
+runs your task on one of them as it is: the task sees nothing of your
+request, so its log line has no request ID; and a value one task sets on a
+pooled thread is still there for the next task on that thread. A
 ContextExecutor captures the caller's context at submit() and runs each task
 in it, so the task sees the caller's values and leaves nothing behind.
 
@@ -30,6 +31,11 @@ def run(pool_class: type[ThreadPoolExecutor]) -> None:
     """Submit two tasks from two requests to a one-thread pool of this class."""
     print(pool_class.__name__)
     with pool_class(max_workers=1) as pool:
+        # Start the pool's thread now, outside any request, as a server's pool
+        # is: where a new thread inherits its starter's context (Python 3.14,
+        # sys.flags.thread_inherit_context), one that the first submit() below
+        # started would begin with request 1's values.
+        pool.submit(lambda: None).result()
         for number in (1, 2):
             with request.scope(request_id=f"req-{number}"):
                 print(" ", pool.submit(task, number).result())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import site
 import socket
 import subprocess
 import sys
@@ -14,7 +15,11 @@ import pytest
 
 from contextual.__main__ import main
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+# Under pytest's timeout, so that a stuck script fails with what it printed
+# rather than with the test, and over the examples' own 20 s.
+RUN_TIMEOUT = 40
 
 
 def fresh_id_requests(worker_line: str) -> list[str]:
@@ -47,7 +52,10 @@ EXPECTED = {
         "  task 2: request_id=req-2 leftover=None",
     ],
     "per_thread_values.py": [
-        *(f"worker-{i} handled job {i} and saw job={i}" for i in range(4)),
+        *(
+            f"worker-{i} wrote job={i}, waited for the others, then read job={i} handled=1"
+            for i in range(4)
+        ),
         "main thread: job=None handled=0",
     ],
     "shared_global_bug.py": [
@@ -96,11 +104,11 @@ EXPECTED = {
         "  worker-1 sees jobs=['job 0a', 'job 0b', 'job 1a', 'job 1b']",
         "  worker-2 sees jobs=['job 0a', 'job 0b', 'job 1a', 'job 1b', 'job 2a', 'job 2b']",
         "ContextStore with a defaults factory (the fix)",
-        "  worker-0 sees jobs=['job 0a', 'job 0b'] count=2",
-        "  worker-1 sees jobs=['job 1a', 'job 1b'] count=2",
-        "  worker-2 sees jobs=['job 2a', 'job 2b'] count=2",
+        "  worker-0 sees jobs=('job 0a', 'job 0b') count=2",
+        "  worker-1 sees jobs=('job 1a', 'job 1b') count=2",
+        "  worker-2 sees jobs=('job 2a', 'job 2b') count=2",
         "the factory ran 3 times: once in each thread",
-        "main thread sees jobs=[] count=0",
+        "main thread sees jobs=() count=0",
         "the factory ran 4 times: main's first access ran it too",
     ],
     "local_vs_contextvars.py": [
@@ -208,10 +216,33 @@ NEEDS_A_SERVER = {
 # Examples whose output depends on time or on a terminal: their own tests run them.
 TESTED_ELSEWHERE = {"spinner_supervisor.py": "tests/test_spinner.py"}
 
+# Examples that print the fresh request IDs they make: new on every run.
+PRINTS_FRESH_IDS = {"wsgi_server.py", "asgi_server.py"}
+FRESH_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
+def name_fresh_ids(text: str) -> str:
+    """Replace each distinct fresh ID by <new ID n>, numbered in order of first appearance."""
+    names: dict[str, str] = {}
+    return FRESH_ID.sub(
+        lambda match: names.setdefault(match.group(), f"<new ID {len(names) + 1}>"), text
+    )
+
 
 def test_every_example_has_an_expected_output():
     names = {p.name for p in EXAMPLES.glob("*.py")}
     assert names == set(EXPECTED) | set(NEEDS_A_SERVER) | set(TESTED_ELSEWHERE)
+
+
+@pytest.mark.parametrize("name", sorted(TESTED_ELSEWHERE))
+def test_an_example_tested_elsewhere_is_named_in_its_test_file(name):
+    test_file = ROOT / TESTED_ELSEWHERE[name]
+    assert test_file.is_file()
+    assert name in test_file.read_text(encoding="utf-8")
+
+
+def test_subprocess_timeouts_fire_before_pytest_times_the_test_out(pytestconfig):
+    assert float(pytestconfig.getini("timeout")) > RUN_TIMEOUT
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -220,11 +251,14 @@ def test_example_runs(name):
         [sys.executable, "-W", "error", str(EXAMPLES / name)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=RUN_TIMEOUT,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == EXPECTED[name]
+    # The same fresh ID in a request's log lines and in its response gets the
+    # same name, so the comparison still checks that they match.
+    out = name_fresh_ids(result.stdout) if name in PRINTS_FRESH_IDS else result.stdout
+    assert out.splitlines() == EXPECTED[name]
     assert result.stderr == ""
 
 
@@ -257,6 +291,29 @@ def test_celery_example_runs_a_real_worker():
     assert result.stderr == ""
 
 
+@pytest.mark.timeout(120)
+def test_celery_example_runs_from_a_checkout_with_a_relative_pythonpath():
+    # The README's way: from the repository root, with PYTHONPATH=src, while
+    # the worker runs in examples/. The base interpreter, with this
+    # environment's packages on PYTHONPATH, reads none of their .pth files,
+    # so an editable install of contextual is invisible there: the script
+    # and its worker find contextual only through that relative "src".
+    python = getattr(sys, "_base_executable", sys.executable)
+    pythonpath = os.pathsep.join(["src", *site.getsitepackages()])
+    result = subprocess.run(
+        [python, "-W", "error", "examples/celery_tasks.py", redis_url()],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == NEEDS_A_SERVER["celery_tasks.py"]
+    assert result.stderr == ""
+
+
 def test_celery_example_says_when_the_broker_is_unreachable():
     # A bound socket that doesn't listen: connecting to its port is refused.
     with socket.socket() as closed:
@@ -266,7 +323,7 @@ def test_celery_example_says_when_the_broker_is_unreachable():
             [sys.executable, "-W", "error", str(EXAMPLES / "celery_tasks.py"), url],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=RUN_TIMEOUT,
             check=False,
         )
     assert result.returncode == 2
@@ -280,7 +337,7 @@ def test_python_m_contextual_runs_the_demonstration():
         [sys.executable, "-W", "error", "-m", "contextual"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=RUN_TIMEOUT,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -294,6 +351,7 @@ def test_python_m_contextual_runs_the_demonstration():
     # Concurrent requests: each log line carries its own request, grouped.
     requests = out.split("\n4. ", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
     assert requests == [
+        "  (grouped by request; they ran interleaved)",
         "  [- user=-] server starting (outside any request)",
         "  [web-1 user=ada] GET /items/book",
         "  [web-1 user=ada] worker: looked up book",
@@ -320,7 +378,9 @@ def test_python_m_contextual_runs_the_demonstration():
     assert "after the workers exit: open_connections=1" in out
     assert "rows in the table: [(1, 'book')]" in out
     assert "after close_all(): open_connections=0" in out
-    assert out.rstrip().endswith("1 transaction committed, 1 rolled back, 0 connections left open.")
+    assert out.rstrip().endswith(
+        "transactions: 1 committed, 1 rolled back; connections left open: 0."
+    )
     # The spinner writes to stderr only; in a pipe, two plain lines.
     lines = result.stderr.splitlines()
     assert len(lines) == 2, result.stderr
@@ -329,12 +389,30 @@ def test_python_m_contextual_runs_the_demonstration():
     assert "\x1b" not in result.stderr
 
 
+def test_python_m_contextual_leaves_no_file_behind(tmp_path):
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "contextual"],
+        cwd=cwd,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(cwd.iterdir()) == []
+    assert list(tmp.iterdir()) == []
+
+
 def test_python_m_contextual_help():
     result = subprocess.run(
         [sys.executable, "-m", "contextual", "--help"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=RUN_TIMEOUT,
         check=True,
     )
     assert "usage: python -m contextual" in result.stdout
@@ -348,6 +426,8 @@ def test_demonstration_in_process(capsys):
     assert "thread for ada   sees user=ada" in first
     assert "after the tasks: request_id=None" in first
     assert "after close_all(): open_connections=0" in first
+    assert "  (grouped by request; they ran interleaved)\n" in first
+    assert first.endswith("transactions: 1 committed, 1 rolled back; connections left open: 0.\n")
     gc.collect()  # the demo's stores are gone, so their names are free again
     assert main([]) == 0
     assert capsys.readouterr().out == first

@@ -8,7 +8,9 @@ import logging
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import (
     ContextExecutor,
@@ -20,6 +22,9 @@ from . import (
     get_request_id,
     request_context,
 )
+
+if TYPE_CHECKING:
+    from . import Transaction
 
 DESCRIPTION = """\
 A tour of contextual in about a second, printed to stdout:
@@ -152,14 +157,19 @@ def _requests() -> list[str]:
     first, *middle, last = records.lines
     middle.sort(key=lambda record: served.index(record[0]))
     lines = [line for _, line in (first, *middle, last)]
-    return [*lines, f"  {len(served)} requests served, each logged under its own ID"]
+    return [
+        "  (grouped by request; they ran interleaved)",
+        *lines,
+        f"  {len(served)} requests served, each logged under its own ID",
+    ]
 
 
 class _CardDeclinedError(Exception):
     """The simulated failure that rolls a transaction back."""
 
 
-def _database() -> tuple[list[str], list[object]]:
+def _database() -> tuple[list[str], Counter[str], int]:
+    """Return the lines to print, how the transactions ended, and the connections left open."""
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         db = ThreadLocalDB(Path(tmp) / "demo.sqlite3")
@@ -167,11 +177,13 @@ def _database() -> tuple[list[str], list[object]]:
         both_started = threading.Barrier(2)  # two jobs at once: two threads, two connections
         committed = threading.Event()
         connections: list[object] = []
+        transactions: list[Transaction] = []
 
         def commit() -> str:
             both_started.wait()
             connections.append(db.connection)
-            with db.transaction():
+            with db.transaction() as transaction:
+                transactions.append(transaction)
                 db.execute("INSERT INTO orders (id, item) VALUES (1, 'book')")
             committed.set()
             return "  thread A: INSERT book, committed"
@@ -181,7 +193,8 @@ def _database() -> tuple[list[str], list[object]]:
             connections.append(db.connection)
             committed.wait()  # one writer at a time, so the output is stable
             try:
-                with db.transaction():
+                with db.transaction() as transaction:
+                    transactions.append(transaction)
                     db.execute("INSERT INTO orders (id, item) VALUES (2, 'chair')")
                     raise _CardDeclinedError  # noqa: TRY301 (the failure this part shows)
             except _CardDeclinedError:
@@ -198,8 +211,9 @@ def _database() -> tuple[list[str], list[object]]:
         rows = db.execute("SELECT id, item FROM orders ORDER BY id")
         lines.append(f"  rows in the table: {rows}")
         db.close_all()
-        lines.append(f"  after close_all(): open_connections={db.open_connections}")
-    return lines, rows
+        left_open = db.open_connections
+        lines.append(f"  after close_all(): open_connections={left_open}")
+    return lines, Counter(transaction.state for transaction in transactions), left_open
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         spinner.text = "4/5 concurrent requests"
         requests = _requests()
         spinner.text = "5/5 a sqlite3 connection per thread"
-        database, rows = _database()
+        database, ended, left_open = _database()
         spinner.text = "Demonstration finished"
 
     print(f"contextual {__version__}: context that follows the work\n")
@@ -252,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     print("  - threads and tasks never saw each other's values, and nothing leaked out;")
     print("  - scope() restored the store after a failure;")
     print("  - every log line named its own request, on pool threads and in tasks;")
-    print(f"  - {len(rows)} transaction committed, 1 rolled back, 0 connections left open.")
+    print(
+        f"  - transactions: {ended['committed']} committed, {ended['rolled back']} rolled back; "
+        f"connections left open: {left_open}."
+    )
     return 0
 
 
