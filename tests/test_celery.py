@@ -880,12 +880,26 @@ class Worker:
         return found
 
     def result(self, result: Any) -> Any:
-        """``result.get()``; a result that never comes fails the test with the worker's log."""
-        try:
-            return result.get(timeout=TIMEOUT)
-        except CeleryTimeoutError:
-            # The stored state, read directly rather than over pub/sub, tells
-            # a task that never ran from a result that never reached us.
+        """``result.get()``; a result that never comes fails the test with the worker's log.
+
+        Celery's Redis backend subscribes to a result's channel, then reads
+        the stored result once. The two commands travel on different
+        connections, so a result stored and published between the server's
+        handling of one and of the other is never heard, and ``get()`` would
+        wait out its whole timeout. Each ``get()`` reads the stored result
+        again, so short ones in a loop hear it. (Polling the stored state
+        alone won't do: a retried task's first attempt may store RETRY after
+        its second has stored SUCCESS.)
+        """
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                return result.get(timeout=1.0)
+            except CeleryTimeoutError:
+                if self.process.poll() is None and time.monotonic() < deadline:
+                    continue
+            # The stored state tells a task that never ran from a result
+            # that never reached us.
             status = result.backend.get_task_meta(result.id, cache=False)["status"]
             pytest.fail(
                 f"no result for task {result.id} within {TIMEOUT} s; "
