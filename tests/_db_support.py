@@ -21,22 +21,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from _servers import postgres_dsn
 from contextual import ThreadLocalDB
 
-DSN_VARIABLE = "CONTEXTUAL_TEST_POSTGRES_DSN"
-REQUIRE_VARIABLE = "CONTEXTUAL_REQUIRE_SERVERS"
 _tables = itertools.count()
-
-
-def postgres_dsn() -> str:
-    """The test server's DSN; skips (fails in CI) when there is none."""
-    dsn = os.environ.get(DSN_VARIABLE)
-    if dsn:
-        return dsn
-    reason = f"no PostgreSQL server: set {DSN_VARIABLE} (.ci/start-postgres prints one)"
-    if os.environ.get(REQUIRE_VARIABLE):
-        pytest.fail(f"{reason}; {REQUIRE_VARIABLE} is set, so this can't be skipped")
-    pytest.skip(reason)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.signals import after_task_publish
 
 import _celery_app as tasks
+from _servers import redis_url
 from contextual import (
     ContextExecutor,
     ContextStore,
@@ -48,7 +49,6 @@ from contextual import (
 from contextual.integrations import celery as integration
 from contextual.integrations.celery import HEADER, enqueue_on_commit, install
 
-REQUIRE_VARIABLE = "CONTEXTUAL_REQUIRE_SERVERS"
 TESTS = Path(__file__).parent
 SESSION = uuid.uuid4().hex[:10]
 ALLOW = {"tests.celery.tenant": True, "contextual.request": ["user_id"]}
@@ -815,17 +815,6 @@ def test_enqueue_on_commit_from_a_thread_that_inherited_the_transaction_raises(d
 
 
 # -- real worker processes on a real Redis server ------------------------------------------
-
-
-def redis_url() -> str:
-    """The test server's URL; skips (fails in CI) when there is none."""
-    url = os.environ.get(tasks.REDIS_VARIABLE)
-    if url:
-        return url
-    reason = f"no Redis server: set {tasks.REDIS_VARIABLE} (.ci/start-redis prints one)"
-    if os.environ.get(REQUIRE_VARIABLE):
-        pytest.fail(f"{reason}; {REQUIRE_VARIABLE} is set, so this can't be skipped")
-    pytest.skip(reason)
 
 
 TIMEOUT = 20.0

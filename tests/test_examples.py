@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from _servers import redis_url
 from contextual.__main__ import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,33 +264,24 @@ def test_example_runs(name):
     assert result.stderr == ""
 
 
-REDIS_VARIABLE = "CONTEXTUAL_TEST_REDIS_URL"
-REQUIRE_VARIABLE = "CONTEXTUAL_REQUIRE_SERVERS"
-
-
-def redis_url() -> str:
-    """The test server's URL; skips (fails in CI) when there is none."""
-    url = os.environ.get(REDIS_VARIABLE)
-    if url:
-        return url
-    reason = f"no Redis server: set {REDIS_VARIABLE} (.ci/start-redis prints one)"
-    if os.environ.get(REQUIRE_VARIABLE):
-        pytest.fail(f"{reason}; {REQUIRE_VARIABLE} is set, so this can't be skipped")
-    pytest.skip(reason)
-
-
-@pytest.mark.timeout(120)
-def test_celery_example_runs_a_real_worker():
+def _run_celery_example(python: str, script: str, **options: Any) -> None:
+    """Run the Celery example against the test Redis; check all it prints."""
     result = subprocess.run(
-        [sys.executable, "-W", "error", str(EXAMPLES / "celery_tasks.py"), redis_url()],
+        [python, "-W", "error", script, redis_url()],
         capture_output=True,
         text=True,
         timeout=100,
         check=False,
+        **options,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == NEEDS_A_SERVER["celery_tasks.py"]
     assert result.stderr == ""
+
+
+@pytest.mark.timeout(120)
+def test_celery_example_runs_a_real_worker():
+    _run_celery_example(sys.executable, str(EXAMPLES / "celery_tasks.py"))
 
 
 @pytest.mark.timeout(120)
@@ -300,18 +293,12 @@ def test_celery_example_runs_from_a_checkout_with_a_relative_pythonpath():
     # and its worker find contextual only through that relative "src".
     python = getattr(sys, "_base_executable", sys.executable)
     pythonpath = os.pathsep.join(["src", *site.getsitepackages()])
-    result = subprocess.run(
-        [python, "-W", "error", "examples/celery_tasks.py", redis_url()],
+    _run_celery_example(
+        python,
+        "examples/celery_tasks.py",
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": pythonpath},
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == NEEDS_A_SERVER["celery_tasks.py"]
-    assert result.stderr == ""
 
 
 def test_celery_example_says_when_the_broker_is_unreachable():
