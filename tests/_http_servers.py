@@ -31,6 +31,14 @@ def forget_reports() -> None:
         _headers._reported.clear()
 
 
+async def serve_lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI lifespan's startup, then its shutdown (uvicorn runs with lifespan on)."""
+    assert (await receive())["type"] == "lifespan.startup"
+    await send({"type": "lifespan.startup.complete"})
+    assert (await receive())["type"] == "lifespan.shutdown"
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 def wait_until(ready: Callable[[], bool], thread: threading.Thread, what: str) -> None:
     deadline = time.monotonic() + TIMEOUT
     while not ready():

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from _http_servers import serve_lifespan
 from contextual import ContextStore, get_current_user, get_request_id
 from contextual.integrations import asgi, wsgi
 from contextual.integrations.http import install_httpx
@@ -161,10 +162,7 @@ class AsgiServiceB:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            assert (await receive())["type"] == "lifespan.startup"
-            await send({"type": "lifespan.startup.complete"})
-            assert (await receive())["type"] == "lifespan.shutdown"
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_lifespan(receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -685,9 +685,13 @@ def test_a_failure_while_applying_undoes_what_was_applied(monkeypatch):
 # -- in this process: enqueue_on_commit ------------------------------------------------
 
 
+# The db fixture's file, in the test's tmp_path.
+ITEMS = "items.sqlite3"
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[ThreadLocalDB]:
-    path = tmp_path / "items.sqlite3"
+    path = tmp_path / ITEMS
     setup = sqlite3.connect(path)
     setup.execute("CREATE TABLE items (k INTEGER PRIMARY KEY, v TEXT)")
     setup.commit()
@@ -1113,32 +1117,24 @@ def test_a_task_publishes_subtasks_with_its_own_context(worker):
     assert child["tenant"] == {"name": "acme", "changed_by": "parent"}
 
 
-def test_enqueue_on_commit_reaches_the_worker_after_the_commit_only(worker, tmp_path, published):
-    path = tmp_path / "items.sqlite3"
-    setup = sqlite3.connect(path)
-    setup.execute("CREATE TABLE items (k INTEGER PRIMARY KEY, v TEXT)")
-    setup.commit()
-    setup.close()
-    db = ThreadLocalDB(str(path))
+def test_enqueue_on_commit_reaches_the_worker_after_the_commit_only(
+    worker, db, tmp_path, published
+):
+    path = tmp_path / ITEMS
     signature = tasks.row_exists.s().set(queue=worker.queue)
-    try:
-        with (
-            request_context(request_id=f"rollback-{SESSION}"),
-            pytest.raises(ZeroDivisionError),
-            db.transaction(),
-        ):
-            db.execute("INSERT INTO items VALUES (1, 'rolled back')")
-            rolled_back = enqueue_on_commit(
-                signature, "rollback", str(path), 1, manager=db.transactions
-            )
-            1 / 0  # noqa: B018
-        with request_context(request_id=f"commit-{SESSION}"), db.transaction():
-            db.execute("INSERT INTO items VALUES (2, 'committed')")
-            committed = enqueue_on_commit(
-                signature, "commit", str(path), 2, manager=db.transactions
-            )
-    finally:
-        db.close_all()
+    with (
+        request_context(request_id=f"rollback-{SESSION}"),
+        pytest.raises(ZeroDivisionError),
+        db.transaction(),
+    ):
+        db.execute("INSERT INTO items VALUES (1, 'rolled back')")
+        rolled_back = enqueue_on_commit(
+            signature, "rollback", str(path), 1, manager=db.transactions
+        )
+        1 / 0  # noqa: B018
+    with request_context(request_id=f"commit-{SESSION}"), db.transaction():
+        db.execute("INSERT INTO items VALUES (2, 'committed')")
+        committed = enqueue_on_commit(signature, "commit", str(path), 2, manager=db.transactions)
     seen = worker.result(committed)
     assert (seen["request_id"], seen["row_exists"]) == (f"commit-{SESSION}", True)
     assert [m["id"] for m in published] == [committed.id]

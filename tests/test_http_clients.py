@@ -19,7 +19,7 @@ import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
 from urllib3.util.retry import Retry
 
-from _http_servers import TIMEOUT, forget_reports, running_asgi
+from _http_servers import TIMEOUT, forget_reports, running_asgi, serve_lifespan
 from _middleware_support import WARNINGS_LOGGER, recording
 from contextual import ContextStore, request_context
 from contextual.integrations.http import install_httpx, install_requests
@@ -38,10 +38,7 @@ def _fresh_reports() -> Iterator[None]:
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answer /echo with the request's headers as JSON; /redirect sends there."""
     if scope["type"] == "lifespan":
-        assert (await receive())["type"] == "lifespan.startup"
-        await send({"type": "lifespan.startup.complete"})
-        assert (await receive())["type"] == "lifespan.shutdown"
-        await send({"type": "lifespan.shutdown.complete"})
+        await serve_lifespan(receive, send)
         return
     if scope["path"] == "/redirect":
         await send(

@@ -7,11 +7,12 @@ GIL: free-threaded builds register and look up stores from many threads.
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
+
+from ._fork import renew_locks_after_fork
 
 if TYPE_CHECKING:
     from ._store import ContextStore
@@ -143,14 +144,4 @@ def propagating_stores() -> list[ContextStore]:
     return [s for s in stores if s is not None]
 
 
-def _after_fork_in_child() -> (
-    None
-):  # pragma: no cover - runs in forked children (a subprocess test)
-    global _lock  # noqa: PLW0603
-    # The forking thread is the child's only thread: if another thread of
-    # the parent held the lock at the fork, nobody would ever release it.
-    _lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+renew_locks_after_fork(globals(), "_lock")

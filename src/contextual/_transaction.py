@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar, final
 
 from ._decorate import AsyncToo, decorate
 from ._errors import ScopeError, TransactionError
+from ._fork import renew_locks_after_fork
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -51,15 +51,7 @@ _get_ident = threading.get_ident
 _hooks_lock = threading.Lock()
 
 
-def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children only
-    global _hooks_lock  # noqa: PLW0603 (rebinding it in the child is the point)
-    # The forking thread is the child's only thread: if another thread of
-    # the parent held the lock at the fork, nobody would ever release it.
-    _hooks_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+renew_locks_after_fork(globals(), "_hooks_lock")
 
 
 @final

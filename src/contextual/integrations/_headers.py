@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import os
 import re
 import threading
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeAlias, TypeVar, final
 
+from contextual._fork import renew_locks_after_fork
 from contextual._request import new_request_id, open_request
 from contextual.integrations._baggage import read, split_user
 from contextual.integrations._carrier import applied
@@ -70,15 +70,7 @@ _reported: set[str] = set()
 _reported_lock = threading.Lock()
 
 
-def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children only
-    global _reported_lock  # noqa: PLW0603 (rebinding it in the child is the point)
-    # The forking thread is the child's only thread: if another thread of
-    # the parent held the lock at the fork, nobody would ever release it.
-    _reported_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+renew_locks_after_fork(globals(), "_reported_lock")
 
 
 def is_valid_request_id(value: str) -> bool:

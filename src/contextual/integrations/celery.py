@@ -24,12 +24,12 @@ import contextlib
 import functools
 import importlib
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol, TypeAlias, cast, final
 
+from contextual._fork import renew_locks_after_fork
 from contextual._propagation import capture
 from contextual._registry import propagating_stores
 from contextual._request import RequestContext
@@ -139,16 +139,7 @@ _incoming_reported: set[str] = set()
 _report_lock = threading.Lock()
 
 
-def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children only
-    global _install_lock, _report_lock  # noqa: PLW0603 (rebinding them in the child is the point)
-    # The forking thread is the child's only thread: if another thread of
-    # the parent held one of the locks at the fork, nobody would ever release it.
-    _install_lock = threading.Lock()
-    _report_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+renew_locks_after_fork(globals(), "_install_lock", "_report_lock")
 
 # Per thread: (task ID, the exits that undo what task_prerun applied), one
 # entry per task running in this thread (tasks applied eagerly nest).
