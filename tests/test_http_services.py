@@ -201,8 +201,13 @@ def test_b_s_threads_hold_nothing_after_its_requests(a_url, wsgi_b):
             ),
             1,
         ),
+        (
+            # U+202E, right-to-left override: the log line would read "adminadmin".
+            "contextual.request|user_id=admin%E2%80%AEnimda,tests.http_services.tenant|tenant=ok",
+            1,
+        ),
     ],
-    ids=["malformed", "too many", "too big", "control characters"],
+    ids=["malformed", "too many", "too big", "control characters", "bidi override"],
 )
 def test_hostile_baggage_never_fails_b(wsgi_b, asgi_b, baggage, kinds):
     with recording(WARNINGS_LOGGER) as recorder:

@@ -15,7 +15,8 @@ Nothing here ever writes a header beyond them, or a malformed one: what
 doesn't fit or can't be encoded is left out. When the members a header
 already had and ours don't fit together, ours are kept and the others are
 dropped: this service answers for its own. An incoming value that decodes
-to a control character is refused (it would forge log lines). Each kind
+to a control or format character is refused (it would forge log lines; see
+``contextual._wire`` for the rule). Each kind
 of problem is
 reported once per process (see ``_headers.report_once``). Functions here
 return the problems instead of logging them, so that the middleware can log
@@ -28,7 +29,8 @@ import re
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote
 
-from contextual.integrations._carrier import REQUEST_ID_KEY, REQUEST_STORE_NAME, has_control
+from contextual._wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES, has_control
+from contextual.integrations._carrier import REQUEST_ID_KEY, REQUEST_STORE_NAME
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -52,9 +54,8 @@ __all__ = [
 
 #: The header's name, lowercase as the specification recommends.
 HEADER: Final = "baggage"
-MAX_BYTES: Final = 8192
 MAX_MEMBERS: Final = 180
-MAX_MEMBER_BYTES: Final = 4096
+MAX_MEMBER_BYTES: Final = MAX_VALUE_BYTES
 #: Between the store's name and the key's name in a member's key.
 SEPARATOR: Final = "|"
 USER_KEY: Final = "user_id"
@@ -299,8 +300,8 @@ def _control(text: str) -> Problem:
         "incoming control",
         (
             "Ignored the member %s of the incoming Baggage header: its key or value "
-            "decodes to a control character (a line break, DEL, U+2028...), which would "
-            "forge or garble log lines. Senders should carry printable text only."
+            f"decodes to {CONTROL_CHARACTERS}, which would forge or garble log lines. "
+            "Senders should carry printable text only."
         ),
         (text,),
     )

@@ -9,7 +9,6 @@ travels: it is what ties the log lines of the two sides together.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, final
 
@@ -23,16 +22,10 @@ __all__ = [
     "AllowList",
     "AllowSpec",
     "applied",
-    "has_control",
 ]
 
 REQUEST_STORE_NAME: Final = REQUEST_STORE.name
 REQUEST_ID_KEY: Final = "request_id"
-
-# C0 and C1 controls, DEL, and the Unicode line and paragraph separators:
-# characters that start a new line, or rewrite one, wherever a log line,
-# a terminal or a log viewer shows the value.
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 AllowSpec = Mapping[str, "bool | Iterable[str]"] | Iterable[str] | None
 """Which stores and keys may travel: ``None`` (the request ID only), an
@@ -116,16 +109,6 @@ class AllowList:
     def outgoing(self) -> dict[str, dict[str, Any]]:
         """The allowed values of the current context: what a message or request carries."""
         return self.select(capture().to_dict()["stores"])
-
-
-def has_control(text: str) -> bool:
-    """Return whether ``text`` holds a control character, DEL, or U+2028/U+2029.
-
-    An incoming value that does is refused whole: the request's user and
-    every carried value end up in log lines, where a newline would forge
-    one.
-    """
-    return _CONTROL.search(text) is not None
 
 
 def _keys(store: str, keys: object) -> frozenset[str] | None:
