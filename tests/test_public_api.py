@@ -36,6 +36,15 @@ def test_every_public_object_is_documented():
             assert "versionadded" in (obj.__doc__ or ""), name
 
 
+def test_store_defaults_error_is_exported_under_both_of_its_bases():
+    error = contextual.StoreDefaultsError
+    assert "StoreDefaultsError" in contextual.__all__
+    assert error.__module__ == "contextual"
+    # except ContextualError and except RuntimeError both catch it.
+    assert issubclass(error, contextual.ContextualError)
+    assert issubclass(error, RuntimeError)
+
+
 def test_version_is_a_string():
     assert isinstance(contextual.__version__, str)
     assert contextual.__version__

@@ -11,7 +11,13 @@ threads, pools, asyncio and other processes.
 import importlib as _importlib
 import typing as _typing
 
-from ._errors import ContextualError, ScopeError, TransactionError
+from ._errors import (
+    CommitOutcomeUnknownError,
+    ContextualError,
+    ScopeError,
+    StoreDefaultsError,
+    TransactionError,
+)
 from ._logfilter import ContextFilter
 from ._propagation import ContextThread, Snapshot, capture
 from ._registry import get_store, list_stores
@@ -39,6 +45,7 @@ if _typing.TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "CommitOutcomeUnknownError",
     "ContextExecutor",
     "ContextFilter",
     "ContextProcessPoolExecutor",
@@ -51,6 +58,7 @@ __all__ = [
     "Snapshot",
     "Spinner",
     "SpinnerHandler",
+    "StoreDefaultsError",
     "StoreScope",
     "ThreadLocalDB",
     "Transaction",

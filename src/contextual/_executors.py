@@ -12,8 +12,9 @@ import pickle
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
-from ._propagation import Snapshot, _in_empty_context, capture
+from ._propagation import Snapshot, _check_characters, _in_empty_context, capture
 from ._registry import list_stores
+from ._wire import FORMAT, MAX_BYTES, MAX_VALUE_BYTES
 
 if TYPE_CHECKING:
     import asyncio
@@ -141,12 +142,28 @@ class ContextProcessPoolExecutor(ProcessPoolExecutor):
     tasks write, as on a thread). Other libraries' ContextVars don't travel:
     a Context can't be pickled.
 
-    A value that can't be pickled raises :class:`TypeError` at submit time,
-    naming the store and key, and nothing is sent. One that pickles here but
-    can't be unpickled in the worker fails that task alone, with a
-    :class:`TypeError` naming the store.
+    What is carried crosses a process boundary, so :meth:`submit` checks
+    it as every carrier of contextual does (HTTP, Celery), and refuses in
+    the caller, naming the store and key, with nothing sent:
+
+    * a value that can't be pickled: :class:`TypeError`;
+    * a store name, key or value that holds a control or format character
+      (line breaks, DEL, bidirectional overrides such as U+202E,
+      zero-width characters, U+2028), also inside lists, tuples and dicts:
+      :class:`ValueError`, as :meth:`Snapshot.from_dict` raises (the worker
+      checks again there);
+    * more than 4096 bytes for one key and its value, or 8192 bytes for
+      every store together, measured pickled (the limits W3C Baggage sets
+      for HTTP): :class:`ValueError`, with the size and the limit. Send
+      large data as an argument of the task; carry IDs in stores.
+
+    A value that pickles here but can't be unpickled in the worker fails
+    that task alone, with a :class:`TypeError` naming the store.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       Refuses control and format characters, and values over the size
+       limits, at submit time.
     """
 
     def __init__(
@@ -160,8 +177,17 @@ class ContextProcessPoolExecutor(ProcessPoolExecutor):
         super().__init__(max_workers, mp_context, _start_worker, (initializer, initargs), **kwargs)
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
-        """Capture the caller's stores and schedule ``fn(*args, **kwargs)`` in a worker."""
-        payload = _pickled(capture().to_dict())
+        """Capture the caller's stores and schedule ``fn(*args, **kwargs)`` in a worker.
+
+        Raises:
+            TypeError: A carried value can't be pickled. Nothing is sent.
+            ValueError: A carried name, key or value holds a control or
+                format character, or the carried values are over the size
+                limits. Nothing is sent.
+            StoreDefaultsError: The ``defaults`` factory of a
+                ``propagate=True`` ``"thread"`` store failed in this thread.
+        """
+        payload = _payload(capture().to_dict()["stores"])
         return super().submit(_run_from_payload, payload, fn, *args, **kwargs)
 
 
@@ -175,15 +201,67 @@ def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any
         initializer(*initargs)
 
 
-def _pickled(data: dict[str, Any]) -> dict[str, bytes]:
-    """Pickle each store's values apart, so that a failure can name its store."""
+def _payload(stores: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+    """Check the carried stores and pickle each one's values apart, to name any at fault."""
+    if not stores:
+        return {}
+    _check_characters(stores)
     payload: dict[str, bytes] = {}
-    for name, values in data["stores"].items():
+    total = 0
+    for name, values in stores.items():
         try:
-            payload[name] = pickle.dumps(values)
-        except Exception:  # noqa: BLE001, PERF203 (find the value at fault below)
+            pickled = pickle.dumps(values)
+        except Exception:  # noqa: BLE001 (find the value at fault below)
             _raise_unpicklable(name, values)
+        if len(pickled) > MAX_VALUE_BYTES:
+            # Only then can one value be over its limit: pickling key by key
+            # costs a submit nothing in the usual case.
+            _check_value_sizes(name, values)
+        payload[name] = pickled
+        total += len(pickled)
+    if total > MAX_BYTES:
+        _raise_too_large(stores, total)
     return payload
+
+
+def _pickled_size(key: str, value: object) -> int:
+    return len(pickle.dumps({key: value}))
+
+
+def _check_value_sizes(name: str, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        size = _pickled_size(key, value)
+        if size > MAX_VALUE_BYTES:
+            msg = (
+                f"store {name!a} key {key!a} takes {size} bytes pickled, over the "
+                f"limit of {MAX_VALUE_BYTES} bytes for one carried key and value, so nothing "
+                "was sent to the worker process. Carry an ID and look the data up in the "
+                "worker, pass large data as an argument of the task, or create the store with "
+                "propagate=False so that it stays in this process."
+            )
+            raise ValueError(msg)
+
+
+def _raise_too_large(stores: dict[str, dict[str, Any]], total: int) -> NoReturn:
+    sizes = sorted(
+        (
+            (_pickled_size(key, value), name, key)
+            for name, values in stores.items()
+            for key, value in values.items()
+        ),
+        reverse=True,
+    )
+    largest = ", ".join(
+        f"store {name!a} key {key!a} ({size} bytes)" for size, name, key in sizes[:3]
+    )
+    msg = (
+        f"the stores carried to the worker process take {total} bytes pickled, over the "
+        f"limit of {MAX_BYTES} bytes for everything one task carries, so nothing was sent. "
+        f"The largest values: {largest}. Carry IDs and look the data up in the worker, pass "
+        "large data as arguments of the task, or create stores that hold it with "
+        "propagate=False so that they stay in this process."
+    )
+    raise ValueError(msg)
 
 
 def _raise_unpicklable(name: str, values: dict[str, Any]) -> NoReturn:
@@ -217,5 +295,5 @@ def _run_from_payload(
                 "top level of a module the worker can import."
             )
             raise TypeError(msg) from exc
-    snapshot = Snapshot.from_dict({"format": 1, "stores": stores}, missing="ignore")
+    snapshot = Snapshot.from_dict({"format": FORMAT, "stores": stores}, missing="ignore")
     return snapshot.run(fn, *args, **kwargs)

@@ -21,9 +21,10 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Coroutine, Generator, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, final
 
 from . import _registry
+from ._wire import CONTROL_CHARACTERS, FORMAT, has_control, holds_control
 
 if TYPE_CHECKING:
     from ._store import ContextStore, _State
@@ -32,9 +33,6 @@ __all__ = ["ContextThread", "Snapshot", "capture"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-# The format version of Snapshot.to_dict(), checked by from_dict().
-_FORMAT: Final = 1
 
 
 # What a snapshot keeps of each propagating thread store: the store, its
@@ -164,7 +162,15 @@ class Snapshot:
         ContextVars stay behind: only stores are known by name in another
         process. Pickle it, or encode it any way the values allow.
 
+        Nothing is checked here. :meth:`from_dict` checks the characters of
+        what arrives, and :class:`ContextProcessPoolExecutor` checks
+        characters and sizes before it sends anything; a transport of your
+        own should also keep within the sizes it can carry.
+
         .. versionadded:: 0.1.0
+        .. versionchanged:: 0.2.0
+           What it returns is checked where it arrives: :meth:`from_dict`
+           refuses control and format characters.
         """
         stores: dict[str, dict[str, Any]] = {}
         for store in _registry.propagating_stores():
@@ -178,7 +184,7 @@ class Snapshot:
             fresh = store._fresh  # noqa: SLF001
             if fresh is None or state[0] is not fresh[0]:
                 stores[store.name] = dict(state[0])
-        return {"format": _FORMAT, "stores": stores}
+        return {"format": FORMAT, "stores": stores}
 
     @classmethod
     def from_dict(
@@ -191,6 +197,17 @@ class Snapshot:
         namesake had, whatever its backend here. Stores not named in ``data``,
         and every other ContextVar, start fresh.
 
+        ``data`` is treated as input from outside this process (another
+        process, a queue, your own transport), because the values end up in
+        log lines, headers and terminals. Besides its shape, every str in it
+        is checked (store names, keys, and values, also inside lists, tuples
+        and dicts): none may hold a control or format character (Unicode
+        categories Cc and Cf: line breaks, DEL, the bidirectional overrides
+        such as U+202E, zero-width characters) nor U+2028 or U+2029, which
+        would start or rewrite a line wherever the value is shown. Any other
+        character travels, a no-break space or ``"東京"`` alike. Nothing of
+        ``data`` is applied when any part is refused.
+
         Args:
             data: What :meth:`to_dict` returned, in this or another process.
             missing: What to do about names no live store has here:
@@ -199,10 +216,19 @@ class Snapshot:
 
         Raises:
             TypeError: ``data`` is not what :meth:`to_dict` returns.
+            ValueError: A store name, key or value holds a refused
+                character. The message names the store and key, escaped
+                with :func:`ascii`, and quotes no value.
             LookupError: With ``missing="raise"``, a store named in ``data``
                 doesn't exist here. Nothing is applied.
+            StoreDefaultsError: The ``defaults`` factory of a
+                ``"thread"`` store that ``data`` doesn't name failed here;
+                the snapshot would start that store fresh.
 
         .. versionadded:: 0.1.0
+        .. versionchanged:: 0.2.0
+           Refuses text that holds a control or format character, with a
+           :class:`ValueError`.
         """
         if missing not in ("raise", "ignore"):
             msg = f"missing must be 'raise' or 'ignore', got {missing!r}."
@@ -398,12 +424,12 @@ def _close(coro: Coroutine[Any, Any, Any]) -> None:
 def _checked_data(data: object) -> dict[str, dict[str, Any]]:
     expected = (
         "expected the dict returned by Snapshot.to_dict(), "
-        "{'format': 1, 'stores': {store name: {key: value}}}"
+        f"{{'format': {FORMAT}, 'stores': {{store name: {{key: value}}}}}}"
     )
     if not isinstance(data, Mapping):
         raise TypeError(f"{expected}; got {type(data).__name__}.")
     version = data.get("format")
-    if type(version) is not int or version != _FORMAT:
+    if type(version) is not int or version != FORMAT:
         msg = (
             f"{expected}; got format {version!r}. Both processes must run "
             "compatible versions of contextual."
@@ -419,7 +445,36 @@ def _checked_data(data: object) -> dict[str, dict[str, Any]]:
         if not all(isinstance(key, str) for key in values):
             raise TypeError(f"{expected}; store {name!r} has a non-str key.")
         result[name] = dict(values)
+    _check_characters(result)
     return result
+
+
+def _check_characters(stores: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse carried stores whose name, keys or values break the character rule of _wire.
+
+    Both sides of a process boundary apply it: the sender before anything
+    is sent, the receiver (from_dict) before anything is applied.
+
+    Raises:
+        ValueError: naming the store and the key, escaped.
+    """
+    for name, values in stores.items():
+        if has_control(name):
+            raise ValueError(_refused(f"the store name {name!a}"))
+        for key, value in values.items():
+            if has_control(key) or holds_control(value):
+                raise ValueError(_refused(f"store {name!a} key {key!a}"))
+
+
+def _refused(what: str) -> str:
+    return (
+        f"{what} holds {CONTROL_CHARACTERS} (or lists and dicts nested too deep to "
+        "check), so the context can't cross a process boundary and none of it is sent or "
+        "applied: such a character would start or rewrite a line wherever the value is "
+        "logged or shown. Carry printable text only (remove or escape the character "
+        "before setting the value), or create the store with propagate=False so that "
+        "it stays in its process."
+    )
 
 
 # -- threads ---------------------------------------------------------------------
@@ -450,8 +505,11 @@ class ContextThread(threading.Thread):
             # Let threading say it ("threads can only be started once")
             # without touching the run() of the start that happened.
             super().start()
-        self._contextual_started = True
+        # Marked only once the capture succeeded: a start refused there (a
+        # store's failing defaults factory) leaves the thread unstarted,
+        # and the next start() must still carry the context.
         snapshot = capture()
+        self._contextual_started = True
         # An instance attribute shadows run() for this one start, whatever
         # class defines it; _run_once removes it again, which also breaks
         # the cycle thread -> partial -> thread.

@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast, fina
 
 from . import _registry
 from ._decorate import AsyncToo, decorate
-from ._errors import ScopeError
+from ._errors import ScopeError, StoreDefaultsError
 
 __all__ = ["BACKENDS", "ContextStore", "StoreScope"]
 
@@ -99,16 +99,33 @@ def _initial_state(defaults: object, name: str) -> _State | Callable[[], _State]
     if isinstance(defaults, Mapping):
         return (_checked_values(defaults, source=f"defaults of store {name!r}"), None, None)
     if callable(defaults):
-        source = f"the value returned by the defaults() factory of store {name!r}"
-        return functools.partial(_call_factory, defaults, source)
+        return functools.partial(_call_factory, defaults, name)
     raise TypeError(
         f"defaults must be a mapping or a zero-argument callable returning one, got "
         f"{type(defaults).__name__}."
     )
 
 
-def _call_factory(factory: Callable[[], Mapping[str, Any]], source: str) -> _State:
-    return (_checked_values(factory(), source=source), None, None)
+def _call_factory(factory: Callable[[], Mapping[str, Any]], name: str) -> _State:
+    """Run the defaults factory of store ``name``: every call of it goes through here."""
+    try:
+        values = factory()
+    except Exception as exc:
+        # Never let the factory's exception out as it is: whatever read the
+        # store (a capture() for a pool, another library) would get a bare
+        # ZeroDivisionError, and a KeyError or AttributeError would even
+        # pass for a missing key.
+        msg = (
+            f"the defaults() factory of store {name!r} failed ({type(exc).__name__}: {exc}). "
+            "The store has no values in this thread or context until the factory succeeds "
+            "(it runs again on the next access): every read of the store here fails, and "
+            "so does every capture() in this thread if it is a propagate=True 'thread' "
+            "store. Fix the factory so that it returns a mapping such as {'user': None}, "
+            "or pass defaults as a mapping."
+        )
+        raise StoreDefaultsError(msg) from exc
+    source = f"the value returned by the defaults() factory of store {name!r}"
+    return (_checked_values(values, source=source), None, None)
 
 
 class ContextStore(MutableMapping[str, Any]):
@@ -167,7 +184,21 @@ class ContextStore(MutableMapping[str, Any]):
             context that never wrote (``"context"``) starts with, as if set: a
             mapping, or a zero-argument callable returning one, called once per
             thread or once per context on first access (like the ``__init__``
-            of a ``threading.local`` subclass).
+            of a ``threading.local`` subclass). A factory that raises leaves
+            the store without values there, and it runs again on the next
+            access: until it succeeds, each read raises
+            :class:`~contextual.StoreDefaultsError`, naming the store, with
+            the factory's exception as ``__cause__``. A ``propagate=True``
+            ``"thread"`` store is read by every :func:`~contextual.capture`,
+            so while its factory fails in a thread, every capture there
+            raises that error too: each ``submit`` to a
+            :class:`~contextual.ContextExecutor` or
+            :class:`~contextual.ContextProcessPoolExecutor`, each
+            :meth:`ContextThread.start() <contextual.ContextThread.start>`
+            and :func:`~contextual.to_thread`. The store is never skipped,
+            since the work would then run without values its caller had.
+            A factory that returns something other than a mapping raises
+            :class:`TypeError`, also naming the store.
         propagate: Whether this store travels when context is captured and
             carried into pool workers, threads and processes; ``False`` keeps
             it in the thread or task that wrote it (a registry of per-thread
@@ -191,6 +222,10 @@ class ContextStore(MutableMapping[str, Any]):
         True
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       A ``defaults`` factory that raises makes reads (and captures) raise
+       :class:`~contextual.StoreDefaultsError`, which names the store,
+       instead of the factory's own exception.
     """
 
     __slots__ = ("__weakref__", "_fresh", "_get", "_name", "_propagate", "_set")

@@ -19,6 +19,7 @@ applies the same two checks, from here:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, cast
 
 __all__ = [
@@ -67,7 +68,7 @@ def has_control(text: str) -> bool:
 
 
 def holds_control(value: object, depth: int = 32) -> bool:
-    """Tell whether ``value``, or a str in the lists, tuples and dicts in it, breaks the rule.
+    """Tell whether ``value``, or a str in the lists, tuples and mappings in it, breaks the rule.
 
     Dict keys count as text too. Values nested deeper than ``depth`` count
     as breaking it: no sender of ours nests that deep, and a value that
@@ -76,10 +77,11 @@ def holds_control(value: object, depth: int = 32) -> bool:
     if isinstance(value, str):
         return has_control(value)
     if depth == 0:
-        return isinstance(value, (list, tuple, dict))
+        return isinstance(value, (list, tuple, Mapping))
     if isinstance(value, (list, tuple)):
         return any(holds_control(item, depth - 1) for item in cast("list[object]", value))
-    if isinstance(value, dict):
-        items = cast("dict[object, object]", value).items()
+    # Any mapping, not dicts alone: a RequestContext's extras are a read-only view.
+    if isinstance(value, Mapping):
+        items = cast("Mapping[object, object]", value).items()
         return any(holds_control(k, depth - 1) or holds_control(v, depth - 1) for k, v in items)
     return False
