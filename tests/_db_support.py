@@ -11,18 +11,25 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import select
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+import psycopg.conninfo
 import pytest
 
 from _servers import postgres_dsn
 from contextual import ThreadLocalDB
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 _tables = itertools.count()
 
@@ -128,3 +135,69 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not happen within {timeout} s")
         time.sleep(0.01)
+
+
+class CommitReplyDropper:
+    """A loopback TCP proxy to PostgreSQL that loses the answer to a COMMIT.
+
+    Clients connect to :attr:`dsn`; everything is forwarded both ways until a
+    client sends a message holding ``COMMIT``. That message reaches the
+    server; once the server's answer arrives (so the server has committed),
+    the proxy closes both sockets instead of forwarding it: the client sees
+    its connection break while COMMIT runs, as with a network blip or a
+    pooler restarting at the wrong moment. It does this once; later
+    connections pass through.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        self._target = (str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        port = self._listener.getsockname()[1]
+        self.dsn = psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=port)
+        self.dropped = threading.Event()
+        """Set once a COMMIT's answer was dropped."""
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+        accepter = threading.Thread(target=self._accept, name="commit-dropper", daemon=True)
+        accepter.start()
+        self._threads.append(accepter)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closing = True
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed by __exit__
+            server = socket.create_connection(self._target)
+            pump = threading.Thread(target=self._pump, args=(client, server), daemon=True)
+            pump.start()
+            self._threads.append(pump)
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        committing = False
+        with client, server:
+            while not self._closing:
+                readable, _, _ = select.select([client, server], [], [], 0.2)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is client:
+                        if not self.dropped.is_set() and b"COMMIT\x00" in data:
+                            committing = True
+                        server.sendall(data)
+                    elif committing:
+                        self.dropped.set()  # the server answered the COMMIT: drop it
+                        return
+                    else:
+                        client.sendall(data)

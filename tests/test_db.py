@@ -488,6 +488,19 @@ def test_a_connection_whose_backend_was_killed_is_replaced_on_next_use(postgres:
     assert db.open_connections == 1
 
 
+def test_without_poll_a_killed_backend_is_still_replaced_on_next_use(
+    postgres: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Windows has no select.poll(): the check falls back to select.select().
+    monkeypatch.setattr(_db, "_poll", None)
+    db = postgres.db()
+    (pid,) = db.execute("SELECT pg_backend_pid()")[0]
+    _terminate_backend(postgres, pid)
+    (new_pid,) = db.execute("SELECT pg_backend_pid()")[0]
+    assert new_pid != pid
+    assert db.open_connections == 1
+
+
 def test_a_killed_backend_inside_a_transaction_reaches_the_caller(postgres: Database) -> None:
     db = postgres.db()
     with pytest.raises(psycopg.OperationalError), db.transaction():
@@ -679,7 +692,7 @@ def test_a_notification_on_an_idle_connection_keeps_it(postgres: Database) -> No
     sender.execute("NOTIFY contextual_test, 'hello'")
     sender.close()
     # The socket has the notification to read: the probe runs, and passes.
-    wait_for(lambda: bool(db._store["slot"].poll.poll(0)), "the notification's arrival")
+    wait_for(lambda: bool(db._store["slot"].readable()), "the notification's arrival")
     assert db.execute("SELECT pg_backend_pid()")[0] == (pid,)
 
 

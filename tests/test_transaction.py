@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import sqlite3
 import threading
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -822,47 +820,6 @@ def test_an_outer_block_cannot_end_while_a_savepoint_of_another_context_is_open(
     with db.transaction():  # the connection is free again
         insert(database, db, 1)
     assert keys(database) == [1]
-
-
-class _InterruptedCommit:
-    """A sqlite3 connection whose COMMIT is interrupted by Ctrl-C."""
-
-    def __init__(self, path: Path) -> None:
-        self._connection = sqlite3.connect(path, isolation_level=None)
-
-    def cursor(self) -> Any:
-        connection = self._connection
-        cursor = connection.cursor()
-
-        class Cursor:
-            description = None
-            rowcount = -1
-
-            def execute(self, sql: str, params: Any = ()) -> Any:
-                if sql == "COMMIT":
-                    raise KeyboardInterrupt
-                return cursor.execute(sql, params)
-
-            def fetchall(self) -> list[Any]:
-                return cursor.fetchall()
-
-        return Cursor()
-
-    def close(self) -> None:
-        self._connection.close()
-
-
-def test_keyboard_interrupt_during_the_commit_rolls_back_and_goes_on_up(tmp_path: Path) -> None:
-    plain = ThreadLocalDB(tmp_path / "db.sqlite3")
-    plain.execute("CREATE TABLE t (x)")
-    plain.close_all()
-    db = ThreadLocalDB(connect=lambda: _InterruptedCommit(tmp_path / "db.sqlite3"))
-    with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
-        db.execute("INSERT INTO t VALUES (1)")
-    assert txn.state == "rolled back"
-    assert plain.execute("SELECT count(*) FROM t") == [(0,)]
-    db.close_all()
-    plain.close_all()
 
 
 def test_a_hook_added_while_the_block_ends_is_reported_not_dropped(

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import itertools
 import os
 import select
 import sqlite3
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
 from ._errors import TransactionError
 from ._store import ContextStore
-from ._transaction import Transaction, TransactionManager, _owner, failed_block
+from ._transaction import Transaction, TransactionManager, _owner, failed_block, innermost_open
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -73,8 +74,9 @@ class _Slot:
         "cursor",
         "finalizer",
         "generation",
-        "poll",
+        "readable",
         "ready",
+        "retired",
         "sqlite",
         "thread",
         "transaction",
@@ -90,7 +92,7 @@ class _Slot:
     begin: str
     # For a connection with a socket (fileno()): checked before use outside
     # a transaction, to notice a server that dropped the connection.
-    poll: select.poll | None
+    readable: Callable[[], object] | None
     transaction: Transaction | None
     sqlite: bool
     # The db's generation when this connection opened; close_all() starts a
@@ -102,6 +104,9 @@ class _Slot:
     # close_all() never writes to a slot that another thread is using.
     ready: object
     closed_by: str | None
+    # Set from another thread (a transaction of this connection's closed
+    # there): the owning thread closes the connection before its next use.
+    retired: str | None
     finalizer: weakref.finalize[Any, _Slot]
 
     def enter(self, transaction: Transaction | None) -> None:
@@ -118,17 +123,60 @@ class _Slot:
             )
         )
         self.ready = self.generation if fast else None
+        # retire() writes retired, then ready: read in the other order here,
+        # one of the two threads sees the other's write, and no fast path
+        # survives a retirement, with or without a GIL.
+        if self.retired is not None:
+            self.ready = None
+
+    def retire(self, reason: str) -> None:
+        """Have the owning thread close the connection before its next use; any thread."""
+        self.retired = reason
+        self.ready = None
 
     def drop(self, reason: str) -> None:
         """Forget the connection (closed, or left to another process)."""
         self.closed_by = reason
-        self.connection = self.cursor = self.poll = self.ready = None
+        self.connection = self.cursor = self.readable = self.ready = None
 
     def close(self, reason: str) -> None:
         """Close the connection now (in its own thread, or as it dies)."""
         with self.close_lock:
             self.drop(reason)
             self.finalizer()
+
+    def is_broken(self) -> bool:
+        """Tell whether the connection is gone or can no longer run statements."""
+        return self.connection is None or _is_broken(self.connection)
+
+    def commit_outcome(
+        self, error: BaseException, broken_before: bool
+    ) -> Literal["committed", "not committed", "unknown"]:
+        """Tell what became of the transaction whose ``COMMIT`` raised ``error``.
+
+        Args:
+            error: What the ``COMMIT`` raised.
+            broken_before: The connection was already broken when the
+                ``COMMIT`` was sent, so it never reached the server.
+        """
+        connection = self.connection
+        if connection is None or broken_before:
+            return "not committed"  # never sent; closing the connection rolled it back
+        if self.sqlite:
+            return _sqlite_commit_outcome(connection, error)
+        if _is_broken(connection):
+            # The COMMIT went out and the connection broke before the answer
+            # came: the server may have committed. Nobody here can tell.
+            return "unknown"
+        if isinstance(error, Exception):
+            return "not committed"  # the server answered with an error
+        # Interrupted while the COMMIT ran, and the connection survived:
+        # psycopg says where the server is (libpq's transaction status).
+        status = getattr(getattr(connection, "info", None), "transaction_status", None)
+        if status == _IDLE:
+            committed = getattr(self.cursor, "statusmessage", None) == "COMMIT"
+            return "committed" if committed else "not committed"
+        return "not committed" if status in (_INTRANS, _INERROR) else "unknown"
 
 
 def _close_quietly(connection: Any, pid: int) -> None:
@@ -156,6 +204,20 @@ def _is_broken(connection: Any) -> bool:
     return bool(getattr(connection, "closed", False) or getattr(connection, "broken", False))
 
 
+def _sqlite_commit_outcome(
+    connection: sqlite3.Connection, error: BaseException
+) -> Literal["committed", "not committed"]:
+    if isinstance(error, sqlite3.Error):
+        return "not committed"  # SQLite refused it: still open, or rolled back
+    # Anything else (Ctrl-C, an exception from a signal handler) was raised by
+    # Python around the C call, which ran to its end or never started: the
+    # connection knows which.
+    try:
+        return "not committed" if connection.in_transaction else "committed"
+    except sqlite3.ProgrammingError:
+        return "not committed"  # closed: closing rolled it back
+
+
 def _interrupt(connection: Any) -> None:
     """Ask a running statement to stop, from another thread."""
     # sqlite3's interrupt() is made for this and costs nothing when idle.
@@ -173,17 +235,34 @@ def _interrupt(connection: Any) -> None:
         method()
 
 
-# psycopg's TransactionStatus.ACTIVE (libpq's PQTRANS_ACTIVE): a query runs.
-_ACTIVE = 1
+# psycopg's TransactionStatus (libpq's PGTransactionStatusType): no
+# transaction, a query running, inside a transaction, inside a failed one.
+_IDLE, _ACTIVE, _INTRANS, _INERROR = 0, 1, 2, 3
 
 
-def _socket_poll(connection: Any) -> select.poll | None:
+def _readable(connection: Any) -> Callable[[], object] | None:
+    """A check that ``connection``'s socket has something to read, or None."""
     fileno = getattr(connection, "fileno", None)
     if not callable(fileno):
         return None  # sqlite3, and drivers that don't show their socket
-    poll = select.poll()
-    poll.register(fileno(), select.POLLIN | select.POLLPRI)
-    return poll
+    fd = fileno()
+    if _poll is None:
+        # Windows has no poll(); its select() takes sockets, which is all
+        # a connection's fileno() is there.
+        return functools.partial(_select_readable, fd)
+    poll = _poll()
+    poll.register(fd, select.POLLIN | select.POLLPRI)
+    return functools.partial(poll.poll, 0)
+
+
+def _select_readable(fd: int) -> list[Any]:
+    readable: list[Any] = select.select([fd], [], [], 0)[0]
+    return readable
+
+
+# poll() where the system has it: select() refuses descriptors past
+# FD_SETSIZE (1024), which a busy server's connections reach.
+_poll = getattr(select, "poll", None)
 
 
 @final
@@ -247,7 +326,10 @@ class ThreadLocalDB:
     terminated) is replaced before the next statement is sent. A statement
     that fails because its connection broke raises the driver's error, and
     the next use gets a new connection. Inside a transaction, the error
-    reaches the caller and the transaction is lost.
+    reaches the caller and the transaction is lost. A connection that breaks
+    while ``COMMIT`` runs raises :class:`CommitOutcomeUnknownError`: the
+    server may have committed. On a system without ``select.poll()``
+    (Windows), the socket is checked with ``select.select()``.
 
     Args:
         path: A sqlite3 database: a file path, or a ``file:`` URI with
@@ -266,6 +348,10 @@ class ThreadLocalDB:
             (``timeout``, ``uri``, ``detect_types``...).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       A commit whose outcome is unknown raises
+       :class:`CommitOutcomeUnknownError`; the liveness check works without
+       ``select.poll()``.
     """
 
     __slots__ = (
@@ -360,15 +446,25 @@ class ThreadLocalDB:
         """Return ``slot`` checked (closing it if close_all() retired it), or a new one."""
         if slot is None:
             return self._open()
-        if slot.connection is not None and slot.generation is not self._generation:
-            self._discard(slot, "close_all()")
+        self._close_if_retired(slot)
         if slot.connection is None:
+            # A transaction closed from another thread is over: only one it
+            # was nested in, still open here, makes this an error.
+            slot.transaction = innermost_open(slot.transaction)
             if slot.transaction is not None:
                 raise _closed_in_transaction(slot)
             return self._open()
-        if slot.poll is not None and slot.transaction is None and slot.poll.poll(0):
+        if slot.readable is not None and slot.transaction is None and slot.readable():
             return self._check_alive(slot)
         return slot
+
+    def _close_if_retired(self, slot: _Slot) -> None:
+        """Close ``slot``'s connection if close_all() or another thread retired it."""
+        if slot.connection is not None:
+            if slot.retired is not None:
+                self._discard(slot, slot.retired)
+            elif slot.generation is not self._generation:
+                self._discard(slot, "close_all()")
 
     def _open(self) -> _Slot:
         connection = self._connect()
@@ -386,8 +482,8 @@ class ThreadLocalDB:
         slot.thread = threading.get_ident()
         slot.close_lock = threading.Lock()
         slot.generation = self._generation
-        slot.closed_by = None
-        slot.poll = _socket_poll(connection)
+        slot.closed_by = slot.retired = None
+        slot.readable = _readable(connection)
         slot.sqlite = isinstance(connection, sqlite3.Connection)
         slot.enter(None)
         if self._begin is not None:
@@ -592,8 +688,7 @@ class ThreadLocalDB:
 
     def _run(self, slot: _Slot, sql: str) -> None:
         """Run a transaction-control statement on ``slot``."""
-        if slot.connection is not None and slot.generation is not self._generation:
-            self._discard(slot, "close_all()")  # retired: this thread closes it
+        self._close_if_retired(slot)
         if slot.connection is None:
             raise _closed_in_transaction(slot)
         slot.cursor.execute(sql)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar, final
 
 from ._decorate import AsyncToo, decorate
-from ._errors import ScopeError, TransactionError
+from ._errors import CommitOutcomeUnknownError, ScopeError, TransactionError
 from ._fork import renew_locks_after_fork
 
 if TYPE_CHECKING:
@@ -18,18 +18,23 @@ if TYPE_CHECKING:
 
     from ._db import ThreadLocalDB, _Slot
 
-__all__ = ["Transaction", "TransactionManager", "TransactionState"]
+__all__ = ["Transaction", "TransactionManager", "TransactionState", "innermost_open"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _H = TypeVar("_H", bound=Callable[[], object])
 
 logger: Final = logging.getLogger("contextual.transactions")
 
-TransactionState = Literal["new", "open", "released", "committed", "rolled back"]
+TransactionState = Literal["new", "open", "released", "committed", "rolled back", "unknown"]
 """The life of a :class:`Transaction`: ``"new"`` until its block starts,
 ``"open"`` inside it, then ``"committed"`` or ``"rolled back"``; a savepoint
 whose block succeeded is ``"released"``: its work and hooks joined the
-enclosing transaction, whose end decides them."""
+enclosing transaction, whose end decides them. ``"unknown"``: the connection
+broke while ``COMMIT`` ran, so the database may or may not have committed it
+(see :class:`CommitOutcomeUnknownError`).
+
+.. versionchanged:: 0.2.0
+   ``"unknown"``."""
 
 
 def _owner() -> object:
@@ -106,7 +111,7 @@ class TransactionManager:
     @property
     def current(self) -> Transaction | None:
         """The innermost open transaction of this thread or task, or ``None``."""
-        transaction = self._var.get()
+        transaction = innermost_open(self._var.get())
         if transaction is None or transaction._owner != _owner():  # noqa: SLF001
             return None
         return transaction
@@ -137,11 +142,28 @@ class TransactionManager:
             durable: Refuse to run inside another transaction, so that a
                 successful end of the block is a real commit.
 
+        The block belongs to the thread that entered it. Exited from
+        another thread (a generator holding it, closed there), it rolls back
+        without touching the connection from there: the entering thread
+        closes its connection before its next use, which rolls the work back
+        on the server, and gets a new one.
+
         Raises:
             TransactionError: On entry: ``durable`` inside a transaction, or
                 this thread's connection is inside a transaction of another
-                task. On exit: the commit failed (nothing was committed), or
-                the block swallowed an error of one of its statements.
+                task. On exit: the database refused the commit (nothing was
+                committed), or the block swallowed an error of one of its
+                statements.
+            CommitOutcomeUnknownError: On exit: the connection broke while
+                ``COMMIT`` ran, so the transaction may or may not have been
+                committed. Neither ``on_commit`` nor ``on_rollback`` hooks
+                run; check for the transaction's changes before redoing it.
+            ScopeError: On exit from another thread than the one that
+                entered the block, without an exception: it was rolled back.
+
+        .. versionchanged:: 0.2.0
+           :class:`CommitOutcomeUnknownError`, and blocks exited from
+           another thread.
         """
         return Transaction(self, durable)
 
@@ -156,8 +178,8 @@ class TransactionManager:
                 another thread or task (a child task, a pool worker): add the
                 hook to that :class:`Transaction` object instead.
         """
-        transaction = self._var.get()
-        if transaction is None or transaction.state != "open":
+        transaction = innermost_open(self._var.get())
+        if transaction is None:
             fn()
             return fn
         if transaction._owner != _owner():  # noqa: SLF001
@@ -196,6 +218,7 @@ class Transaction(AsyncToo["Transaction"]):
         "_owner",
         "_rollback_hooks",
         "_slot",
+        "_thread",
         "_token",
         "durable",
         "manager",
@@ -213,6 +236,8 @@ class Transaction(AsyncToo["Transaction"]):
     """Where it is in its life."""
 
     _owner: object
+    # The thread that entered the block: only it may use the connection.
+    _thread: int
     _slot: _Slot | None
     _failed: bool
     _token: contextvars.Token[Transaction | None]
@@ -328,15 +353,17 @@ class Transaction(AsyncToo["Transaction"]):
         manager = self.manager
         var = manager._var  # noqa: SLF001
         # _owner(), inlined: this runs for every transaction.
+        thread = _get_ident()
         asyncio = _modules.get("asyncio")
         if asyncio is not None and asyncio._get_running_loop() is not None:  # noqa: SLF001
             owner = _owner()
         else:
-            owner = _get_ident()
+            owner = thread
         parent = var.get()
         if parent is not None:
             parent = self._nest_in(parent, owner)
         self._owner = owner
+        self._thread = thread
         db = manager._db  # noqa: SLF001
         if db is not None:
             slot = db._local.s[0].get("slot")  # noqa: SLF001 (ThreadLocalDB._slot, inlined)
@@ -363,9 +390,14 @@ class Transaction(AsyncToo["Transaction"]):
         return self
 
     def _nest_in(self, parent: Transaction, owner: object) -> Transaction | None:
-        """Return ``parent`` if this block nests in it, or None for a new transaction."""
-        if parent._owner != owner or parent.state != "open":
-            return None  # another thread's or task's, or over: not ours to nest in
+        """Return the block this one nests in (``parent`` or an enclosing one), or None."""
+        if parent.state != "open":
+            # Closed from another thread, which can't reset this context's
+            # variable: the innermost block still open is the one to nest in.
+            still_open = innermost_open(parent)
+            return None if still_open is None else self._nest_in(still_open, owner)
+        if parent._owner != owner:
+            return None  # another thread's or task's: not ours to nest in
         if self.durable:
             raise _durable_nested(parent)
         if parent._failed:
@@ -379,8 +411,9 @@ class Transaction(AsyncToo["Transaction"]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.state != "open":
-            raise ScopeError(f"{self!r} was exited without being entered.")
+        if self.state != "open" or (self._slot is not None and _get_ident() != self._thread):
+            self._exit_elsewhere(exc_type)
+            return
         manager = self.manager
         var = manager._var  # noqa: SLF001
         current = var.get()
@@ -414,7 +447,7 @@ class Transaction(AsyncToo["Transaction"]):
                 try:
                     slot.cursor.execute("COMMIT")
                 except BaseException as error:  # noqa: BLE001 (_commit_failed re-raises it)
-                    self._commit_failed(error)
+                    self._commit_failed(error, broken_before=False)
                 self.state = "committed"
                 if self._commit_hooks:
                     _run_hooks(self._commit_hooks, "on_commit")
@@ -464,10 +497,11 @@ class Transaction(AsyncToo["Transaction"]):
                 parent._rollback_hooks = (parent._rollback_hooks or []) + self._rollback_hooks  # noqa: SLF001
             return
         if slot is not None and db is not None:
+            broken = slot.is_broken()
             try:
                 db._run(slot, "COMMIT")  # noqa: SLF001
             except BaseException as error:  # noqa: BLE001 (_commit_failed re-raises it)
-                self._commit_failed(error)
+                self._commit_failed(error, broken_before=broken)
             if getattr(slot.cursor, "statusmessage", None) == "ROLLBACK":
                 # PostgreSQL answers COMMIT of a failed transaction (a
                 # statement that failed on db.connection directly) this way.
@@ -483,14 +517,59 @@ class Transaction(AsyncToo["Transaction"]):
         if self._commit_hooks:
             _run_hooks(self._commit_hooks, "on_commit")
 
-    def _commit_failed(self, error: BaseException) -> NoReturn:
+    def _commit_failed(self, error: BaseException, *, broken_before: bool) -> NoReturn:
+        slot = self._slot
+        assert slot is not None  # noqa: S101 (only a transaction on a connection commits)
+        outcome = slot.commit_outcome(error, broken_before)
+        if outcome == "unknown":
+            slot.close("a commit whose outcome is unknown")
+        # A traceback the caller keeps holds this frame: it must not keep
+        # the connection open after its thread exits.
+        del slot
+        if outcome == "committed":
+            # Interrupted (Ctrl-C) once the COMMIT was done: it stands, and
+            # so do the hooks that wait for it; the interruption goes on up.
+            self.state = "committed"
+            _run_hooks(self._commit_hooks, "on_commit")
+            raise error
+        if outcome == "unknown":
+            self.state = "unknown"
+            if not isinstance(error, Exception):
+                raise error
+            raise _outcome_unknown(self, error) from error
         # sqlite3 keeps the transaction open after a failed COMMIT ("database
         # is locked"); PostgreSQL has already ended it. Roll back for both.
         self._roll_back()
         if not isinstance(error, Exception):
-            raise error  # KeyboardInterrupt during the commit: rolled back, goes on up
+            raise error  # KeyboardInterrupt before the commit: rolled back, goes on up
         msg = f"the commit failed, so nothing of this transaction was committed: {error}"
         raise TransactionError(msg) from error
+
+    def _exit_elsewhere(self, exc_type: type[BaseException] | None) -> None:
+        """End a block exited in a thread other than the one that entered it."""
+        if self.state != "open":
+            raise ScopeError(f"{self!r} was exited without being entered.")
+        # A generator holding the block, closed from another thread: its
+        # connection belongs to the entering thread, which may be using it
+        # right now, and that thread's context still shows this block as
+        # current, out of reach from here. So nothing runs on the connection
+        # here: it is retired, and its own thread closes it (which rolls the
+        # work back) before using it again; or, if that thread is gone, the
+        # last reference to it closes it below.
+        slot = self._slot
+        assert slot is not None  # noqa: S101 (checked by the caller)
+        self._slot = None
+        self.state = "rolled back"
+        slot.retire(f"{self!r} was closed from another thread")
+        del slot
+        _run_hooks(self._rollback_hooks, "on_rollback")
+        if exc_type is None:
+            msg = (
+                f"{self!r} was exited in another thread than the one that entered it, and "
+                "a connection is only used by its own thread, so it was rolled back instead "
+                "of committed. End a transaction block in the thread that entered it."
+            )
+            raise ScopeError(msg)
 
     def _roll_back(self) -> None:
         """Roll back this block, and run its rollback hooks."""
@@ -567,6 +646,26 @@ def _swallowed_failure() -> TransactionError:
         "fail in a nested 'with db.transaction():' block to keep the rest."
     )
     return TransactionError(msg)
+
+
+def innermost_open(transaction: Transaction | None) -> Transaction | None:
+    """Return ``transaction``, or its innermost enclosing transaction that is still open."""
+    while transaction is not None and transaction.state != "open":
+        transaction = transaction.parent
+    return transaction
+
+
+def _outcome_unknown(transaction: Transaction, error: BaseException) -> CommitOutcomeUnknownError:
+    hooks = len(transaction._commit_hooks or ())  # noqa: SLF001
+    msg = (
+        f"the connection broke while COMMIT ran ({error}), so there is no telling whether "
+        "this transaction was committed: the database may have committed it and lost only "
+        "the answer. Check whether its changes are there (look up a row it wrote, or an "
+        "idempotency key) before doing the work again: redoing it blindly may do it twice. "
+        f"Neither its on_commit nor its on_rollback hooks ran ({hooks} on_commit hooks "
+        "did not)."
+    )
+    return CommitOutcomeUnknownError(msg)
 
 
 def _descends(inner: Transaction, outer: Transaction) -> bool:
