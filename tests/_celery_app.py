@@ -72,6 +72,7 @@ def _state(event: str, task_id: str | None, tag: str | None) -> dict[str, Any]:
         "task_id": task_id,
         "request_id": _get_request_id(),
         "current_request": None if request is None else request.request_id,
+        "current_user": None if request is None else request.user_id,
         "user": get_current_user(),
         "tenant": dict(tenant),
         "secret": dict(secret),

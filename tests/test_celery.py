@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,11 +33,13 @@ import pytest
 from celery import Celery, chain, chord, group
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.signals import after_task_publish
+from kombu.exceptions import OperationalError
 
 import _celery_app as tasks
 from _servers import redis_url
 from contextual import (
     ContextExecutor,
+    ContextFilter,
     ContextStore,
     ThreadLocalDB,
     TransactionError,
@@ -46,6 +49,7 @@ from contextual import (
     get_request_id,
     request_context,
 )
+from contextual._wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES
 from contextual.integrations import celery as integration
 from contextual.integrations.celery import HEADER, enqueue_on_commit, install
 
@@ -491,7 +495,11 @@ def test_a_request_id_of_none_is_no_request_and_no_problem(caplog):
         "c1\x85",
         "ls\u2028",
         "ps\u2029",
+        "rlo\u202e",
+        "zero width\u200b",
+        "lone surrogate\ud800",
         ["ok", "bad\n"],
+        ("ok", "bad\n"),
         {"k": {"deeper": ["bad\r\n"]}},
         {"bad\nkey": 1},
     ],
@@ -510,10 +518,157 @@ def test_incoming_values_with_control_characters_are_dropped(caplog, value):
     assert seen["tenant"] == {"ok": "fine", "n": 1, "list": [1, "two"]}
     (record,) = caplog.records
     message = record.getMessage()
-    assert "'contextual.request'['user_id'] holds a control character" in message
-    assert "'tests.celery.tenant'['bad'] holds a control character" in message
+    assert f"'contextual.request'['user_id'] holds {CONTROL_CHARACTERS}" in message
+    assert f"'tests.celery.tenant'['bad'] holds {CONTROL_CHARACTERS}" in message
     assert "\n" not in message
     assert "\r" not in message
+
+
+# Sizes as the limits measure them: a key and its value, each as compact JSON
+# in UTF-8. '"k"' takes 3 bytes, so "k" with a str of n ASCII characters takes n + 5.
+KEY_BYTES = len('"k"')
+REQUEST_ID_BYTES = len('"request_id""r-size"')
+# What "c": 1 takes; the total tests put it last.
+C_BYTES = len('"c"1')
+
+
+def text_of(entry_bytes: int) -> str:
+    """A str that, under the key "k", makes an entry of exactly ``entry_bytes``."""
+    return "x" * (entry_bytes - KEY_BYTES - 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        (text_of(MAX_VALUE_BYTES), True),
+        (text_of(MAX_VALUE_BYTES + 1), False),
+        # UTF-8, not \u escapes: each "\u00eb" is 2 bytes.
+        ("\u00eb" * ((MAX_VALUE_BYTES - 5) // 2) + "x", True),
+        ("\u00eb" * ((MAX_VALUE_BYTES - 5) // 2 + 1), False),
+        # Compact JSON: '["', '"]' around the text, no spaces.
+        ([text_of(MAX_VALUE_BYTES - 2)], True),
+        ([text_of(MAX_VALUE_BYTES - 1)], False),
+    ],
+    ids=["ascii at the limit", "ascii over", "utf-8 at", "utf-8 over", "list at", "list over"],
+)
+def test_an_incoming_entry_over_the_value_limit_is_dropped(value, kept):
+    header = payload(
+        {
+            "contextual.request": {"request_id": "r-size"},
+            "tests.celery.tenant": {"k": value, "after": 1},
+        }
+    )
+    stores, problems = integration._incoming(header, integration.AllowList(ALLOW))
+    expected = {"k": value, "after": 1} if kept else {"after": 1}
+    assert stores["tests.celery.tenant"] == expected
+    if kept:
+        assert problems == []
+    else:
+        ((kind, text),) = problems
+        assert kind == "value size"
+        assert f"'tests.celery.tenant'['k'] takes {MAX_VALUE_BYTES + 1} bytes" in text
+
+
+# The total tests carry the request ID, then "a" (the most one entry may
+# take), "b" of size TOTAL_ROOM + extra, and "c": 1: with extra 0 the three
+# fill MAX_BYTES exactly.
+TOTAL_ROOM = MAX_BYTES - REQUEST_ID_BYTES - MAX_VALUE_BYTES - C_BYTES
+TOTAL_CASES = pytest.mark.parametrize(
+    ("extra", "kept"),
+    [(0, ["a", "b", "c"]), (1, ["a", "b"]), (C_BYTES + 1, ["a"])],
+    # In the last, "c" would fit in the room "b" leaves; it goes with the rest.
+    ids=["at the limit", "one byte over", "the rest after the first over"],
+)
+
+
+def total_tenant(extra: int) -> dict[str, Any]:
+    return {"a": text_of(MAX_VALUE_BYTES), "b": text_of(TOTAL_ROOM + extra), "c": 1}
+
+
+@TOTAL_CASES
+def test_incoming_entries_past_the_total_limit_are_dropped_with_the_rest(extra, kept):
+    # The request store counts first, wherever the header puts it.
+    header = payload(
+        {
+            "tests.celery.tenant": {**total_tenant(extra)},
+            "contextual.request": {"request_id": "r-size"},
+        }
+    )
+    stores, problems = integration._incoming(header, integration.AllowList(ALLOW))
+    assert stores["contextual.request"]["request_id"] == "r-size"
+    assert list(stores["tests.celery.tenant"]) == kept
+    if len(kept) == 3:
+        assert problems == []
+    else:
+        ((kind, text),) = problems
+        assert kind == "total size"
+        first = "abc"[len(kept)]
+        shown = f"the entries from 'tests.celery.tenant'['{first}'] on ({3 - len(kept)} of them)"
+        assert shown in text
+        assert f"past the {MAX_BYTES} bytes" in text
+
+
+def test_an_incoming_value_that_is_not_plain_data_is_dropped():
+    # What a pickle or msgpack serializer may carry, and no publisher of ours sends.
+    header = payload({"tests.celery.tenant": {"bytes": b"raw", "ok": "y"}})
+    stores, problems = integration._incoming(header, integration.AllowList(ALLOW))
+    assert stores["tests.celery.tenant"] == {"ok": "y"}
+    assert problems == [
+        ("entry", "the value of 'tests.celery.tenant'['bytes'] is not plain data (a bytes)")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [(text_of(MAX_VALUE_BYTES), True), (text_of(MAX_VALUE_BYTES + 1), False)],
+    ids=["at the limit", "one byte over"],
+)
+def test_an_outgoing_value_over_the_limit_stays_behind_with_one_warning(caplog, value, sent):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    with request_context(request_id="r-size"), tasks.tenant.scope(k=value, after=1):
+        header = integration._outgoing(integration.AllowList(ALLOW), "shop.task")
+        integration._outgoing(integration.AllowList(ALLOW), "shop.task")
+    assert header is not None
+    expected = {"k": value, "after": 1} if sent else {"after": 1}
+    assert header["stores"]["tests.celery.tenant"] == expected
+    if sent:
+        assert not caplog.records
+    else:
+        (record,) = caplog.records
+        message = record.getMessage()
+        assert "Did not send 'tests.celery.tenant'['k'] with task shop.task" in message
+        assert f"takes {MAX_VALUE_BYTES + 1} bytes as JSON" in message
+        assert "leave it out of install(allow=...)" in message
+
+
+def test_a_lone_surrogate_in_an_outgoing_value_never_fails_the_publish(caplog):
+    # No UTF-8 can hold it, yet measuring it must not raise: the worker
+    # refuses it by the character rule, and the publish goes on.
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    with request_context(request_id="r-sur"), tasks.tenant.scope(k="a\ud800"):
+        header = integration._outgoing(integration.AllowList(ALLOW), "shop.task")
+    assert header is not None
+    assert header["stores"]["tests.celery.tenant"] == {"k": "a\ud800"}
+    assert not caplog.records
+
+
+@TOTAL_CASES
+def test_outgoing_entries_past_the_total_limit_stay_behind_with_a_warning(caplog, extra, kept):
+    caplog.set_level(logging.WARNING, "contextual.integrations")
+    # The tenant first in the context: the request ID still counts first.
+    with tasks.tenant.scope(**total_tenant(extra)), request_context(request_id="r-size"):
+        header = integration._outgoing(integration.AllowList(ALLOW), "shop.task")
+    assert header is not None
+    assert header["stores"]["contextual.request"] == {"request_id": "r-size"}
+    assert list(header["stores"]["tests.celery.tenant"]) == kept
+    # What the publisher sends, the worker takes whole.
+    assert integration._incoming(header, integration.AllowList(ALLOW))[1] == []
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"Did not send 'tests.celery.tenant'[{key!r}] with task shop.task"
+        for key in "abc"[len(kept) :]
+    ]
+    for record in caplog.records:
+        assert f"more than the {MAX_BYTES} bytes of context" in record.getMessage()
 
 
 def test_a_key_with_control_characters_is_dropped(caplog):
@@ -816,6 +971,116 @@ def test_enqueue_on_commit_from_a_thread_that_inherited_the_transaction_raises(d
         future = pool.submit(enqueue_on_commit, local_look, "x", manager=db.transactions)
         with pytest.raises(TransactionError, match="did not open the current transaction"):
             future.result()
+
+
+@dataclass
+class Unreachable:
+    """An installed app whose Redis broker refuses every connection, and two of its tasks."""
+
+    app: Celery
+    send_receipt: Any
+    notify: Any
+
+
+@pytest.fixture
+def unreachable() -> Iterator[Unreachable]:
+    # A socket bound to a loopback port, never listening: every connection
+    # to the port is refused at once, and no other process can take it.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    app = Celery(
+        "contextual_unreachable", broker=f"redis://127.0.0.1:{port}/0", set_as_current=False
+    )
+    app.conf.update(
+        task_default_queue=f"unreachable-{SESSION}",
+        task_publish_retry=False,
+        broker_connection_retry=False,
+        broker_connection_max_retries=0,
+        # Without max_retries, kombu retries the connection for seconds.
+        broker_transport_options={"max_retries": 0, "socket_connect_timeout": 2},
+    )
+    install(app, allow=ALLOW)
+
+    @app.task(name="tests.unreachable.send_receipt")
+    def send_receipt(order_id: int) -> None:
+        del order_id
+
+    @app.task(name="tests.unreachable.notify")
+    def notify(*args: object) -> None:
+        del args
+
+    try:
+        yield Unreachable(app, send_receipt, notify)
+    finally:
+        app.close()
+        holder.close()
+
+
+def watch_lost(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture the ERROR records of contextual.transactions, each through a ContextFilter."""
+    # In the test's body: pytest gives each phase a handler of its own.
+    caplog.set_level(logging.ERROR, "contextual.transactions")
+    caplog.handler.addFilter(ContextFilter())
+
+
+def test_a_publish_that_fails_after_the_commit_logs_the_lost_task(db, unreachable, caplog):
+    watch_lost(caplog)
+    with request_context(request_id="r-lost"), db.transaction():
+        db.execute("INSERT INTO items VALUES (1, 'committed')")
+        result = enqueue_on_commit(unreachable.send_receipt, 1, manager=db.transactions)
+    assert db.execute("SELECT v FROM items WHERE k = 1") == [("committed",)]
+    (record,) = caplog.records  # one: the transaction's generic record is not added
+    name = "tests.unreachable.send_receipt"
+    assert (record.levelno, record.name) == (logging.ERROR, "contextual.transactions")
+    assert (record.task_name, record.task_id, record.task_ids) == (name, result.id, [result.id])
+    assert record.request_id == "r-lost"  # logged inside the context of the call
+    assert record.exc_info is not None
+    assert record.exc_info[0] is OperationalError
+    message = record.getMessage()
+    assert f"{name}[{result.id}]" in message
+    assert "request r-lost" in message
+    assert "apply_async" in message
+    assert "\n" not in message
+
+
+def test_a_lost_canvas_is_logged_with_every_task_id_it_froze(db, unreachable, caplog):
+    watch_lost(caplog)
+    receipt, notify = unreachable.send_receipt, unreachable.notify
+    with db.transaction():
+        result = enqueue_on_commit(
+            chain(receipt.s(1), group(notify.si(), notify.si())), manager=db.transactions
+        )
+    (record,) = caplog.records
+    assert record.task_id == result.id
+    frozen = [result.parent.id, *(r.id for r in result.results), result.id]
+    assert record.task_ids == frozen
+    assert record.task_name == (
+        "chain(tests.unreachable.send_receipt, group(tests.unreachable.notify, "
+        "tests.unreachable.notify))"
+    )
+    assert record.request_id == "-"
+    assert "outside any request" in record.getMessage()
+
+
+def test_a_chord_is_named_and_counted_by_its_parts():
+    signature = chord([local_look.si("h1"), local_look.si("h2")], local_look.s("body"))
+    result = signature.freeze()
+    name = local_look.name
+    assert integration._describe(signature) == f"chord(group({name}, {name}), {name})"
+    header = result.parent
+    assert integration._frozen_ids(result) == [
+        *(r.id for r in header.results),
+        header.id,
+        result.id,
+    ]
+
+
+def test_a_publish_that_fails_outside_a_transaction_raises_to_the_caller(unreachable, caplog):
+    watch_lost(caplog)
+    with pytest.raises(OperationalError):
+        enqueue_on_commit(unreachable.send_receipt, 1, manager=TransactionManager())
+    assert caplog.records == []
 
 
 # -- real worker processes on a real Redis server ------------------------------------------
@@ -1139,3 +1404,62 @@ def test_enqueue_on_commit_reaches_the_worker_after_the_commit_only(
     assert (seen["request_id"], seen["row_exists"]) == (f"commit-{SESSION}", True)
     assert [m["id"] for m in published] == [committed.id]
     assert rolled_back.id not in {r["task_id"] for r in worker.records()}
+
+
+def test_an_oversized_value_from_a_foreign_publisher_is_not_applied_nor_carried_on(worker):
+    # Published with the header given, as a producer without install() would.
+    request_id = f"big-{SESSION}"
+    header = payload(
+        {
+            "contextual.request": {"request_id": request_id},
+            "tests.celery.tenant": {"big": "x" * 2_000_000, "small": "ok"},
+        }
+    )
+    parents = [
+        tasks.publish_child.apply_async((f"big-{i}",), queue=worker.queue, headers={HEADER: header})
+        for i in range(3)
+    ]
+    for parent in parents:
+        child = worker.result(tasks.look.AsyncResult(worker.result(parent)))
+        assert (child["request_id"], child["tenant"]) == (
+            request_id,
+            {"small": "ok", "changed_by": "parent"},
+        )
+        seen = worker.record("seen", parent.id)
+        assert (seen["request_id"], seen["tenant"]) == (request_id, {"small": "ok"})
+    warnings = [ln for ln in worker.lines() if "'tests.celery.tenant'['big'] takes" in ln]
+    assert warnings
+    assert all(f"[{request_id}]" in ln and "WARNING" in ln for ln in warnings)
+    processes = [ln.split()[1] for ln in warnings]
+    assert len(processes) == len(set(processes)), "reported once per process"
+
+
+def test_format_characters_are_refused_by_the_worker_and_other_letters_travel(worker):
+    refused_id, kept_id = f"bidi-{SESSION}", f"zoe-{SESSION}"
+    with (
+        request_context(request_id=refused_id, user_id="ada\u202eevil"),
+        tasks.tenant.scope(bad="txt.exe\u202egpj", ok="fine"),
+    ):
+        refused = tasks.look.apply_async(("bidi",), queue=worker.queue)
+    with (
+        request_context(request_id=kept_id, user_id="Zo\u00eb"),
+        tasks.tenant.scope(name="Zo\u00eb"),
+    ):
+        kept = tasks.look.apply_async(("zoe",), queue=worker.queue)
+    seen = worker.result(refused)
+    assert (seen["request_id"], seen["user"], seen["current_user"], seen["tenant"]) == (
+        refused_id,
+        None,
+        None,
+        {"ok": "fine"},
+    )
+    seen = worker.result(kept)
+    assert (seen["request_id"], seen["user"], seen["current_user"], seen["tenant"]) == (
+        kept_id,
+        "Zo\u00eb",
+        "Zo\u00eb",
+        {"name": "Zo\u00eb"},
+    )
+    line = worker.line(f"[{refused_id}]", "'tests.celery.tenant'['bad']")
+    assert f"'contextual.request'['user_id'] holds {CONTROL_CHARACTERS}" in line
+    assert "\u202e" not in "\n".join(worker.lines())

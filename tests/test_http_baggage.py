@@ -25,8 +25,8 @@ VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 
 
 def breaks_the_rule(text: str) -> bool:
-    """The character rule, written out: no Cc, no Cf, no line or paragraph separator."""
-    return any(unicodedata.category(c) in ("Cc", "Cf") or c in "\u2028\u2029" for c in text)
+    """The character rule, written out: no Cc, Cf or Cs, no line or paragraph separator."""
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Cs") or c in "\u2028\u2029" for c in text)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,9 @@ applies the same two checks, from here:
   isolates U+202A-E and U+2066-9 of "Trojan Source", CVE-2021-42574, zero
   widths, the BOM...), nor the line and paragraph separators U+2028 and
   U+2029. Each either starts a new line or makes a line read other than it
-  is, wherever a log line, a terminal or a log viewer shows the value;
+  is, wherever a log line, a terminal or a log viewer shows the value.
+  Nor a lone surrogate (category Cs), which no UTF-8 log or header can
+  hold: writing it fails;
 * **size**: at most :data:`MAX_VALUE_BYTES` for one carried key and its
   value, and :data:`MAX_BYTES` for everything one message carries, both
   measured on the encoded form that crossed the boundary. These are W3C
@@ -41,19 +43,19 @@ MAX_VALUE_BYTES: Final = 4096
 #: What the rule refuses, as messages that report a refused value name it.
 CONTROL_CHARACTERS: Final = (
     "a control or format character (a line break, DEL, a bidirectional override "
-    "such as U+202E, U+2028...)"
+    "such as U+202E, U+2028...) or a lone surrogate"
 )
 
 # Not categories Cc or Cf, yet refused: they end a line wherever text is shown.
 _SEPARATORS: Final = frozenset("\u2028\u2029")
-_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cf"})
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs"})
 
 
 def has_control(text: str) -> bool:
-    """Return whether ``text`` holds a control or format character, or U+2028/U+2029.
+    """Return whether ``text`` holds a control or format character, U+2028/U+2029, or a surrogate.
 
     The rule every boundary applies to carried text: no character of
-    Unicode categories Cc or Cf, nor a line or paragraph separator.
+    Unicode categories Cc, Cf or Cs, nor a line or paragraph separator.
     """
     # str.isprintable() is False for every refused character, and True for
     # almost every real value (ASCII IDs, names): the category lookup runs

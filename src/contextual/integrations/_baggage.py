@@ -218,7 +218,7 @@ def read(header: str, allow: AllowList) -> tuple[dict[str, dict[str, str]], list
 
     Values are percent-decoded as UTF-8 (invalid sequences become U+FFFD, as
     the specification says). A member that is malformed or too long, or
-    whose key or value decodes to a control character, is skipped; members
+    whose key or value decodes to a control or format character, is skipped; members
     past 180, or past byte 8192 of the header, are dropped.
     Members that name no store, or a store and key ``allow`` refuses, are
     ignored, and so are the request store's ``request_id`` and ``request``.

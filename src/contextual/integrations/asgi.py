@@ -109,8 +109,9 @@ class RequestContextMiddleware:
             store's ``user_id`` is the request's user when there is no
             ``get_user`` or it returns ``None``; the request ID comes from
             ``header`` alone. Members that are malformed, past the
-            header's limits, or that decode to a control character (a line
-            break would forge log lines) are skipped, each kind of problem
+            header's limits, or that decode to a control or format
+            character (a line break would forge log lines, U+202E would
+            make them read backwards) are skipped, each kind of problem
             reported once per process as a warning on the
             ``contextual.integrations`` logger; members of keys not allowed
             are ignored. The header is the caller's word: turn this on only

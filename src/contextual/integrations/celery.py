@@ -23,24 +23,31 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import json
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol, TypeAlias, cast, final
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypeAlias, cast, final
 
 from contextual._fork import renew_locks_after_fork
-from contextual._propagation import capture
+from contextual._propagation import Snapshot, capture
 from contextual._registry import propagating_stores
-from contextual._request import RequestContext
+from contextual._request import RequestContext, get_request_id
 from contextual._transaction import TransactionManager
+from contextual._wire import (
+    CONTROL_CHARACTERS,
+    FORMAT,
+    MAX_BYTES,
+    MAX_VALUE_BYTES,
+    holds_control,
+)
 from contextual.integrations._carrier import (
     REQUEST_ID_KEY,
     REQUEST_STORE_NAME,
     AllowList,
     AllowSpec,
     applied,
-    has_control,
 )
 from contextual.integrations._headers import (
     LOGGED_CHARS,
@@ -69,15 +76,23 @@ except ImportError as exc:
 
 #: The message header that carries the context: ``{"format": 1, "stores":
 #: {store name: {key: value}}}``, the allowed part of
-#: :meth:`Snapshot.to_dict() <contextual.Snapshot.to_dict>`.
+#: :meth:`Snapshot.to_dict() <contextual.Snapshot.to_dict>`, within the
+#: byte limits that :func:`install` describes.
 #:
 #: .. versionadded:: 0.1.0
 HEADER: Final = "contextual"
 
-_FORMAT: Final = 1
 # Where problems with headers and values are reported, as warnings: the
 # middleware's logger, so one logging rule covers every boundary.
 _logger: Final = logging.getLogger("contextual.integrations")
+# Where a task lost after its transaction committed is reported: the logger
+# that reports every other failed after-commit hook, so that one alert
+# covers them all.
+_transactions_logger: Final = logging.getLogger("contextual.transactions")
+# How the byte limits measure a key and a value: compact JSON, left as
+# UTF-8 (not \u escapes). One encoder, made once: json.dumps() with
+# options builds a new one for every call.
+_MEASURE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # The types every Celery transport and serializer carries as they are: JSON's.
 _PLAIN: Final = (str, int, float, bool, type(None))
 _PLAIN_DEPTH: Final = 32
@@ -87,8 +102,7 @@ _REQUEST_KEY: Final = "request"
 _USER_KEY: Final = "user_id"
 _SHOWN_PROBLEMS: Final = 5
 _CONTROL_PROBLEM: Final = (
-    "the value of {} holds a control character (a line break, DEL, U+2028...), which "
-    "would forge or garble log lines"
+    f"the key or value of {{}} holds {CONTROL_CHARACTERS}, which would forge or garble log lines"
 )
 
 
@@ -168,9 +182,23 @@ def install(
     arrive as lists) and dicts of those, which every transport carries. Any
     other value (an int too long for ``str()`` included) stays behind, with
     a warning the first time for each store and key (for the first 100
-    keys). Request fields that are ``None`` (no request, no user) are not
-    sent, and a message with nothing to carry has no header. A ``headers``
-    option that already holds :data:`HEADER` is sent as given.
+    keys). So does what a worker would refuse for its size, under the byte
+    limits below: a key whose value is too large, and the keys from the
+    first one that would take the message past the total on (the request
+    ID counts first, so it is the last to go). Request fields that are
+    ``None`` (no request, no user) are not sent, and a message with nothing
+    to carry has no header. A ``headers`` option that already holds
+    :data:`HEADER` is sent as given, unchecked.
+
+    **Byte limits.** The same as for context over HTTP
+    (``contextual._wire.MAX_VALUE_BYTES`` and ``MAX_BYTES``): one key and
+    its value may take at most 4096 bytes, and the entries of one message
+    8192 bytes in all. An entry's size is the length of its key plus that
+    of its value, each encoded as compact JSON in UTF-8
+    (``len(json.dumps(x, ensure_ascii=False, separators=(",", ":")).encode())``),
+    whatever serializer the app uses: ``"k": "v"`` takes 6 bytes, ``"ë"``
+    counts 2 bytes, and store names don't count. The entries count in
+    order, the request store's first.
 
     **In the worker.** For each task of ``app``, from ``task_prerun`` to
     ``task_postrun``, the header's values that the worker's own ``allow``
@@ -200,10 +228,16 @@ def install(
 
     Incoming headers are untrusted: values the worker's ``allow`` doesn't
     name are dropped, a request ID must pass the middleware's check (1 to
-    128 characters from ``A-Z a-z 0-9 . _ : -``, or ``validator``), a value
-    holding a str with a control character (a line break would forge log
-    lines), in it or in a list or dict in it, is dropped, and a malformed
-    header or entry is ignored. Each kind of problem is reported once per process, as
+    128 characters from ``A-Z a-z 0-9 . _ : -``, or ``validator``), a key
+    or value holding a str with a control or format character (a line
+    break would forge log lines, a bidirectional override such as U+202E
+    would make them read other than they are; the rule is the one every
+    boundary of contextual applies: Unicode categories Cc and Cf, U+2028
+    and U+2029), in it or in a list or dict in it, is dropped, and so is a
+    value that is not plain data. Then the byte limits apply: an entry over
+    4096 bytes is dropped, and from the first entry that would take the
+    total past 8192 bytes on, every entry is dropped. A malformed header or
+    entry is ignored. Each kind of problem is reported once per process, as
     a warning on the ``contextual.integrations`` logger logged inside the
     task, so a misbehaving publisher can't flood the log. The task always
     runs.
@@ -237,6 +271,14 @@ def install(
             ``validator`` is not a plain callable.
 
     .. versionadded:: 0.1.0
+
+    .. versionchanged:: 0.2.0
+       Carried context has the byte limits of context over HTTP: the
+       publisher leaves behind, with a warning, what the worker would
+       refuse for its size, and the worker drops an oversized entry and
+       whatever comes past the total. The worker also refuses format
+       characters (Unicode category Cf, such as the bidirectional override
+       U+202E) in keys and values, and values that are not plain data.
     """
     if not isinstance(app, _Celery):
         msg = (
@@ -284,7 +326,12 @@ def _with_context(send_task: Callable[..., Any], installed: _Installed) -> Calla
 
 
 def _outgoing(allow: AllowList, task_name: str) -> dict[str, Any] | None:
-    """The header value for a message published here and now, or ``None`` for no header."""
+    """The header value for a message published here and now, or ``None`` for no header.
+
+    It holds what a worker of the same version takes whole: plain data,
+    within the byte limits that :func:`_within_limits` applies on both
+    sides. What stays behind is reported once per store and key.
+    """
     stores = allow.outgoing()
     request = stores.get(REQUEST_STORE_NAME)
     if request is not None:
@@ -296,11 +343,12 @@ def _outgoing(allow: AllowList, task_name: str) -> dict[str, Any] | None:
             if not _is_plain(value, _PLAIN_DEPTH):
                 del values[key]
                 _report_unsendable(name, key, value, task_name)
-        if not values:
-            del stores[name]
+    stores, dropped = _within_limits(stores)
+    for entry in dropped:
+        _report_unsendable(entry.store, entry.key, None, task_name, entry)
     if not stores:
         return None
-    return {"format": _FORMAT, "stores": stores}
+    return {"format": FORMAT, "stores": stores}
 
 
 def _is_plain(value: object, depth: int) -> bool:
@@ -328,24 +376,110 @@ def _int_fits(value: int) -> bool:
     return True
 
 
-def _report_unsendable(store: str, key: str, value: object, task_name: str) -> None:
+def _report_unsendable(
+    store: str, key: str, value: object, task_name: str, dropped: _Dropped | None = None
+) -> None:
+    """Warn that ``store[key]`` stayed behind, the first time for that store and key.
+
+    Args:
+        store: The store's name.
+        key: The key.
+        value: The value, when it is not plain data.
+        task_name: The task published without it.
+        dropped: Why, when it is plain data that broke a byte limit.
+    """
     with _report_lock:
         if (store, key) in _unsendable_reported or len(
             _unsendable_reported
         ) >= _MAX_UNSENDABLE_REPORTED:
             return
         _unsendable_reported.add((store, key))
+    # Worded here, past the check: every message published runs the calls.
+    if dropped is None:
+        reason = (
+            f"its value (a {type(value).__name__}) is not, or holds something that is not, "
+            "plain data (str, int, float, bool, None, and lists, tuples and dicts of those; no "
+            "int past sys.get_int_max_str_digits()), which every Celery transport carries"
+        )
+        fix = "Store plain data under that key, or leave it out of install(allow=...)."
+    elif dropped.limit == "value":
+        reason = (
+            f"with its key, it takes {dropped.size} bytes as JSON, more than the "
+            f"{MAX_VALUE_BYTES} that a worker accepts for one key and its value"
+        )
+        fix = (
+            "Store something smaller under that key (an ID to look the rest up by), "
+            "or leave it out of install(allow=...)."
+        )
+    else:
+        reason = (
+            f"with it, the message would carry more than the {MAX_BYTES} bytes of context "
+            "that a worker accepts in all (the request ID and the values before it were kept)"
+        )
+        fix = "Carry less: store smaller values, or allow fewer keys in install(allow=...)."
     _logger.warning(
-        "Did not send %s[%s] with task %s, nor will it with later tasks: its value (a %s) "
-        "is not, or holds something that is not, plain data (str, int, float, bool, None, "
-        "and lists, tuples and dicts of those; no int past sys.get_int_max_str_digits()), "
-        "which every Celery transport carries. Store plain data under that key, or leave "
-        "it out of install(allow=...).",
+        "Did not send %s[%s] with task %s: %s. %s Later problems with this key are not reported.",
         escape_for_log(store),
         escape_for_log(key),
         task_name,
-        type(value).__name__,
+        reason,
+        fix,
     )
+
+
+class _Dropped(NamedTuple):
+    """An entry left out by :func:`_within_limits`, and the limit it broke."""
+
+    store: str
+    key: str
+    limit: Literal["value", "total"]
+    size: int
+
+
+def _within_limits(
+    stores: dict[str, dict[str, Any]],
+) -> tuple[dict[str, dict[str, Any]], list[_Dropped]]:
+    """``stores`` within the byte limits of carried context, and the entries left out.
+
+    The same on both sides, so that a publisher never sends what the
+    worker would refuse. An entry's size is the UTF-8 length of its key
+    plus that of its value, each encoded as compact JSON with non-ASCII
+    characters as they are (``json.dumps(x, ensure_ascii=False,
+    separators=(",", ":")).encode()``), whatever serializer the messages
+    use: ``"k": "v"`` takes 6 bytes; store names are not counted. An entry
+    over :data:`contextual._wire.MAX_VALUE_BYTES` is left out; the others
+    count, the request store's first, then the rest in order, and from the
+    first one that would take the total past
+    :data:`contextual._wire.MAX_BYTES` on, every entry is left out.
+
+    Args:
+        stores: Plain data only (``_is_plain``): JSON can encode it.
+    """
+    # The request ID first: it ties the task's log lines to the request.
+    ordered = sorted(stores.items(), key=lambda item: item[0] != REQUEST_STORE_NAME)
+    kept: dict[str, dict[str, Any]] = {}
+    dropped: list[_Dropped] = []
+    total = 0
+    full = False
+    for name, values in ordered:
+        kept_values: dict[str, Any] = {}
+        for key, value in values.items():
+            # surrogatepass: a lone surrogate in a local value must not fail
+            # the publish; a worker refuses it by the character rule.
+            size = len(_MEASURE(key).encode(errors="surrogatepass")) + len(
+                _MEASURE(value).encode(errors="surrogatepass")
+            )
+            if size > MAX_VALUE_BYTES:
+                dropped.append(_Dropped(name, key, "value", size))
+            elif full or total + size > MAX_BYTES:
+                full = True
+                dropped.append(_Dropped(name, key, "total", size))
+            else:
+                total += size
+                kept_values[key] = value
+        if kept_values:
+            kept[name] = kept_values
+    return kept, dropped
 
 
 # -- in the worker ---------------------------------------------------------------
@@ -370,15 +504,17 @@ def _incoming(
     if not isinstance(raw, Mapping):
         return {}, [("header", f"the header is a {type(raw).__name__}, not a mapping")]
     version = raw.get("format")
-    if type(version) is not int or version != _FORMAT:
-        return {}, [("header", f"format {_shown(version)}, where this contextual reads {_FORMAT}")]
+    if type(version) is not int or version != FORMAT:
+        return {}, [("header", f"format {_shown(version)}, where this contextual reads {FORMAT}")]
     stores = raw.get("stores")
     if not isinstance(stores, Mapping):
         return {}, [("header", f"'stores' is a {type(stores).__name__}, not a mapping")]
     problems: list[_Problem] = []
     clean = _well_formed(stores, problems)
     selected = allow.select(clean)
-    selected = _without_control(selected, problems)
+    selected = _checked_values(selected, problems)
+    selected, dropped = _within_limits(selected)
+    _describe_dropped(dropped, problems)
     request = selected.get(REQUEST_STORE_NAME)
     if request is not None:
         _rebuild_request(request, problems, validator)
@@ -408,21 +544,30 @@ def _well_formed(
     return clean
 
 
-def _without_control(
+def _checked_values(
     stores: dict[str, dict[str, Any]], problems: list[_Problem]
 ) -> dict[str, dict[str, Any]]:
-    """``stores`` without the entries whose key or value holds a control character."""
+    """``stores`` without the entries that break the character rule or are not plain data.
+
+    The character rule is :func:`contextual._wire.holds_control`'s; plain
+    data is what publishers send (see :func:`_is_plain`), and what the
+    byte limits can measure.
+    """
     clean: dict[str, dict[str, Any]] = {}
     for name, values in stores.items():
         kept: dict[str, Any] = {}
         for key, value in values.items():
+            shown = f"{_shown(name)}[{_shown(key)}]"
             # The request ID has a check of its own, below: printable ASCII only.
             is_id = name == REQUEST_STORE_NAME and key == REQUEST_ID_KEY
             if not is_id and (
-                _holds_control(key, _PLAIN_DEPTH) or _holds_control(value, _PLAIN_DEPTH)
+                holds_control(key, _PLAIN_DEPTH) or holds_control(value, _PLAIN_DEPTH)
             ):
-                shown = f"{_shown(name)}[{_shown(key)}]"
                 problems.append(("control", _CONTROL_PROBLEM.format(shown)))
+            elif not _is_plain(value, _PLAIN_DEPTH):
+                problems.append(
+                    ("entry", f"the value of {shown} is not plain data (a {type(value).__name__})")
+                )
             else:
                 kept[key] = value
         if kept:
@@ -430,21 +575,26 @@ def _without_control(
     return clean
 
 
-def _holds_control(value: object, depth: int) -> bool:
-    """Tell whether ``value``, or a str in the lists and dicts in it, holds a control character.
+def _describe_dropped(dropped: list[_Dropped], problems: list[_Problem]) -> None:
+    """Add a problem for each entry over the value limit, and one for those past the total."""
+    past_total = [entry for entry in dropped if entry.limit == "total"]
+    for entry in dropped:
+        if entry.limit == "value":
+            text = (
+                f"{_entry(entry)} takes {entry.size} bytes as JSON, more than the "
+                f"{MAX_VALUE_BYTES} that one key and its value may take"
+            )
+            problems.append(("value size", text))
+    if past_total:
+        text = (
+            f"the entries from {_entry(past_total[0])} on ({len(past_total)} of them) would "
+            f"take the header past the {MAX_BYTES} bytes that one message may carry in all"
+        )
+        problems.append(("total size", text))
 
-    Values nested deeper than ``depth`` count as holding one.
-    """
-    if isinstance(value, str):
-        return has_control(value)
-    if depth == 0:
-        return True  # deeper than any publisher sends: refused, unread
-    if isinstance(value, list):
-        return any(_holds_control(item, depth - 1) for item in cast("list[object]", value))
-    if isinstance(value, dict):
-        items = cast("dict[object, object]", value).items()
-        return any(_holds_control(k, depth - 1) or _holds_control(v, depth - 1) for k, v in items)
-    return False
+
+def _entry(entry: _Dropped) -> str:
+    return f"{_shown(entry.store)}[{_shown(entry.key)}]"
 
 
 def _rebuild_request(
@@ -615,11 +765,30 @@ def enqueue_on_commit(
             current transaction (a pool worker that inherited the context);
             see :meth:`~contextual.TransactionManager.on_commit`.
 
-    When publishing fails after the commit, the error is logged on the
-    ``contextual.transactions`` logger (the commit stands); outside a
-    transaction it propagates to the caller.
+    When publishing fails after the commit, the commit stands and the task
+    is lost: no worker will run it, and the returned result never
+    completes. That is logged as an ERROR on the
+    ``contextual.transactions`` logger (where every failed after-commit
+    hook is reported), with the exception and its traceback, naming the
+    task (``shop.send_receipt``; for a canvas, its kind and its tasks:
+    ``chain(shop.a, group(shop.b, shop.c))``), its task ID and every task
+    ID it froze, and the request it was enqueued from. The record carries
+    them as attributes too, ``task_name``, ``task_id`` (the returned
+    result's ID) and ``task_ids`` (every ID, the root first, ``task_id``
+    last), and is logged inside the context of the call, so a
+    :class:`~contextual.ContextFilter` gives it that request's
+    ``request_id``. Publish the task again with the same ID
+    (``task.apply_async(args, kwargs, task_id=record.task_id)``); the how-to
+    :doc:`/howto/celery` shows that, and an outbox for tasks that must not
+    be lost. Outside a transaction, a failure to publish propagates to the
+    caller instead.
 
     .. versionadded:: 0.1.0
+
+    .. versionchanged:: 0.2.0
+       A task that fails to publish after the commit is logged with its
+       name, its task IDs and its request ID, once, instead of as a failed
+       hook with no name.
     """
     given: object = manager  # checked at run time too: the error would come only at commit
     if not isinstance(given, TransactionManager):
@@ -630,13 +799,101 @@ def enqueue_on_commit(
         raise TypeError(msg)
     signature = _signature(task_or_signature, args, kwargs)
     result = signature.freeze()  # fixes the task IDs now: the result is known before sending
-    snapshot = capture()
-
-    def publish() -> None:
-        snapshot.run(_outside_transactions, manager, signature.apply_async)
-
-    manager.on_commit(publish)
+    publication = _Publication(manager, signature, result, capture())
+    manager.on_commit(publication)
+    # Run from here on, it runs after a commit, with no caller left to raise to.
+    publication.deferred = True
     return result
+
+
+@final
+class _Publication:
+    """The hook of :func:`enqueue_on_commit`: publish, and report a task lost after a commit.
+
+    A failure of a hook that runs after the commit is its own to report:
+    the transaction's generic log line would name a function, not the task
+    that will never run.
+    """
+
+    __slots__ = ("deferred", "manager", "result", "signature", "snapshot")
+
+    def __init__(
+        self,
+        manager: TransactionManager,
+        signature: _SignatureLike,
+        result: object,
+        snapshot: Snapshot,
+    ) -> None:
+        self.manager = manager
+        self.signature = signature
+        self.result = result
+        self.snapshot = snapshot
+        self.deferred = False
+
+    def __call__(self) -> None:
+        # In the context of the call, also when reporting: a ContextFilter
+        # then gives the report the request ID the task was enqueued from.
+        self.snapshot.run(self._publish)
+
+    def _publish(self) -> None:
+        try:
+            _outside_transactions(self.manager, self.signature.apply_async)
+        except Exception as exc:
+            if not self.deferred:
+                raise  # run at once, outside a transaction: the caller handles it
+            _report_lost(self.signature, self.result, exc)
+
+
+def _report_lost(signature: _SignatureLike, result: object, exc: Exception) -> None:
+    """Log that publishing failed with ``exc`` after the commit, with what it was to publish."""
+    name = _describe(signature)
+    ids = _frozen_ids(result)
+    request_id = get_request_id()
+    _transactions_logger.error(
+        "Lost task %s[%s] (task IDs, root first: %s), enqueued %s: the transaction committed, "
+        "then publishing the task failed, so no worker will run it and no result will ever "
+        "come for its ID. Publish it again with the same task ID once the broker is "
+        "back (task.apply_async(args, kwargs, task_id=...)); to lose none, write the tasks "
+        "to an outbox table in the transaction and publish from there (see the Celery how-to).",
+        _name(name),
+        _name(ids[-1]),
+        ", ".join(_name(task_id) for task_id in ids),
+        "outside any request" if request_id is None else f"in request {_name(request_id)}",
+        exc_info=exc,
+        extra={"task_name": name, "task_id": ids[-1], "task_ids": ids},
+    )
+
+
+def _describe(signature: object) -> str:
+    """A signature's task name; for a canvas, its kind and its tasks: ``chain(a, group(b, c))``."""
+    given: Any = signature  # a Signature, a dict too: canvas nests either
+    kind = given.get("subtask_type")
+    kwargs: Any = given.get("kwargs") or {}
+    if kind == "chord":
+        parts = [kwargs["header"], kwargs["body"]]
+    elif kind in ("chain", "group"):
+        parts = kwargs["tasks"]
+    else:
+        return str(given.get("task"))
+    return f"{kind}({', '.join(_describe(part) for part in parts)})"
+
+
+def _frozen_ids(result: object) -> list[str]:
+    """Every task ID that a frozen signature's result knows: the root first, its own last."""
+    ids: dict[str, None] = {}
+    # (result, whether its parent and members are listed already); no
+    # recursion, so that a chain of any length is walked.
+    pending: list[tuple[Any, bool]] = [(result, False)]
+    while pending:
+        node, expanded = pending.pop()
+        if expanded:
+            ids.setdefault(str(node.id))
+            continue
+        pending.append((node, True))
+        pending.extend((member, False) for member in reversed(getattr(node, "results", ()) or ()))
+        if getattr(node, "parent", None) is not None:
+            pending.append((node.parent, False))
+    return list(ids)
 
 
 def _outside_transactions(manager: TransactionManager, fn: Callable[[], object]) -> None:

@@ -187,10 +187,11 @@ def extract(
     :class:`~contextual.integrations.wsgi.RequestContextMiddleware`.
     Baggage members of stores and keys that ``allow`` refuses are ignored,
     and so are malformed ones, those past the header's limits, and those
-    whose value decodes to a control character (a line break would forge
-    log lines); :meth:`CarriedContext.applied` opens the request with what
-    is left. The middleware does all of this for you: use ``extract`` where
-    there is none.
+    whose value decodes to a control or format character (a line break
+    would forge log lines, U+202E make them read backwards);
+    :meth:`CarriedContext.applied` opens the request with what is left.
+    The middleware does all of this for you: use ``extract`` where there is
+    none.
 
     The Baggage header is the caller's word: whoever can reach the service
     can set any allowed key, ``user_id`` included. Allow keys only on
