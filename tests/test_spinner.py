@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from _spinner_support import Failing
 from contextual import Spinner, SpinnerHandler, _spinner, get_request_id, request_context
 
 HIDE = "\x1b[?25l"
@@ -39,7 +40,8 @@ CYAN, GREEN, RED, RESET = "\x1b[36m", "\x1b[32m", "\x1b[31m", "\x1b[0m"
 DOTS = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 ELAPSED = r"\(\d+\.\ds\)"
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spinner_supervisor.py"
+TESTS = Path(__file__).resolve().parent
+EXAMPLE = TESTS.parent / "examples" / "spinner_supervisor.py"
 
 
 class Terminal:
@@ -108,6 +110,14 @@ def no_spinner_left_running() -> Iterator[None]:
     yield
     assert not _spinner._RUNNING, "a test left a spinner running"
     assert not [t for t in threading.enumerate() if t.name == "contextual-spinner"]
+
+
+@pytest.fixture
+def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[threading.ExceptHookArgs]:
+    """What reaches ``threading.excepthook`` during the test: errors that ended a thread."""
+    errors: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    return errors
 
 
 def spinner_threads() -> list[threading.Thread]:
@@ -383,8 +393,17 @@ def test_custom_frames(terminal):
 # -- in processes on a terminal ---------------------------------------------------
 
 
+# Seconds for a child whose output has ended, or that was killed, to be gone.
+EXIT_TIMEOUT = 30
+
+
 def run_on_terminal(args: list[str], *, interrupt_after: str | None = None) -> tuple[int, str, str]:
-    """Run ``python args`` with stderr on a terminal; return (returncode, stdout, terminal)."""
+    """Run ``python args`` with stderr on a terminal; return (returncode, stdout, terminal).
+
+    Whatever fails (a line that differs, pytest-timeout's own failure), the
+    child is killed before the terminal closes, so the test fails and never
+    hangs.
+    """
     term = Terminal()
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     env["TERM"] = "xterm-256color"
@@ -397,18 +416,37 @@ def run_on_terminal(args: list[str], *, interrupt_after: str | None = None) -> t
             env=env,
             text=True,
         ) as process:
-            assert process.stdout is not None
-            if interrupt_after is not None:
-                assert process.stdout.readline() == interrupt_after + "\n"
-                process.send_signal(signal.SIGINT)
-            stdout = process.stdout.read()
+            try:
+                assert process.stdout is not None
+                if interrupt_after is not None:
+                    assert process.stdout.readline() == interrupt_after + "\n"
+                    process.send_signal(signal.SIGINT)
+                stdout = process.stdout.read()
+                process.wait(EXIT_TIMEOUT)
+            finally:
+                # A child still running here would keep the end of the with
+                # block, and the terminal's close(), waiting for ever: both
+                # wait for it (the close for its end of the terminal). kill()
+                # does nothing to a child that has ended.
+                process.kill()
+                process.wait(EXIT_TIMEOUT)
     finally:
         out = term.close()
     return process.returncode, stdout, out
 
 
 def test_sigint_in_a_process_on_a_terminal_shows_the_cursor_and_ends_the_thread():
+    # A shell that runs the suite in the background ignores SIGINT, and so do
+    # the processes it starts: exec keeps an ignored signal ignored (and a
+    # blocked one blocked), and Python then raises no KeyboardInterrupt. The
+    # child restores both itself, first thing, whoever starts it:
+    # restore_signals resets SIGPIPE, SIGXFZ and SIGXFSZ only, and preexec_fn
+    # runs between fork and exec in this process, whose threads (the
+    # terminal's reader) can deadlock it there.
     code = """if True:
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         import threading
         from contextual import Spinner
         try:
@@ -688,6 +726,143 @@ def test_a_broken_stream_ends_the_frames_quietly():
     spinner.text = "still no error"
     spinner.ok()
     assert not spinner.running
+
+
+# -- streams that raise anything -----------------------------------------------------
+# A capture tool, or a wrapper that colours text, may raise anything from write() or
+# flush(). Failing wraps the terminal's own stream, so the spinner animates there.
+
+METHODS = ["write", "flush"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_stream_that_raises_ends_the_frames_quietly(terminal, thread_errors, method):
+    stream = Failing(terminal.stream, method=method, after=1)  # the first frame only
+    spinner = Spinner("Loading", stream=stream, interval=0.001).start()  # type: ignore[arg-type]
+    assert spinner._run is not None
+    assert spinner._run.thread is not None
+    stream.failed.wait()
+    spinner._run.thread.join()
+    assert thread_errors == []
+    spinner.stop()
+
+
+# (stop() writes nothing where the spinner doesn't animate.)
+@pytest.mark.parametrize(
+    ("enabled", "end"),
+    [(None, "ok"), (None, "fail"), (None, "stop"), (False, "ok"), (False, "fail")],
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_spinner_whose_stream_raises_ends_all_the_same(terminal, method, enabled, end):
+    stream = Failing(terminal.stream, method=method, after=1)  # the start only
+    spinner = Spinner("Loading", stream=stream, enabled=enabled, interval=3600)  # type: ignore[arg-type]
+    spinner.start()
+    getattr(spinner, end)()
+    assert stream.failed.is_set()
+    assert not spinner.running
+
+
+def test_stop_after_the_stream_raised_does_nothing_however_often(terminal):
+    stream = Failing(terminal.stream, after=1)
+    spinner = Spinner("Loading", stream=stream, interval=3600).start()  # type: ignore[arg-type]
+    spinner.stop()
+    spinner.stop()
+    spinner.stop()
+    assert stream.calls == 2  # the first frame, and the first stop()'s erase
+
+
+def test_a_block_that_returns_succeeds_when_the_stream_refuses_its_final_line(terminal):
+    # As when the stream is closed: the final line is left out, and the work,
+    # which succeeded, is not reported as failed.
+    stream = Failing(terminal.stream, after=1)
+    with Spinner("Loading", stream=stream, interval=3600) as spinner:  # type: ignore[arg-type]
+        pass
+    assert stream.failed.is_set()
+    assert not spinner.running
+
+
+@pytest.mark.parametrize("enabled", [None, False])
+@pytest.mark.parametrize("method", METHODS)
+def test_the_blocks_exception_wins_over_the_streams(terminal, method, enabled):
+    stream = Failing(terminal.stream, method=method, after=1)
+    with (
+        pytest.raises(LookupError, match="the block's own") as raised,
+        Spinner("Loading", stream=stream, enabled=enabled, interval=3600),  # type: ignore[arg-type]
+    ):
+        raise LookupError("the block's own")
+    assert stream.failed.is_set()
+    assert raised.value.__context__ is None
+
+
+def test_after_a_stream_raised_another_spinner_animates_on_its_terminal(terminal):
+    stream = Failing(terminal.stream, after=1)
+    spinner = Spinner("Loading", stream=stream, interval=3600).start()  # type: ignore[arg-type]
+    spinner.ok()
+    # The next frame is drawn by the new spinner's thread: the terminal's lock
+    # is free, and no ended run keeps the terminal for itself.
+    with Spinner("Next", stream=terminal.stream, interval=0.001):
+        terminal.wait_for(lambda out: frame("⠙", "Next") in out)
+
+
+def test_a_first_write_that_raises_fails_the_start_and_frees_the_terminal(terminal):
+    # Unlike a closed stream, such a stream is reported before the work runs:
+    # it may be one that can never take the spinner's text.
+    spinner = Spinner("Loading", stream=Failing(terminal.stream), interval=0.001)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match=r"refuses write\(\) call 1"):
+        spinner.start()
+    assert not spinner.running
+    spinner.stop()
+    with Spinner("Next", stream=terminal.stream, interval=0.001):
+        terminal.wait_for(lambda out: frame("⠙", "Next") in out)
+
+
+def test_a_spinner_starts_and_ends_above_one_whose_stream_raises(terminal):
+    below = Failing(terminal.stream, after=1)
+    spinner = Spinner("Below", stream=below, interval=3600).start()  # type: ignore[arg-type]
+    with Spinner("Above", stream=terminal.stream):
+        pass
+    spinner.stop()
+    assert below.failed.is_set()
+    out = terminal.close()
+    assert re.search(re.escape(f"Above\n{GREEN}✔{RESET} Above ") + ELAPSED + "\n", out)
+
+
+def test_a_handler_logs_above_a_spinner_whose_stream_raises(terminal):
+    reported: list[logging.LogRecord] = []
+
+    class Reporting(SpinnerHandler):
+        def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+            reported.append(record)
+
+    handler = Reporting(terminal.stream)
+    below = Failing(terminal.stream, after=1)
+    spinner = Spinner("Below", stream=below, interval=3600).start()  # type: ignore[arg-type]
+    try:
+        handler.handle(logging.LogRecord("app", logging.INFO, __file__, 1, "a record", None, None))
+    finally:
+        spinner.stop()
+    assert below.failed.is_set()
+    assert reported == []
+    assert "a record\n" in terminal.close()
+
+
+def test_a_spinner_whose_stream_raises_leaves_the_exit_quiet():
+    code = """if True:
+        import io
+        from _spinner_support import Failing
+        from contextual import Spinner
+        stream = Failing(io.StringIO(), after=1)  # the first frame only
+        Spinner("Left running", stream=stream, enabled=True, interval=3600).start()
+    """
+    path = os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path},
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_a_frame_due_when_stop_runs_is_never_drawn():
@@ -1322,11 +1497,22 @@ def test_in_a_forked_child_the_parents_spinner_has_ended(terminal):
         finally:
             os._exit(0)
     os.close(write_end)
-    os.waitpid(pid, 0)
+    reaped = False
+    try:
+        os.waitpid(pid, 0)
+        reaped = True
+    finally:
+        # If the wait fails (pytest-timeout, when the child deadlocks): a
+        # child left running keeps its copy of the terminal open, and the
+        # terminal's close() would wait for it for ever; so would pytest's
+        # exit for the holder, which is no daemon. SIGKILL can't be refused.
+        if not reaped:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        release.set()
+        holder.join()
     with os.fdopen(read_end, encoding="utf-8") as child:
         report = child.read()
-    release.set()
-    holder.join()
     spinner.ok("Parent done")
     out = terminal.close()
     assert report == "running=False"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import codecs
-import contextlib
 import contextvars
 import functools
 import io
@@ -171,9 +170,14 @@ class Spinner(AsyncToo["Spinner"]):
     running (never started, or already ended) writes nothing, so :meth:`ok`
     or :meth:`fail` inside a ``with`` block decides the final line, and the
     end of the block adds none. A stopped spinner can start again, with a
-    new start time. If the stream fails (closed, a broken pipe), the spinner
-    stops writing to it instead of raising; if its first write raises
-    anything else, :meth:`start` undoes itself and lets the error through.
+    new start time. If the stream raises (closed, a broken pipe, or any
+    error of a capture tool or a wrapper that colours text), the spinner
+    never passes the error on: a frame that fails ends the animation, a
+    final line that fails is left out, and the spinner ends as usual, so the
+    block's own exception is the one that propagates and the terminal is
+    free for the next spinner. Only its first write lets through an error
+    that is not a closed or broken stream (a stream that takes bytes, say):
+    :meth:`start` undoes itself and raises it, before the work runs.
 
     Args:
         text: What the spinner says, on one line. Change it while it runs
@@ -273,10 +277,10 @@ class Spinner(AsyncToo["Spinner"]):
         """Start spinning; return the spinner. Does nothing if it runs already.
 
         Writes the first frame (or, outside a terminal, the start line)
-        before it returns. If that write raises, or anything interrupts
-        :meth:`start`, it undoes itself: the spinner is not running, no
-        thread goes on drawing, and the cursor is shown, before the error
-        propagates.
+        before it returns. If that write raises an error that is not a
+        closed or broken stream, or anything interrupts :meth:`start`, it
+        undoes itself: the spinner is not running, no thread goes on
+        drawing, and the cursor is shown, before the error propagates.
         """
         stream = self._current_stream()
         gate = _gate_for(stream)
@@ -304,14 +308,16 @@ class Spinner(AsyncToo["Spinner"]):
         Returns once the spinner's thread has ended, at once rather than
         after the current frame's interval, whichever thread ends the
         spinner (two that call :meth:`stop` together both wait). Writes
-        nothing if the spinner is not running.
+        nothing if the spinner is not running. Ends the spinner even if its
+        stream raises, and never raises what the stream does.
         """
         self._end(None, success=None)
 
     def ok(self, text: str | None = None) -> None:
         """End with a success line: ``✔``, the text and the time taken.
 
-        Writes nothing if the spinner is not running.
+        Writes nothing if the spinner is not running. If the stream raises,
+        the line is left out and the spinner ends all the same.
 
         Args:
             text: The final line's text; the spinner's :attr:`text` if
@@ -322,7 +328,8 @@ class Spinner(AsyncToo["Spinner"]):
     def fail(self, text: str | None = None) -> None:
         """End with a failure line: ``✖``, the text and the time taken.
 
-        Writes nothing if the spinner is not running.
+        Writes nothing if the spinner is not running. If the stream raises,
+        the line is left out and the spinner ends all the same.
 
         Args:
             text: The final line's text; the spinner's :attr:`text` if
@@ -335,8 +342,9 @@ class Spinner(AsyncToo["Spinner"]):
 
         Safe from any thread. A line that ends with a newline gets no second
         one. When the spinner is not running, this simply writes the line to
-        the stream the spinner would use. Errors of the stream propagate, as
-        they do from ``print()``.
+        the stream the spinner would use. Errors of the stream in writing the
+        line propagate, as they do from ``print()``; those in erasing and
+        drawing the spinner are the spinner's, and it swallows them.
 
         Args:
             line: The text to print; it may span several lines.
@@ -414,7 +422,7 @@ class Spinner(AsyncToo["Spinner"]):
         """Write the run's first output and start its thread; with the gate's lock held."""
         text = self._text
         if not run.animated:
-            _write_above(run.stream, run.printable(text) + "\n", run.gate, own=True)
+            _write_above(run.stream, run.printable(text) + "\n", run.gate, own=True, first=True)
             return
         thread = threading.Thread(
             target=self._spin, args=(run,), name="contextual-spinner", daemon=True
@@ -431,7 +439,7 @@ class Spinner(AsyncToo["Spinner"]):
         # Start it from an empty one everywhere.
         contextvars.Context().run(thread.start)
         run.hidden = True
-        run.draw(text, _HIDE_CURSOR)
+        run.draw(text, _HIDE_CURSOR, first=True)
 
     def _abandon(self, run: _Run) -> None:
         """Undo a start() that failed part way; with the gate's lock held."""
@@ -443,9 +451,9 @@ class Spinner(AsyncToo["Spinner"]):
             _RUNNING.discard(self)
         if run.hidden:
             # The first frame's write raised or was interrupted: the cursor
-            # may be hidden. The original error is the one to report.
-            with contextlib.suppress(Exception):
-                _emit(run.stream, _ERASE_LINE + _SHOW_CURSOR)
+            # may be hidden. _emit() swallows what this write raises, so the
+            # original error is the one reported.
+            _emit(run.stream, _ERASE_LINE + _SHOW_CURSOR)
 
     def _end(self, text: str | None, *, success: bool | None) -> None:
         if text is not None:
@@ -563,11 +571,14 @@ class _Run:
         self.hidden = False  # set just before the first frame hides the cursor
         self.thread: threading.Thread | None = None
 
-    def draw(self, text: str, before: str = "") -> bool:
-        """Draw the current frame with ``text``; return False if the stream failed."""
+    def draw(self, text: str, before: str = "", *, first: bool = False) -> bool:
+        """Draw the current frame with ``text``; return False if the stream failed.
+
+        ``first`` marks the run's first write, as for :func:`_emit`.
+        """
         self.shown = text
         self.drawn_at = _clock()
-        return _emit(self.stream, before + self.frame_line(text))
+        return _emit(self.stream, before + self.frame_line(text), first=first)
 
     def frame_line(self, text: str) -> str:
         columns = _columns(self.fd)
@@ -615,7 +626,10 @@ class SpinnerHandler(_StreamHandler):
     under the lock that all writes to that terminal take. Records logged
     from any thread never tear, nor interleave with a frame. Without a
     running spinner it is a plain ``StreamHandler``; a handler whose stream
-    is on no spinner's terminal never waits for a spinner.
+    is on no spinner's terminal never waits for a spinner. An error of the
+    handler's stream goes to :meth:`~logging.Handler.handleError`, as for a
+    ``StreamHandler``; one of the spinner's stream, while the handler erases
+    and draws the spinner, is the spinner's, which swallows it.
 
     Args:
         stream: Where to write; ``sys.stderr`` (when the handler is made) if
@@ -650,12 +664,19 @@ def _gate_for(stream: _Stream) -> _Gate:
 
 
 def _write_above(
-    stream: _Stream, text: str, gate: _Gate | None = None, *, own: bool = False
+    stream: _Stream,
+    text: str,
+    gate: _Gate | None = None,
+    *,
+    own: bool = False,
+    first: bool = False,
 ) -> None:
     """Write ``text`` to ``stream`` above the spinner that animates on its terminal.
 
-    ``own`` marks a spinner's own start or final line: if the stream fails,
-    it is ignored, as for every write of a spinner's own.
+    ``own`` marks a spinner's own start or final line, written with
+    :func:`_emit` like every write of a spinner's own, and ``first`` its
+    start line. The spinner below is erased and drawn again the same way:
+    whatever its stream raises stays with it.
     """
     if gate is None:
         gate = _gate_for(stream)
@@ -665,7 +686,7 @@ def _write_above(
             _emit(below.stream, _ERASE_LINE)
         try:
             if own:
-                _emit(stream, text)
+                _emit(stream, text, first=first)
             else:
                 stream.write(text)
                 stream.flush()
@@ -674,12 +695,26 @@ def _write_above(
                 below.draw(below.owner.text)
 
 
-def _emit(stream: _Stream, text: str) -> bool:
-    """Write and flush a spinner's own output; return False if the stream failed."""
+def _emit(stream: _Stream, text: str, *, first: bool = False) -> bool:
+    """Write and flush a spinner's own output; return False if the stream failed.
+
+    A spinner only shows how the work goes, so what its stream raises never
+    reaches that work: not through the spinner's thread, nor through the
+    end of a ``with`` block, where it would replace the block's own
+    exception (and leave the spinner registered, its terminal taken). Only
+    the ``first`` write of a run lets through an error that is not a closed
+    or broken stream, so that :meth:`Spinner.start` reports a stream that
+    can never take the spinner's text (one that takes bytes) before the
+    work runs.
+    """
     try:
         stream.write(text)
         stream.flush()
-    except (OSError, ValueError):  # closed, a broken pipe, an unencodable text
+    # Closed, a broken pipe, an unencodable text (OSError, ValueError), or
+    # anything a capture tool or a wrapper that colours text may raise.
+    except Exception as error:
+        if first and not isinstance(error, (OSError, ValueError)):
+            raise
         return False
     return True
 
