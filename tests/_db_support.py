@@ -8,6 +8,7 @@ CI, where a missing server fails them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -168,9 +169,14 @@ class CommitReplyDropper:
 
     def __exit__(self, *exc_info: object) -> None:
         self._closing = True
+        # close() alone doesn't wake a thread blocked in accept() on Linux.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
+        # The accepting thread first: once it ended, the list is complete.
         for thread in self._threads:
             thread.join(timeout=10)
+            assert not thread.is_alive(), f"{thread.name} did not end"
 
     def _accept(self) -> None:
         while True:

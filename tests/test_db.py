@@ -807,10 +807,12 @@ def test_a_connection_freed_in_a_forked_child_is_kept_open_not_closed(tmp_path: 
     # In a child, os.fork() frees the slots of the parent's other threads
     # before any hook runs; their finalizers run there, with the parent's pid.
     connection = sqlite3.connect(tmp_path / "db.sqlite3")
-    _db._close_quietly(connection, pid=os.getpid() + 1)
+    ran: list[str] = []
+    _db._close_quietly(connection, os.getpid() + 1, [lambda: ran.append("hook")])
     try:
         assert connection in _db._inherited
         assert not _closed(connection)
+        assert ran == [], "the parent's rollback hooks are the parent's"
     finally:
         _db._inherited.remove(connection)
         connection.close()

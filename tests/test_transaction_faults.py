@@ -11,12 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from _db_support import CommitReplyDropper, Database, database, postgres, sqlite
+from _db_support import CommitReplyDropper, Database, database, postgres, sqlite, wait_for
 from _servers import postgres_dsn
 from contextual import (
     CommitOutcomeUnknownError,
     ScopeError,
     ThreadLocalDB,
+    Transaction,
     TransactionError,
     TransactionManager,
 )
@@ -65,7 +66,7 @@ def test_a_commit_whose_answer_is_lost_is_of_unknown_outcome(
     message = str(caught.value)
     assert "no telling whether this transaction was committed" in message
     assert "Check whether its changes are there" in message
-    assert "1 on_commit hooks did not" in message
+    assert "(1 on_commit hook did not run)" in message
     assert "nothing of this transaction was committed" not in message
     # The broken connection was closed; the next use opens a new one.
     assert db.open_connections == 0
@@ -101,6 +102,49 @@ def test_a_commit_on_a_connection_closed_before_it_is_a_rollback(postgres: Datab
     assert not isinstance(caught.value, CommitOutcomeUnknownError)
     assert (txn.state, ran) == ("rolled back", ["on_rollback"])
     assert keys(postgres) == []
+
+
+def _terminate(postgres: Database, pid: int) -> None:
+    admin = postgres.connect()
+    try:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        admin.close()
+
+
+def _time_out(postgres: Database, pid: int) -> None:
+    del pid  # the server ends the session by itself
+    # idle_in_transaction_session_timeout, set in the block: 50 ms idle ends it.
+
+
+def _gone(postgres: Database, pid: int) -> bool:
+    admin = postgres.connect()
+    try:
+        return not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchall()
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("end", [_terminate, _time_out], ids=["terminated", "idle timeout"])
+def test_a_session_the_server_ended_before_the_commit_is_a_rollback(
+    postgres: Database, end: Any
+) -> None:
+    # The server rolled back when it ended the session: certain, not unknown,
+    # though the driver only learns of it when it reads the COMMIT's answer.
+    db = postgres.db()
+    ran: list[str] = []
+    with pytest.raises(TransactionError) as caught, db.transaction() as txn:
+        hooked(txn, ran)
+        db.execute("SET LOCAL idle_in_transaction_session_timeout = 50")
+        insert(postgres, db, 1)
+        (pid,) = db.execute("SELECT pg_backend_pid()")[0]
+        end(postgres, pid)
+        wait_for(lambda: _gone(postgres, pid), f"the end of backend {pid}")
+    assert not isinstance(caught.value, CommitOutcomeUnknownError)
+    assert "nothing of this transaction was committed" in str(caught.value)
+    assert (txn.state, ran, keys(postgres)) == ("rolled back", ["on_rollback"], [])
+    insert(postgres, db, 2)  # a new connection
+    assert keys(postgres) == [2]
 
 
 # -- a COMMIT interrupted (Ctrl-C) --------------------------------------------------
@@ -160,10 +204,28 @@ def test_ctrl_c_at_a_sqlite_commit_reports_what_really_happened(
     db.close_all()
 
 
-class _InterruptedPostgres:
-    """A real psycopg connection whose COMMIT is interrupted before or after it runs."""
+def test_ctrl_c_at_the_commit_of_a_closed_sqlite_connection_is_a_rollback(
+    sqlite: Database,
+) -> None:
+    db = ThreadLocalDB(sqlite.path, factory=_InterruptBefore)
+    ran: list[str] = []
+    with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
+        hooked(txn, ran)
+        insert(sqlite, db, 1)
+        db.connection.close()  # closing rolled it back
+    assert (txn.state, keys(sqlite), ran) == ("rolled back", [], ["on_rollback"])
+    assert db.execute("SELECT 1") == [(1,)]
+    db.close_all()
 
-    def __init__(self, dsn: str, *, after: bool) -> None:
+
+class _InterruptedPostgres:
+    """A real psycopg connection whose COMMIT is interrupted before or after it runs.
+
+    ``after="break"``: the connection breaks while the COMMIT runs, and then
+    Ctrl-C comes.
+    """
+
+    def __init__(self, dsn: str, *, after: bool | str) -> None:
         self.real = psycopg.connect(dsn, autocommit=True)
         self.after = after
         self.info = self.real.info
@@ -184,6 +246,8 @@ class _InterruptedPostgres:
                 if sql == "COMMIT":
                     if owner.after:
                         real.execute(sql)
+                    if owner.after == "break":
+                        owner.real.close()
                     raise KeyboardInterrupt
                 real.execute(sql, params)
                 self.description = real.description
@@ -212,6 +276,19 @@ def test_ctrl_c_at_a_postgres_commit_asks_the_server_where_it_is(
         hooked(txn, ran)
         insert(postgres, db, 1)
     assert (txn.state, keys(postgres), ran) == (state, rows, hooks)
+    db.close_all()
+
+
+def test_ctrl_c_as_the_connection_breaks_at_the_commit_is_of_unknown_outcome(
+    postgres: Database,
+) -> None:
+    db = ThreadLocalDB(connect=lambda: _InterruptedPostgres(postgres_dsn(), after="break"))
+    ran: list[str] = []
+    with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
+        hooked(txn, ran)
+        insert(postgres, db, 1)
+    assert (txn.state, ran) == ("unknown", [])
+    assert db.open_connections == 0
     db.close_all()
 
 
@@ -268,14 +345,16 @@ def test_a_block_closed_from_another_thread_is_current_nowhere(database: Databas
     assert [sql for thread, sql in log if thread != threading.get_ident()] == [], (
         "the closing thread ran nothing on this thread's connection"
     )
-    assert ran == [("on_rollback", closer.ident)]
+    assert ran == [], "rollback hooks wait for the rollback"
     # This thread closes the retired connection before using it again, which
-    # rolls the work back, and goes on with a new one.
+    # rolls the work back, runs the hooks, and goes on with a new one.
     with db.transaction():
+        assert ran == [("on_rollback", threading.get_ident())]
         insert(database, db, 2)
     assert keys(database) == [2]
     assert db.open_connections == 1
-    db.close_all()
+    db.close()  # nothing open here: close() agrees
+    assert db.open_connections == 0
 
 
 def test_a_savepoint_closed_from_another_thread_fails_the_enclosing_transaction(
@@ -288,7 +367,10 @@ def test_a_savepoint_closed_from_another_thread_fails_the_enclosing_transaction(
             insert(database, db, 2)
             yield
 
-    with pytest.raises(TransactionError, match="closed from another thread"), db.transaction():
+    with (
+        pytest.raises(TransactionError, match="its savepoint contextual_1 was closed from another"),
+        db.transaction(),
+    ):
         insert(database, db, 1)
         generator = held()
         next(generator)
@@ -306,8 +388,11 @@ def test_a_block_closed_after_its_thread_exited_closes_its_connection(
     db = database.db()
     handed: list[Iterator[None]] = []
 
+    blocks: list[Transaction] = []
+
     def held() -> Iterator[None]:
-        with db.transaction():
+        with db.transaction() as txn:
+            blocks.append(txn)
             insert(database, db, 1)
             yield
 
@@ -320,8 +405,12 @@ def test_a_block_closed_after_its_thread_exited_closes_its_connection(
     thread.start()
     thread.join()
     assert db.open_connections == 1, "the suspended block holds its connection"
-    handed.pop().close()
-    assert db.open_connections == 0
+    ran: list[str] = []
+    generator = handed.pop()
+    blocks[0].on_rollback(lambda: ran.append("on_rollback"))
+    generator.close()
+    assert db.open_connections == 0, "nobody else could use it: closed at once"
+    assert ran == ["on_rollback"], "after the close, which rolled it back"
     assert keys(database) == []
 
 
@@ -347,6 +436,8 @@ def test_a_block_exited_without_error_from_another_thread_is_refused(
     assert "rolled back instead of committed" in str(errors[0])
     assert txn.state == "rolled back"
     assert db.transactions.current is None
+    with pytest.raises(ScopeError, match="exited again: it had already ended"):
+        txn.__exit__(None, None, None)  # the entering thread's own exit, later
     assert db.execute("SELECT 1") == [(1,)]  # a new connection, outside any transaction
     assert keys(database) == []
 
@@ -368,3 +459,120 @@ def test_a_unit_of_work_closed_from_another_thread_is_current_nowhere() -> None:
     assert (manager.current, ran) == (None, ["on_rollback"])
     manager.on_commit(lambda: ran.append("at once"))
     assert ran == ["on_rollback", "at once"], "no transaction: the hook runs now"
+
+
+def test_a_block_exited_in_a_later_thread_with_a_reused_id_is_still_refused(
+    database: Database,
+) -> None:
+    # Thread IDs are reused as soon as a thread exits: ownership is the
+    # connection's, not the ID's. (Whether the OS reuses the ID here or
+    # not, the later thread must not run anything on the dead one's
+    # connection.)
+    db = database.db()
+    handed: list[Iterator[None]] = []
+    idents: list[int | None] = []
+    messages: list[str] = []
+
+    def held() -> Iterator[None]:
+        with db.transaction():
+            insert(database, db, 1)
+            yield
+
+    def opener() -> None:
+        generator = held()
+        next(generator)
+        handed.append(generator)
+
+    def finisher() -> None:
+        try:
+            next(handed[0])
+        except ScopeError as error:
+            idents.append(threading.get_ident())
+            messages.append(str(error))
+
+    first = threading.Thread(target=opener)
+    first.start()
+    first.join()
+    later = threading.Thread(target=finisher)
+    later.start()
+    later.join()
+    assert idents == [later.ident], "refused, whatever its ID"
+    assert "rolled back instead of committed" in messages[0]
+    assert keys(database) == []
+    assert db.open_connections == 0
+
+
+def test_a_unit_of_work_nested_in_a_block_closed_elsewhere_keeps_no_hook_silently() -> None:
+    manager = TransactionManager()
+    ran: list[str] = []
+
+    def held() -> Iterator[None]:
+        with manager.transaction() as outer:
+            outer.on_rollback(lambda: ran.append("outer on_rollback"))
+            yield
+
+    generator = held()
+    next(generator)
+    with pytest.raises(TransactionError, match="closed from another thread"):  # noqa: SIM117
+        with manager.transaction() as inner:  # nests in the generator's block
+            inner.on_rollback(lambda: ran.append("inner on_rollback"))
+            inner.on_commit(lambda: ran.append("inner on_commit"))
+            closer = threading.Thread(target=generator.close)
+            closer.start()
+            closer.join()
+    assert inner.state == "rolled back"
+    assert ran == ["outer on_rollback", "inner on_rollback"]
+
+
+def test_a_savepoint_open_here_when_its_transaction_is_closed_elsewhere_rolls_back(
+    database: Database,
+) -> None:
+    db = database.db()
+    ran: list[str] = []
+
+    def held() -> Iterator[None]:
+        with db.transaction() as outer:
+            outer.on_rollback(lambda: ran.append("outer on_rollback"))
+            insert(database, db, 1)
+            yield
+
+    generator = held()
+    next(generator)
+    with pytest.raises(TransactionError, match="closed from another thread"):  # noqa: SIM117
+        with db.transaction() as inner:  # a savepoint in the generator's block
+            inner.on_rollback(lambda: ran.append("inner on_rollback"))
+            insert(database, db, 2)
+            closer = threading.Thread(target=generator.close)
+            closer.start()
+            closer.join()
+            assert ran == [], "nothing rolled back yet"
+    assert inner.state == "rolled back"
+    # Closing the connection rolled both back, then ran both blocks' hooks.
+    assert sorted(ran) == ["inner on_rollback", "outer on_rollback"]
+    assert keys(database) == []
+    assert db.execute("SELECT 1") == [(1,)]
+
+
+def test_a_refused_commit_kept_after_its_thread_exits_keeps_no_connection(
+    postgres: Database,
+) -> None:
+    db = postgres.db()
+    table = f"{postgres.table}_d"
+    db.execute(f"CREATE TABLE {table} (k INTEGER UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with db.transaction():
+                db.execute(f"INSERT INTO {table} VALUES (1), (1)")
+        except TransactionError as error:
+            errors.append(error)  # its traceback and cause go with it
+
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert len(errors) == 1
+        assert db.open_connections == 1  # this thread's, from the CREATE TABLE
+    finally:
+        db.execute(f"DROP TABLE {table}")

@@ -67,6 +67,7 @@ class _Slot:
 
     __slots__ = (
         "__weakref__",
+        "after_close",
         "begin",
         "close_lock",
         "closed_by",
@@ -74,6 +75,7 @@ class _Slot:
         "cursor",
         "finalizer",
         "generation",
+        "local",
         "readable",
         "ready",
         "retired",
@@ -107,6 +109,12 @@ class _Slot:
     # Set from another thread (a transaction of this connection's closed
     # there): the owning thread closes the connection before its next use.
     retired: str | None
+    # Called once the connection is closed, wherever that happens (its
+    # thread, its thread's exit, the last reference going): the rollback
+    # hooks of a transaction that another thread closed.
+    after_close: list[Callable[[], object]]
+    # The owning thread's store: the one whose "slot" is this one.
+    local: Any
     finalizer: weakref.finalize[Any, _Slot]
 
     def enter(self, transaction: Transaction | None) -> None:
@@ -125,14 +133,26 @@ class _Slot:
         self.ready = self.generation if fast else None
         # retire() writes retired, then ready: read in the other order here,
         # one of the two threads sees the other's write, and no fast path
-        # survives a retirement, with or without a GIL.
+        # survives a retirement. That needs each store and load to be seen
+        # in program order: the GIL gives it, and so do the free-threaded
+        # builds, which make every slot store and load a critical section on
+        # the object.
         if self.retired is not None:
             self.ready = None
 
-    def retire(self, reason: str) -> None:
-        """Have the owning thread close the connection before its next use; any thread."""
+    def retire(self, reason: str, then: Callable[[], object]) -> None:
+        """Have the owning thread close the connection before its next use; any thread.
+
+        ``then`` is called once the connection is closed.
+        """
+        self.after_close.append(then)
         self.retired = reason
         self.ready = None
+
+    def owned_here(self) -> bool:
+        """Tell whether the calling thread is the one this connection belongs to."""
+        slot: _Slot | None = self.local.s[0].get("slot")
+        return slot is self
 
     def drop(self, reason: str) -> None:
         """Forget the connection (closed, or left to another process)."""
@@ -145,9 +165,27 @@ class _Slot:
             self.drop(reason)
             self.finalizer()
 
-    def is_broken(self) -> bool:
-        """Tell whether the connection is gone or can no longer run statements."""
-        return self.connection is None or _is_broken(self.connection)
+    def lost_before_commit(self) -> bool:
+        """Tell whether the connection is already lost, so a COMMIT would never arrive.
+
+        A server that ended the session on its own (the backend terminated,
+        an idle-in-transaction timeout) says so on the socket, which a
+        driver only reads with the next answer: without this check, that
+        COMMIT would seem to have broken the connection while it ran.
+        """
+        connection = self.connection
+        if connection is None or _is_broken(connection):
+            return True
+        if self.readable is None or not self.readable():
+            return False
+        # The server spoke unprompted inside a transaction: most likely its
+        # goodbye. A probe tells; inside the transaction it changes nothing.
+        try:
+            self.cursor.execute("SELECT 1")
+            self.cursor.fetchall()
+        except Exception:  # noqa: BLE001 (the COMMIT that follows reports the rest)
+            return _is_broken(connection)
+        return False
 
     def commit_outcome(
         self, error: BaseException, broken_before: bool
@@ -179,7 +217,7 @@ class _Slot:
         return "not committed" if status in (_INTRANS, _INERROR) else "unknown"
 
 
-def _close_quietly(connection: Any, pid: int) -> None:
+def _close_quietly(connection: Any, pid: int, after_close: list[Callable[[], object]]) -> None:
     # Runs as a finalizer: at thread exit in the owning thread, when the
     # slot dies elsewhere (a traceback or a Transaction kept it), or at
     # interpreter exit. Nothing can be done about a failure there.
@@ -190,6 +228,8 @@ def _close_quietly(connection: Any, pid: int) -> None:
         return
     with contextlib.suppress(Exception):
         connection.close()
+    for then in after_close:
+        then()  # hook runners: they log their own failures
 
 
 def _is_broken(connection: Any) -> bool:
@@ -474,7 +514,7 @@ class ThreadLocalDB:
                 self._setup(connection)
             cursor = connection.cursor()
         except BaseException:
-            _close_quietly(connection, os.getpid())
+            _close_quietly(connection, os.getpid(), [])
             raise
         slot = _Slot()
         slot.connection = connection
@@ -483,6 +523,8 @@ class ThreadLocalDB:
         slot.close_lock = threading.Lock()
         slot.generation = self._generation
         slot.closed_by = slot.retired = None
+        slot.after_close = []
+        slot.local = self._local
         slot.readable = _readable(connection)
         slot.sqlite = isinstance(connection, sqlite3.Connection)
         slot.enter(None)
@@ -492,7 +534,9 @@ class ThreadLocalDB:
             slot.begin = "BEGIN IMMEDIATE"
         else:
             slot.begin = "BEGIN"
-        slot.finalizer = weakref.finalize(slot, _close_quietly, connection, os.getpid())
+        slot.finalizer = weakref.finalize(
+            slot, _close_quietly, connection, os.getpid(), slot.after_close
+        )
         with self._lock:
             self._slots = {k: r for k, r in self._slots.items() if r() is not None}
             self._slots[id(slot)] = weakref.ref(slot)
@@ -525,7 +569,7 @@ class ThreadLocalDB:
         slot: _Slot | None = self._local.s[0].get("slot")
         if slot is None:
             return
-        if slot.transaction is not None:
+        if innermost_open(slot.transaction) is not None:
             msg = (
                 f"close() was called inside a transaction on {self!r}; leave the "
                 "'with db.transaction()' block first (its end commits or rolls back)."
@@ -691,7 +735,11 @@ class ThreadLocalDB:
         self._close_if_retired(slot)
         if slot.connection is None:
             raise _closed_in_transaction(slot)
-        slot.cursor.execute(sql)
+        cursor = slot.cursor
+        # A traceback the caller keeps holds this frame: it must not keep
+        # the connection open after its thread exits.
+        del slot
+        cursor.execute(sql)
 
     def transaction(self, *, durable: bool = False) -> Transaction:
         """Open a transaction (or a savepoint, inside one): a ``with`` block or a decorator.

@@ -218,7 +218,7 @@ class Snapshot:
             TypeError: ``data`` is not what :meth:`to_dict` returns.
             ValueError: A store name, key or value holds a refused
                 character. The message names the store and key, escaped
-                with :func:`ascii`, and quotes no value.
+                with ``ascii()``, and quotes no value.
             LookupError: With ``missing="raise"``, a store named in ``data``
                 doesn't exist here. Nothing is applied.
             StoreDefaultsError: The ``defaults`` factory of a

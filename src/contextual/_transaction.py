@@ -145,8 +145,10 @@ class TransactionManager:
         The block belongs to the thread that entered it. Exited from
         another thread (a generator holding it, closed there), it rolls back
         without touching the connection from there: the entering thread
-        closes its connection before its next use, which rolls the work back
-        on the server, and gets a new one.
+        closes its connection before its next use (at once, if it has
+        exited), which rolls the work back on the server, and gets a new
+        one. Its ``on_rollback`` hooks run once that connection is closed;
+        until then the server holds the transaction's locks.
 
         Raises:
             TransactionError: On entry: ``durable`` inside a transaction, or
@@ -218,7 +220,6 @@ class Transaction(AsyncToo["Transaction"]):
         "_owner",
         "_rollback_hooks",
         "_slot",
-        "_thread",
         "_token",
         "durable",
         "manager",
@@ -236,8 +237,6 @@ class Transaction(AsyncToo["Transaction"]):
     """Where it is in its life."""
 
     _owner: object
-    # The thread that entered the block: only it may use the connection.
-    _thread: int
     _slot: _Slot | None
     _failed: bool
     _token: contextvars.Token[Transaction | None]
@@ -353,17 +352,15 @@ class Transaction(AsyncToo["Transaction"]):
         manager = self.manager
         var = manager._var  # noqa: SLF001
         # _owner(), inlined: this runs for every transaction.
-        thread = _get_ident()
         asyncio = _modules.get("asyncio")
         if asyncio is not None and asyncio._get_running_loop() is not None:  # noqa: SLF001
             owner = _owner()
         else:
-            owner = thread
+            owner = _get_ident()
         parent = var.get()
         if parent is not None:
             parent = self._nest_in(parent, owner)
         self._owner = owner
-        self._thread = thread
         db = manager._db  # noqa: SLF001
         if db is not None:
             slot = db._local.s[0].get("slot")  # noqa: SLF001 (ThreadLocalDB._slot, inlined)
@@ -411,7 +408,9 @@ class Transaction(AsyncToo["Transaction"]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.state != "open" or (self._slot is not None and _get_ident() != self._thread):
+        # The connection's own thread is the one whose store holds its slot:
+        # an exact test, where a thread ID can be reused by a later thread.
+        if self.state != "open" or (self._slot is not None and not self._slot.owned_here()):
             self._exit_elsewhere(exc_type)
             return
         manager = self.manager
@@ -481,26 +480,17 @@ class Transaction(AsyncToo["Transaction"]):
     def _succeed(self) -> None:
         parent, slot, db = self.parent, self._slot, self.manager._db  # noqa: SLF001
         if parent is not None:
-            if slot is not None and db is not None:
-                try:
-                    db._run(slot, f"RELEASE SAVEPOINT {self.savepoint}")  # noqa: SLF001
-                except BaseException:
-                    parent._failed = True  # noqa: SLF001
-                    slot.enter(parent)
-                    self.state = "rolled back"
-                    _run_hooks(self._rollback_hooks, "on_rollback")
-                    raise
-            self.state = "released"
-            if self._commit_hooks:
-                parent._commit_hooks = (parent._commit_hooks or []) + self._commit_hooks  # noqa: SLF001
-            if self._rollback_hooks:
-                parent._rollback_hooks = (parent._rollback_hooks or []) + self._rollback_hooks  # noqa: SLF001
+            self._release(parent)
             return
         if slot is not None and db is not None:
-            broken = slot.is_broken()
+            broken = False
             try:
+                broken = slot.lost_before_commit()
                 db._run(slot, "COMMIT")  # noqa: SLF001
             except BaseException as error:  # noqa: BLE001 (_commit_failed re-raises it)
+                # A traceback the caller keeps holds this frame: it must not
+                # keep the connection open after its thread exits.
+                del slot
                 self._commit_failed(error, broken_before=broken)
             if getattr(slot.cursor, "statusmessage", None) == "ROLLBACK":
                 # PostgreSQL answers COMMIT of a failed transaction (a
@@ -545,24 +535,73 @@ class Transaction(AsyncToo["Transaction"]):
         msg = f"the commit failed, so nothing of this transaction was committed: {error}"
         raise TransactionError(msg) from error
 
+    def _release(self, parent: Transaction) -> None:
+        """End a savepoint whose block succeeded: its work and hooks join ``parent``."""
+        if parent.state != "open":
+            self._orphaned(parent)
+        slot, db = self._slot, self.manager._db  # noqa: SLF001
+        if slot is not None and db is not None:
+            try:
+                db._run(slot, f"RELEASE SAVEPOINT {self.savepoint}")  # noqa: SLF001
+            except BaseException:
+                parent._failed = True
+                slot.enter(parent)
+                self.state = "rolled back"
+                _run_hooks(self._rollback_hooks, "on_rollback")
+                raise
+        del slot
+        self.state = "released"
+        # Under the lock that hook registrations take: a parent closed from
+        # another thread meanwhile may have missed these hooks.
+        with _hooks_lock:
+            if self._commit_hooks:
+                parent._commit_hooks = (parent._commit_hooks or []) + self._commit_hooks
+            if self._rollback_hooks:
+                parent._rollback_hooks = (parent._rollback_hooks or []) + self._rollback_hooks
+            joined = parent.state == "open"
+        if not joined:
+            raise _ended_first(self, parent)
+
+    def _orphaned(self, parent: Transaction) -> NoReturn:
+        """End a block whose enclosing one ended first (closed from another thread)."""
+        slot, db = self._slot, self.manager._db  # noqa: SLF001
+        if slot is not None and db is not None:
+            # This is the connection's own thread: close the retired
+            # connection now, which rolls this block's work back with the rest.
+            db._close_if_retired(slot)  # noqa: SLF001
+        del slot
+        self.state = "rolled back"
+        _run_hooks(self._rollback_hooks, "on_rollback")
+        raise _ended_first(self, parent)
+
     def _exit_elsewhere(self, exc_type: type[BaseException] | None) -> None:
         """End a block exited in a thread other than the one that entered it."""
-        if self.state != "open":
+        if self.state == "new":
             raise ScopeError(f"{self!r} was exited without being entered.")
+        if self.state != "open":
+            msg = (
+                f"{self!r} was exited again: it had already ended, from another thread "
+                "or an earlier exit."
+            )
+            raise ScopeError(msg)
         # A generator holding the block, closed from another thread: its
         # connection belongs to the entering thread, which may be using it
         # right now, and that thread's context still shows this block as
         # current, out of reach from here. So nothing runs on the connection
         # here: it is retired, and its own thread closes it (which rolls the
         # work back) before using it again; or, if that thread is gone, the
-        # last reference to it closes it below.
+        # last reference to it goes below, and that closes it. The rollback
+        # hooks run once it is closed, wherever that happens.
         slot = self._slot
         assert slot is not None  # noqa: S101 (checked by the caller)
         self._slot = None
+        # Retired before the state changes: a thread that sees this block
+        # ended also sees its connection retired, and can't commit on it.
+        name = self.savepoint
+        what = f"its savepoint {name}" if name else "its transaction"
+        slot.retire(f"{what} was closed from another thread", self._run_rollback_hooks)
         self.state = "rolled back"
-        slot.retire(f"{self!r} was closed from another thread")
         del slot
-        _run_hooks(self._rollback_hooks, "on_rollback")
         if exc_type is None:
             msg = (
                 f"{self!r} was exited in another thread than the one that entered it, and "
@@ -570,6 +609,10 @@ class Transaction(AsyncToo["Transaction"]):
                 "of committed. End a transaction block in the thread that entered it."
             )
             raise ScopeError(msg)
+
+    def _run_rollback_hooks(self) -> None:
+        # Read when they run: a savepoint ending meanwhile may add its own.
+        _run_hooks(self._rollback_hooks, "on_rollback")
 
     def _roll_back(self) -> None:
         """Roll back this block, and run its rollback hooks."""
@@ -657,15 +700,24 @@ def innermost_open(transaction: Transaction | None) -> Transaction | None:
 
 def _outcome_unknown(transaction: Transaction, error: BaseException) -> CommitOutcomeUnknownError:
     hooks = len(transaction._commit_hooks or ())  # noqa: SLF001
+    waiting = f"{hooks} on_commit hook{'s' if hooks != 1 else ''} did not run" if hooks else ""
     msg = (
         f"the connection broke while COMMIT ran ({error}), so there is no telling whether "
         "this transaction was committed: the database may have committed it and lost only "
         "the answer. Check whether its changes are there (look up a row it wrote, or an "
         "idempotency key) before doing the work again: redoing it blindly may do it twice. "
-        f"Neither its on_commit nor its on_rollback hooks ran ({hooks} on_commit hooks "
-        "did not)."
+        f"Neither its on_commit nor its on_rollback hooks ran{f' ({waiting})' if waiting else ''}."
     )
     return CommitOutcomeUnknownError(msg)
+
+
+def _ended_first(transaction: Transaction, parent: Transaction) -> TransactionError:
+    msg = (
+        f"{transaction!r} ended after the transaction it was nested in, {parent!r}, which "
+        "was closed from another thread: its work and its hooks went with that one's. End "
+        "a transaction block in the thread that entered it, innermost first."
+    )
+    return TransactionError(msg)
 
 
 def _descends(inner: Transaction, outer: Transaction) -> bool:
