@@ -138,19 +138,20 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) ->
         time.sleep(0.01)
 
 
-class CommitReplyDropper:
-    """A loopback TCP proxy to PostgreSQL that loses the answer to a COMMIT.
+class PostgresProxy:
+    """A loopback TCP proxy to PostgreSQL that can lose the answer to a COMMIT.
 
-    Clients connect to :attr:`dsn`; everything is forwarded both ways until a
-    client sends a message holding ``COMMIT``. That message reaches the
-    server; once the server's answer arrives (so the server has committed),
-    the proxy closes both sockets instead of forwarding it: the client sees
-    its connection break while COMMIT runs, as with a network blip or a
-    pooler restarting at the wrong moment. It does this once; later
-    connections pass through.
+    Clients connect to :attr:`dsn`; everything is forwarded both ways. With
+    ``drop_commit_reply``, once a client sends a message holding ``COMMIT``,
+    that message reaches the server, and once the server's answer arrives
+    (so the server has committed), the proxy closes both sockets instead of
+    forwarding it: the client sees its connection break while COMMIT runs,
+    as with a network blip or a pooler restarting at the wrong moment. It
+    does this once; later connections pass through. :meth:`notice` sends
+    every client a message of the server's that nobody asked for.
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, drop_commit_reply: bool = False) -> None:
         info = psycopg.conninfo.conninfo_to_dict(dsn)
         self._target = (str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)))
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -158,9 +159,12 @@ class CommitReplyDropper:
         self.dsn = psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=port)
         self.dropped = threading.Event()
         """Set once a COMMIT's answer was dropped."""
+        if not drop_commit_reply:
+            self.dropped.set()  # as if done: nothing more to drop
+        self._clients: list[tuple[socket.socket, threading.Lock]] = []
         self._closing = False
         self._threads: list[threading.Thread] = []
-        accepter = threading.Thread(target=self._accept, name="commit-dropper", daemon=True)
+        accepter = threading.Thread(target=self._accept, name="postgres-proxy", daemon=True)
         accepter.start()
         self._threads.append(accepter)
 
@@ -189,8 +193,22 @@ class CommitReplyDropper:
             pump.start()
             self._threads.append(pump)
 
+    def notice(self, text: str) -> None:
+        """Send each client a NoticeResponse, as a server may between queries."""
+        fields = b"".join(
+            kind + value.encode() + b"\x00"
+            for kind, value in ((b"S", "NOTICE"), (b"V", "NOTICE"), (b"C", "00000"), (b"M", text))
+        )
+        body = fields + b"\x00"
+        message = b"N" + (len(body) + 4).to_bytes(4, "big") + body
+        for client, lock in self._clients:
+            with lock:
+                client.sendall(message)
+
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
         committing = False
+        lock = threading.Lock()  # notice() writes to the client too
+        self._clients.append((client, lock))
         with client, server:
             while not self._closing:
                 readable, _, _ = select.select([client, server], [], [], 0.2)
@@ -206,4 +224,5 @@ class CommitReplyDropper:
                         self.dropped.set()  # the server answered the COMMIT: drop it
                         return
                     else:
-                        client.sendall(data)
+                        with lock:
+                            client.sendall(data)

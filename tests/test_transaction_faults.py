@@ -3,15 +3,16 @@ a block closed from another thread."""
 
 from __future__ import annotations
 
+import select
 import sqlite3
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import pytest
 
-from _db_support import CommitReplyDropper, Database, database, postgres, sqlite, wait_for
+from _db_support import Database, PostgresProxy, database, postgres, sqlite, wait_for
 from _servers import postgres_dsn
 from contextual import (
     CommitOutcomeUnknownError,
@@ -44,13 +45,13 @@ def hooked(txn: Any, ran: list[str]) -> None:
 
 
 @pytest.fixture
-def dropper(postgres: Database) -> Iterator[CommitReplyDropper]:
-    with CommitReplyDropper(postgres_dsn()) as proxy:
+def dropper(postgres: Database) -> Iterator[PostgresProxy]:
+    with PostgresProxy(postgres_dsn(), drop_commit_reply=True) as proxy:
         yield proxy
 
 
 def test_a_commit_whose_answer_is_lost_is_of_unknown_outcome(
-    postgres: Database, dropper: CommitReplyDropper
+    postgres: Database, dropper: PostgresProxy
 ) -> None:
     db = ThreadLocalDB(connect=lambda: psycopg.connect(dropper.dsn, autocommit=True))
     ran: list[str] = []
@@ -145,6 +146,26 @@ def test_a_session_the_server_ended_before_the_commit_is_a_rollback(
     assert (txn.state, ran, keys(postgres)) == ("rolled back", ["on_rollback"], [])
     insert(postgres, db, 2)  # a new connection
     assert keys(postgres) == [2]
+
+
+def test_a_live_session_whose_server_spoke_unprompted_still_commits(postgres: Database) -> None:
+    # The socket has something to read before the COMMIT, as when the server
+    # says goodbye; here it is a notice, and the probe finds the session alive.
+    with PostgresProxy(postgres_dsn()) as proxy:
+        db = ThreadLocalDB(connect=lambda: psycopg.connect(proxy.dsn, autocommit=True))
+        notices: list[str | None] = []
+        ran: list[str] = []
+        with db.transaction() as txn:
+            hooked(txn, ran)
+            insert(postgres, db, 1)
+            connection = db.connection
+            connection.add_notice_handler(lambda notice: notices.append(notice.message_primary))
+            proxy.notice("unprompted")
+            readable, _, _ = select.select([connection.fileno()], [], [], 10)
+            assert readable, "the notice arrived before the COMMIT"
+        assert (txn.state, ran, keys(postgres)) == ("committed", ["on_commit"], [1])
+        assert notices == ["unprompted"], "read by the probe before the COMMIT"
+        db.close_all()
 
 
 # -- a COMMIT interrupted (Ctrl-C) --------------------------------------------------
@@ -576,3 +597,64 @@ def test_a_refused_commit_kept_after_its_thread_exits_keeps_no_connection(
         assert db.open_connections == 1  # this thread's, from the CREATE TABLE
     finally:
         db.execute(f"DROP TABLE {table}")
+
+
+class _ClosedWhileReleasing(_Recording):
+    """Runs ``during_release`` from the statement that releases a savepoint."""
+
+    during_release: ClassVar[list[Any]] = []
+
+    def cursor(self) -> Any:
+        inner = super().cursor()
+        during = self.during_release
+
+        class Cursor:
+            description: Any = None
+            rowcount = -1
+
+            def execute(self, sql: str, params: Any = ()) -> Any:
+                if sql.startswith("RELEASE") and during:
+                    during.pop()()
+                inner.execute(sql, params)
+                self.description = inner.description
+                return self
+
+            def fetchall(self) -> list[Any]:
+                return list(inner.fetchall())
+
+        return Cursor()
+
+
+def test_a_savepoint_released_as_its_transaction_is_closed_elsewhere_is_an_error(
+    database: Database,
+) -> None:
+    # The enclosing block ends in another thread while this one releases:
+    # its hooks would go into a finished block, so it says so.
+    log: list[tuple[int, str]] = []
+    db = ThreadLocalDB(connect=lambda: _ClosedWhileReleasing(database.connect(), log))
+    ran: list[str] = []
+
+    def held() -> Iterator[None]:
+        with db.transaction() as outer:
+            outer.on_rollback(lambda: ran.append("outer on_rollback"))
+            yield
+
+    generator = held()
+    next(generator)
+
+    def close_elsewhere() -> None:
+        closer = threading.Thread(target=generator.close)
+        closer.start()
+        closer.join()
+
+    _ClosedWhileReleasing.during_release.append(close_elsewhere)
+    with pytest.raises(TransactionError, match="closed from another thread"):  # noqa: SIM117
+        with db.transaction() as inner:
+            inner.on_rollback(lambda: ran.append("inner on_rollback"))
+            insert(database, db, 1)
+    assert inner.state == "released"
+    assert db.execute("SELECT 1") == [(1,)]  # closes the retired connection first
+    # The inner block's hooks joined in time: newest first, as an undo log.
+    assert ran == ["inner on_rollback", "outer on_rollback"]
+    assert keys(database) == []
+    db.close_all()
