@@ -64,6 +64,14 @@ class Database:
         """``text`` with ``?`` placeholders in the driver's style, and ``T`` for the table."""
         return text.replace("?", self.placeholder).replace(" T", f" {self.table}")
 
+    def insert(self, db: ThreadLocalDB, k: int, v: str = "") -> None:
+        """Insert row ``k`` (with ``v``, or ``str(k)``) into the table through ``db``."""
+        db.execute(self.sql("INSERT INTO T (k, v) VALUES (?, ?)"), (k, v or str(k)))
+
+    def keys(self) -> list[int]:
+        """The keys of the table's rows, read on a connection of its own (committed data only)."""
+        return [k for k, _ in self.rows()]
+
     def rows(self) -> list[tuple[int, str]]:
         """The table's rows, read on a connection of its own (committed data only)."""
         connection = self.connect()
@@ -136,6 +144,51 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not happen within {timeout} s")
         time.sleep(0.01)
+
+
+#: What :class:`Intercepted` calls for each statement: the SQL, a function
+#: that runs it on the real cursor, and the real connection.
+Intercept = Callable[[str, Callable[[], object], Any], None]
+
+
+class Intercepted:
+    """A real DB-API connection whose statements go through ``intercept`` first.
+
+    ``intercept(sql, run, real)`` runs the statement by calling ``run()``, or
+    doesn't, and may raise: to record which thread ran what, or to make a
+    fault happen at one exact statement (Ctrl-C at the COMMIT). Everything
+    else is the real connection's and cursor's.
+    """
+
+    def __init__(self, real: Any, intercept: Intercept) -> None:
+        self._real = real
+        self._intercept = intercept
+
+    def cursor(self) -> _InterceptedCursor:
+        return _InterceptedCursor(self._real, self._intercept)
+
+    def close(self) -> None:
+        self._real.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class _InterceptedCursor:
+    def __init__(self, connection: Any, intercept: Intercept) -> None:
+        self._connection = connection
+        self._real = connection.cursor()
+        self._intercept = intercept
+
+    def execute(self, sql: str, params: Any = ()) -> _InterceptedCursor:
+        self._intercept(sql, lambda: self._real.execute(sql, params), self._connection)
+        return self
+
+    def fetchall(self) -> list[Any]:
+        return list(self._real.fetchall())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
 
 
 class PostgresProxy:

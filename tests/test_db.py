@@ -479,20 +479,12 @@ def _terminate_backend(database: Database, pid: int) -> None:
         admin.close()
 
 
-def test_a_connection_whose_backend_was_killed_is_replaced_on_next_use(postgres: Database) -> None:
-    db = postgres.db()
-    (pid,) = db.execute("SELECT pg_backend_pid()")[0]
-    _terminate_backend(postgres, pid)
-    (new_pid,) = db.execute("SELECT pg_backend_pid()")[0]
-    assert new_pid != pid
-    assert db.open_connections == 1
-
-
-def test_without_poll_a_killed_backend_is_still_replaced_on_next_use(
-    postgres: Database, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("poll", [True, False], ids=["poll", "select (no poll, as on Windows)"])
+def test_a_connection_whose_backend_was_killed_is_replaced_on_next_use(
+    postgres: Database, monkeypatch: pytest.MonkeyPatch, poll: bool
 ) -> None:
-    # Windows has no select.poll(): the check falls back to select.select().
-    monkeypatch.setattr(_db, "_poll", None)
+    if not poll:
+        monkeypatch.setattr(_db, "_poll", None)
     db = postgres.db()
     (pid,) = db.execute("SELECT pg_backend_pid()")[0]
     _terminate_backend(postgres, pid)

@@ -15,7 +15,6 @@ from _db_support import Database, database, postgres, sqlite
 from contextual import (
     ContextExecutor,
     ScopeError,
-    ThreadLocalDB,
     Transaction,
     TransactionError,
     TransactionManager,
@@ -23,19 +22,9 @@ from contextual import (
 
 __all__ = ["database", "postgres", "sqlite"]  # the fixtures, imported for pytest
 
-INSERT = "INSERT INTO T (k, v) VALUES (?, ?)"
-
 
 class BoomError(Exception):
     """What the code inside a block raises."""
-
-
-def insert(database: Database, db: ThreadLocalDB, k: int, v: str = "") -> None:
-    db.execute(database.sql(INSERT), (k, v or str(k)))
-
-
-def keys(database: Database) -> list[int]:
-    return [k for k, _ in database.rows()]
 
 
 # -- commit and roll back on a database -------------------------------------------
@@ -44,38 +33,38 @@ def keys(database: Database) -> list[int]:
 def test_a_block_that_ends_normally_commits(database: Database) -> None:
     db = database.db()
     with db.transaction() as txn:
-        insert(database, db, 1)
-        assert keys(database) == []  # not visible outside before the commit
-    assert keys(database) == [1]
+        database.insert(db, 1)
+        assert database.keys() == []  # not visible outside before the commit
+    assert database.keys() == [1]
     assert txn.state == "committed"
 
 
 def test_a_block_that_raises_rolls_back_and_the_error_goes_through(database: Database) -> None:
     db = database.db()
     with pytest.raises(ZeroDivisionError), db.transaction() as txn:
-        insert(database, db, 1)
+        database.insert(db, 1)
         _ = 1 / 0
-    assert keys(database) == []
+    assert database.keys() == []
     assert txn.state == "rolled back"
 
 
 def test_keyboard_interrupt_rolls_back_too(database: Database) -> None:
     db = database.db()
     with pytest.raises(KeyboardInterrupt), db.transaction():
-        insert(database, db, 1)
+        database.insert(db, 1)
         raise KeyboardInterrupt
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_an_inner_block_that_raises_rolls_back_only_its_own_work(database: Database) -> None:
     db = database.db()
     with db.transaction():
-        insert(database, db, 1)
+        database.insert(db, 1)
         with pytest.raises(BoomError, match="inner"), db.transaction() as inner:
-            insert(database, db, 2)
+            database.insert(db, 2)
             raise BoomError("inner")
-        insert(database, db, 3)
-    assert keys(database) == [1, 3]
+        database.insert(db, 3)
+    assert database.keys() == [1, 3]
     assert inner.state == "rolled back"
 
 
@@ -83,23 +72,23 @@ def test_a_successful_inner_block_is_undone_by_the_outer_rollback(database: Data
     db = database.db()
     with pytest.raises(BoomError, match="outer"), db.transaction():
         with db.transaction() as inner:
-            insert(database, db, 1)
+            database.insert(db, 1)
         assert inner.state == "released"
         raise BoomError("outer")
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_savepoints_nest_to_any_depth(database: Database) -> None:
     db = database.db()
     with db.transaction() as outer:
-        insert(database, db, 1)
+        database.insert(db, 1)
         with db.transaction() as middle:
-            insert(database, db, 2)
+            database.insert(db, 2)
             with pytest.raises(LookupError), db.transaction() as inner:
-                insert(database, db, 3)
+                database.insert(db, 3)
                 raise LookupError
-            insert(database, db, 4)
-    assert keys(database) == [1, 2, 4]
+            database.insert(db, 4)
+    assert database.keys() == [1, 2, 4]
     assert (outer.depth, middle.depth, inner.depth) == (0, 1, 2)
     assert (outer.savepoint, middle.savepoint, inner.savepoint) == (
         None,
@@ -111,9 +100,9 @@ def test_savepoints_nest_to_any_depth(database: Database) -> None:
 def test_sql_error_inside_a_block_rolls_it_back_with_the_drivers_error(database: Database) -> None:
     db = database.db()
     with pytest.raises(database.error), db.transaction():
-        insert(database, db, 1)
-        insert(database, db, 1)  # duplicate primary key
-    assert keys(database) == []
+        database.insert(db, 1)
+        database.insert(db, 1)  # duplicate primary key
+    assert database.keys() == []
 
 
 def test_a_caught_statement_error_refuses_further_statements_and_the_commit(
@@ -124,22 +113,22 @@ def test_a_caught_statement_error_refuses_further_statements_and_the_commit(
         pytest.raises(TransactionError, match=r"error was caught.*rolled back instead"),
         db.transaction(),
     ):
-        insert(database, db, 1)
+        database.insert(db, 1)
         with pytest.raises(database.error):
-            insert(database, db, 1)
+            database.insert(db, 1)
         with pytest.raises(TransactionError, match="an earlier statement in this"):
-            insert(database, db, 2)
-    assert keys(database) == []
+            database.insert(db, 2)
+    assert database.keys() == []
 
 
 def test_a_statement_that_may_fail_runs_in_a_nested_block(database: Database) -> None:
     db = database.db()
     with db.transaction():
-        insert(database, db, 1)
+        database.insert(db, 1)
         with pytest.raises(database.error), db.transaction():
-            insert(database, db, 1)
-        insert(database, db, 2)
-    assert keys(database) == [1, 2]
+            database.insert(db, 1)
+        database.insert(db, 2)
+    assert database.keys() == [1, 2]
 
 
 def test_commit_of_a_closed_connection_raises_and_nothing_is_committed(
@@ -152,14 +141,14 @@ def test_commit_of_a_closed_connection_raises_and_nothing_is_committed(
         db.transaction() as txn,
     ):
         txn.on_rollback(lambda: rolled_back.append("hook"))
-        insert(database, db, 1)
+        database.insert(db, 1)
         db.connection.close()
     assert isinstance(caught.value.__cause__, database.error)
-    assert keys(database) == []
+    assert database.keys() == []
     assert txn.state == "rolled back"
     assert rolled_back == ["hook"]
-    insert(database, db, 2)  # the next use gets a new connection
-    assert keys(database) == [2]
+    database.insert(db, 2)  # the next use gets a new connection
+    assert database.keys() == [2]
 
 
 def test_a_failed_commit_in_sqlite_leaves_no_transaction_open(sqlite: Database) -> None:
@@ -193,22 +182,22 @@ def test_a_failed_commit_in_postgres_is_a_transaction_error(postgres: Database) 
 def test_a_durable_transaction_commits_on_its_own(database: Database) -> None:
     db = database.db()
     with db.transaction(durable=True) as txn:
-        insert(database, db, 1)
-    assert keys(database) == [1]
+        database.insert(db, 1)
+    assert database.keys() == [1]
     assert txn.durable
 
 
 def test_a_durable_transaction_refuses_to_nest(database: Database) -> None:
     db = database.db()
     with db.transaction():
-        insert(database, db, 1)
+        database.insert(db, 1)
         with (
             pytest.raises(TransactionError, match="durable transaction can't start inside"),
             db.transaction(durable=True),
         ):
             pass  # pragma: no cover (never entered)
-        insert(database, db, 2)
-    assert keys(database) == [1, 2]
+        database.insert(db, 2)
+    assert database.keys() == [1, 2]
 
 
 # -- hooks --------------------------------------------------------------------
@@ -218,12 +207,12 @@ def test_on_commit_hooks_run_after_the_outermost_commit_in_order(database: Datab
     db = database.db()
     ran: list[tuple[str, list[int]]] = []
     with db.transaction() as txn:
-        insert(database, db, 1)
-        txn.on_commit(lambda: ran.append(("first", keys(database))))
+        database.insert(db, 1)
+        txn.on_commit(lambda: ran.append(("first", database.keys())))
         with db.transaction() as inner:
-            inner.on_commit(lambda: ran.append(("inner", keys(database))))
+            inner.on_commit(lambda: ran.append(("inner", database.keys())))
         assert ran == []  # not at the savepoint's release
-        txn.on_commit(lambda: ran.append(("last", keys(database))))
+        txn.on_commit(lambda: ran.append(("last", database.keys())))
         assert ran == []
     assert ran == [("first", [1]), ("inner", [1]), ("last", [1])]
 
@@ -277,9 +266,9 @@ def test_hooks_run_outside_the_transaction(database: Database) -> None:
     seen: list[Any] = []
     with db.transaction() as txn:
         txn.on_commit(lambda: seen.append(db.transactions.current))
-        txn.on_commit(lambda: insert(database, db, 1))  # commits on its own
+        txn.on_commit(lambda: database.insert(db, 1))  # commits on its own
     assert seen == [None]
-    assert keys(database) == [1]
+    assert database.keys() == [1]
 
 
 def test_a_failing_hook_is_logged_and_neither_undoes_the_commit_nor_stops_the_others(
@@ -292,10 +281,10 @@ def test_a_failing_hook_is_logged_and_neither_undoes_the_commit_nor_stops_the_ot
         raise RuntimeError("mail server down")
 
     with caplog.at_level(logging.ERROR, logger="contextual.transactions"), db.transaction() as txn:
-        insert(database, db, 1)
+        database.insert(db, 1)
         txn.on_commit(broken)
         txn.on_commit(lambda: ran.append("after"))
-    assert keys(database) == [1]
+    assert database.keys() == [1]
     assert ran == ["after"]
     (record,) = caplog.records
     assert record.name == "contextual.transactions"
@@ -401,7 +390,7 @@ def test_a_pool_worker_sees_no_current_transaction_and_can_open_its_own(
 ) -> None:
     db = database.db()
     with db.transaction() as txn, ContextExecutor(1) as pool:
-        insert(database, db, 1)
+        database.insert(db, 1)
 
         def worker() -> tuple[Any, str]:
             seen = db.transactions.current
@@ -449,10 +438,10 @@ def test_two_tasks_on_one_thread_cannot_share_its_connection_s_transaction(
 
         async def first() -> None:
             with db.transaction():
-                insert(database, db, 1)
+                database.insert(db, 1)
                 opened.set()
                 await done.wait()
-                insert(database, db, 2)
+                database.insert(db, 2)
 
         async def second() -> None:
             await opened.wait()
@@ -462,7 +451,7 @@ def test_two_tasks_on_one_thread_cannot_share_its_connection_s_transaction(
             except TransactionError as error:
                 seen.append(str(error))
             try:
-                insert(database, db, 3)
+                database.insert(db, 3)
             except TransactionError as error:
                 seen.append(str(error))
             done.set()
@@ -474,7 +463,7 @@ def test_two_tasks_on_one_thread_cannot_share_its_connection_s_transaction(
     assert "can't open a transaction" in opening
     assert "opened by task 'Task-" in opening
     assert "can't run a statement on it" in statement
-    assert keys(database) == [1, 2]
+    assert database.keys() == [1, 2]
 
 
 def test_a_task_created_inside_a_transaction_cannot_nest_in_it(database: Database) -> None:
@@ -556,7 +545,7 @@ def test_as_a_decorator_each_call_runs_in_its_own_transaction(database: Database
     @db.transaction()
     def add(k: int) -> None:
         seen.append(db.transactions.current)
-        insert(database, db, k)
+        database.insert(db, k)
         if k == 2:
             raise BoomError(k)
 
@@ -564,7 +553,7 @@ def test_as_a_decorator_each_call_runs_in_its_own_transaction(database: Database
     with pytest.raises(BoomError):
         add(2)
     add(3)
-    assert keys(database) == [1, 3]
+    assert database.keys() == [1, 3]
     assert [t.state for t in seen if t] == ["committed", "rolled back", "committed"]
     assert len({id(t) for t in seen}) == 3
 
@@ -610,14 +599,14 @@ def test_async_with_works_like_with(database: Database) -> None:
 
     async def main() -> None:
         async with db.transaction():
-            insert(database, db, 1)
+            database.insert(db, 1)
         with pytest.raises(BoomError):
             async with db.transaction():
-                insert(database, db, 2)
+                database.insert(db, 2)
                 raise BoomError
 
     asyncio.run(main())
-    assert keys(database) == [1]
+    assert database.keys() == [1]
 
 
 # -- managers -------------------------------------------------------------------
@@ -629,10 +618,10 @@ def test_a_manager_made_for_a_db_shares_its_transactions(database: Database) -> 
     with db.transaction() as txn:
         assert manager.current is txn
         with manager.transaction() as inner:
-            insert(database, db, 1)
+            database.insert(db, 1)
         assert inner.parent is txn
     assert manager.db is db
-    assert keys(database) == [1]
+    assert database.keys() == [1]
 
 
 def test_a_manager_without_a_db_has_no_db() -> None:
@@ -689,13 +678,13 @@ def test_a_savepoint_whose_release_fails_fails_the_whole_transaction(database: D
     db = database.db()
     ran: list[str] = []
     with pytest.raises(database.error), db.transaction() as outer:
-        insert(database, db, 1)
+        database.insert(db, 1)
         with db.transaction() as inner:
             inner.on_rollback(lambda: ran.append("inner undone"))
             db.connection.close()
     assert (outer.state, inner.state) == ("rolled back", "rolled back")
     assert ran == ["inner undone"]
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_a_savepoint_whose_rollback_fails_lets_the_blocks_error_through(
@@ -703,12 +692,12 @@ def test_a_savepoint_whose_rollback_fails_lets_the_blocks_error_through(
 ) -> None:
     db = database.db()
     with pytest.raises(BoomError), db.transaction() as outer:
-        insert(database, db, 1)
+        database.insert(db, 1)
         with db.transaction():
             db.connection.close()
             raise BoomError
     assert outer.state == "rolled back"
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_a_caught_failure_whose_rollback_also_fails_still_says_rolled_back(
@@ -717,12 +706,12 @@ def test_a_caught_failure_whose_rollback_also_fails_still_says_rolled_back(
     db = database.db()
     with pytest.raises(TransactionError, match="error was caught"), db.transaction():
         with pytest.raises(database.error):
-            insert(database, db, 1)
-            insert(database, db, 1)
+            database.insert(db, 1)
+            database.insert(db, 1)
         db.connection.close()
-    assert keys(database) == []
-    insert(database, db, 2)
-    assert keys(database) == [2]
+    assert database.keys() == []
+    database.insert(db, 2)
+    assert database.keys() == [2]
 
 
 def test_a_block_exited_while_an_unrelated_one_is_current_still_ends() -> None:
@@ -746,7 +735,7 @@ def test_close_all_during_an_idle_transaction_fails_its_commit(database: Databas
         try:
             with db.transaction() as txn:
                 txn.on_rollback(lambda: ran.append("rolled back"))
-                insert(database, db, 1)
+                database.insert(db, 1)
                 inside.set()
                 closed.wait()  # no statement after close_all(): straight to the commit
         except TransactionError as error:
@@ -762,7 +751,7 @@ def test_close_all_during_an_idle_transaction_fails_its_commit(database: Databas
     assert "the commit failed" in saw[0]
     assert "closed (close_all())" in saw[0]
     assert ran == ["rolled back"]
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_a_postgres_commit_that_the_server_turns_into_a_rollback_is_an_error(
@@ -774,33 +763,33 @@ def test_a_postgres_commit_that_the_server_turns_into_a_rollback_is_an_error(
         with db.transaction() as txn:
             txn.on_commit(lambda: ran.append("commit hook"))
             txn.on_rollback(lambda: ran.append("rollback hook"))
-            insert(postgres, db, 1)
+            postgres.insert(db, 1)
             with pytest.raises(psycopg.errors.DivisionByZero):
                 db.connection.execute("SELECT 1/0")  # behind db.execute's back
     assert ran == ["rollback hook"]
     assert txn.state == "rolled back"
-    assert keys(postgres) == []
+    assert postgres.keys() == []
 
 
 def test_a_block_inside_a_failed_block_is_refused(database: Database) -> None:
     db = database.db()
     with pytest.raises(TransactionError, match="error was caught"), db.transaction():
         with pytest.raises(database.error):
-            insert(database, db, 1)
-            insert(database, db, 1)
+            database.insert(db, 1)
+            database.insert(db, 1)
         with pytest.raises(TransactionError, match="an earlier statement"), db.transaction():
             pass  # pragma: no cover (never entered)
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_a_savepoint_that_cannot_start_fails_the_enclosing_block(database: Database) -> None:
     db = database.db()
     with pytest.raises(TransactionError, match="error was caught"), db.transaction():
-        insert(database, db, 1)
+        database.insert(db, 1)
         db.connection.close()
         with pytest.raises(database.error), db.transaction():
             pass  # pragma: no cover (never entered)
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_an_outer_block_cannot_end_while_a_savepoint_of_another_context_is_open(
@@ -818,8 +807,8 @@ def test_an_outer_block_cannot_end_while_a_savepoint_of_another_context_is_open(
     outer.__exit__(None, None, None)
     assert (inner.state, outer.state) == ("released", "committed")
     with db.transaction():  # the connection is free again
-        insert(database, db, 1)
-    assert keys(database) == [1]
+        database.insert(db, 1)
+    assert database.keys() == [1]
 
 
 def test_a_hook_added_while_the_block_ends_is_reported_not_dropped(
@@ -867,7 +856,7 @@ def test_a_transaction_kept_after_its_thread_exits_keeps_no_connection(
 
     def worker() -> None:
         with db.transaction() as txn:
-            insert(database, db, 1)
+            database.insert(db, 1)
         kept.append(txn)
 
     thread = threading.Thread(target=worker)

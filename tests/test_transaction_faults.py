@@ -6,13 +6,22 @@ from __future__ import annotations
 import select
 import sqlite3
 import threading
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
-from _db_support import Database, PostgresProxy, database, postgres, sqlite, wait_for
+from _db_support import (
+    Database,
+    Intercept,
+    Intercepted,
+    PostgresProxy,
+    database,
+    postgres,
+    sqlite,
+    wait_for,
+)
 from _servers import postgres_dsn
 from contextual import (
     CommitOutcomeUnknownError,
@@ -25,20 +34,27 @@ from contextual import (
 
 __all__ = ["database", "postgres", "sqlite"]  # the fixtures, imported for pytest
 
-INSERT = "INSERT INTO T (k, v) VALUES (?, ?)"
-
-
-def insert(database: Database, db: ThreadLocalDB, k: int) -> None:
-    db.execute(database.sql(INSERT), (k, str(k)))
-
-
-def keys(database: Database) -> list[int]:
-    return [k for k, _ in database.rows()]
-
 
 def hooked(txn: Any, ran: list[str]) -> None:
     txn.on_commit(lambda: ran.append("on_commit"))
     txn.on_rollback(lambda: ran.append("on_rollback"))
+
+
+def in_another_thread(fn: Callable[[], object]) -> threading.Thread:
+    """Run ``fn`` in a new thread, to its end; return the thread."""
+    thread = threading.Thread(target=fn)
+    thread.start()
+    thread.join()
+    return thread
+
+
+def interrupted(database: Database, db: ThreadLocalDB) -> tuple[Transaction, list[str]]:
+    """Insert a row in a block whose COMMIT gets Ctrl-C; return it and the hooks that ran."""
+    ran: list[str] = []
+    with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
+        hooked(txn, ran)
+        database.insert(db, 1)
+    return txn, ran
 
 
 # -- a COMMIT whose answer is lost ---------------------------------------------------
@@ -57,9 +73,9 @@ def test_a_commit_whose_answer_is_lost_is_of_unknown_outcome(
     ran: list[str] = []
     with pytest.raises(CommitOutcomeUnknownError) as caught, db.transaction() as txn:
         hooked(txn, ran)
-        insert(postgres, db, 1)
+        postgres.insert(db, 1)
     assert dropper.dropped.is_set(), "the server answered the COMMIT, and the answer was lost"
-    assert keys(postgres) == [1], "the server did commit: a retry would insert twice"
+    assert postgres.keys() == [1], "the server did commit: a retry would insert twice"
     assert ran == [], "neither on_commit nor on_rollback: nobody knows which happened"
     assert txn.state == "unknown"
     assert isinstance(caught.value, TransactionError)
@@ -71,8 +87,8 @@ def test_a_commit_whose_answer_is_lost_is_of_unknown_outcome(
     assert "nothing of this transaction was committed" not in message
     # The broken connection was closed; the next use opens a new one.
     assert db.open_connections == 0
-    insert(postgres, db, 2)
-    assert keys(postgres) == [1, 2]
+    postgres.insert(db, 2)
+    assert postgres.keys() == [1, 2]
     db.close_all()
 
 
@@ -98,11 +114,11 @@ def test_a_commit_on_a_connection_closed_before_it_is_a_rollback(postgres: Datab
     ran: list[str] = []
     with pytest.raises(TransactionError) as caught, db.transaction() as txn:
         hooked(txn, ran)
-        insert(postgres, db, 1)
+        postgres.insert(db, 1)
         db.connection.close()
     assert not isinstance(caught.value, CommitOutcomeUnknownError)
     assert (txn.state, ran) == ("rolled back", ["on_rollback"])
-    assert keys(postgres) == []
+    assert postgres.keys() == []
 
 
 def _terminate(postgres: Database, pid: int) -> None:
@@ -137,15 +153,15 @@ def test_a_session_the_server_ended_before_the_commit_is_a_rollback(
     with pytest.raises(TransactionError) as caught, db.transaction() as txn:
         hooked(txn, ran)
         db.execute("SET LOCAL idle_in_transaction_session_timeout = 50")
-        insert(postgres, db, 1)
+        postgres.insert(db, 1)
         (pid,) = db.execute("SELECT pg_backend_pid()")[0]
         end(postgres, pid)
         wait_for(lambda: _gone(postgres, pid), f"the end of backend {pid}")
     assert not isinstance(caught.value, CommitOutcomeUnknownError)
     assert "nothing of this transaction was committed" in str(caught.value)
-    assert (txn.state, ran, keys(postgres)) == ("rolled back", ["on_rollback"], [])
-    insert(postgres, db, 2)  # a new connection
-    assert keys(postgres) == [2]
+    assert (txn.state, ran, postgres.keys()) == ("rolled back", ["on_rollback"], [])
+    postgres.insert(db, 2)  # a new connection
+    assert postgres.keys() == [2]
 
 
 def test_a_live_session_whose_server_spoke_unprompted_still_commits(postgres: Database) -> None:
@@ -157,13 +173,13 @@ def test_a_live_session_whose_server_spoke_unprompted_still_commits(postgres: Da
         ran: list[str] = []
         with db.transaction() as txn:
             hooked(txn, ran)
-            insert(postgres, db, 1)
+            postgres.insert(db, 1)
             connection = db.connection
             connection.add_notice_handler(lambda notice: notices.append(notice.message_primary))
             proxy.notice("unprompted")
             readable, _, _ = select.select([connection.fileno()], [], [], 10)
             assert readable, "the notice arrived before the COMMIT"
-        assert (txn.state, ran, keys(postgres)) == ("committed", ["on_commit"], [1])
+        assert (txn.state, ran, postgres.keys()) == ("committed", ["on_commit"], [1])
         assert notices == ["unprompted"], "read by the probe before the COMMIT"
         db.close_all()
 
@@ -217,11 +233,8 @@ def test_ctrl_c_at_a_sqlite_commit_reports_what_really_happened(
     # Python raises KeyboardInterrupt around sqlite3's C call, never inside
     # it: the connection tells whether the COMMIT ran.
     db = ThreadLocalDB(sqlite.path, factory=factory)
-    ran: list[str] = []
-    with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
-        hooked(txn, ran)
-        insert(sqlite, db, 1)
-    assert (txn.state, keys(sqlite), ran) == (state, rows, hooks)
+    txn, ran = interrupted(sqlite, db)
+    assert (txn.state, sqlite.keys(), ran) == (state, rows, hooks)
     db.close_all()
 
 
@@ -232,55 +245,33 @@ def test_ctrl_c_at_the_commit_of_a_closed_sqlite_connection_is_a_rollback(
     ran: list[str] = []
     with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
         hooked(txn, ran)
-        insert(sqlite, db, 1)
+        sqlite.insert(db, 1)
         db.connection.close()  # closing rolled it back
-    assert (txn.state, keys(sqlite), ran) == ("rolled back", [], ["on_rollback"])
+    assert (txn.state, sqlite.keys(), ran) == ("rolled back", [], ["on_rollback"])
     assert db.execute("SELECT 1") == [(1,)]
     db.close_all()
 
 
-class _InterruptedPostgres:
-    """A real psycopg connection whose COMMIT is interrupted before or after it runs.
+def _interrupt_commit(after: bool | str) -> Intercept:
+    """Ctrl-C at the COMMIT: before it runs, after (``True``), or as the connection breaks."""
 
-    ``after="break"``: the connection breaks while the COMMIT runs, and then
-    Ctrl-C comes.
-    """
+    def intercept(sql: str, run: Callable[[], object], real: Any) -> None:
+        if sql != "COMMIT":
+            run()
+            return
+        if after:
+            run()
+        if after == "break":
+            real.close()
+        raise KeyboardInterrupt
 
-    def __init__(self, dsn: str, *, after: bool | str) -> None:
-        self.real = psycopg.connect(dsn, autocommit=True)
-        self.after = after
-        self.info = self.real.info
-        self.autocommit = True
+    return intercept
 
-    def cursor(self) -> Any:
-        owner, real = self, self.real.cursor()
 
-        class Cursor:
-            description: Any = None
-            rowcount = -1
-
-            @property
-            def statusmessage(self) -> Any:
-                return real.statusmessage
-
-            def execute(self, sql: str, params: Any = ()) -> Any:
-                if sql == "COMMIT":
-                    if owner.after:
-                        real.execute(sql)
-                    if owner.after == "break":
-                        owner.real.close()
-                    raise KeyboardInterrupt
-                real.execute(sql, params)
-                self.description = real.description
-                return self
-
-            def fetchall(self) -> list[Any]:
-                return real.fetchall()
-
-        return Cursor()
-
-    def close(self) -> None:
-        self.real.close()
+def _interrupted_postgres(after: bool | str) -> Callable[[], Intercepted]:
+    return lambda: Intercepted(
+        psycopg.connect(postgres_dsn(), autocommit=True), _interrupt_commit(after)
+    )
 
 
 @pytest.mark.parametrize(
@@ -291,23 +282,17 @@ class _InterruptedPostgres:
 def test_ctrl_c_at_a_postgres_commit_asks_the_server_where_it_is(
     postgres: Database, after: bool, state: str, rows: list[int], hooks: list[str]
 ) -> None:
-    db = ThreadLocalDB(connect=lambda: _InterruptedPostgres(postgres_dsn(), after=after))
-    ran: list[str] = []
-    with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
-        hooked(txn, ran)
-        insert(postgres, db, 1)
-    assert (txn.state, keys(postgres), ran) == (state, rows, hooks)
+    db = ThreadLocalDB(connect=_interrupted_postgres(after))
+    txn, ran = interrupted(postgres, db)
+    assert (txn.state, postgres.keys(), ran) == (state, rows, hooks)
     db.close_all()
 
 
 def test_ctrl_c_as_the_connection_breaks_at_the_commit_is_of_unknown_outcome(
     postgres: Database,
 ) -> None:
-    db = ThreadLocalDB(connect=lambda: _InterruptedPostgres(postgres_dsn(), after="break"))
-    ran: list[str] = []
-    with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
-        hooked(txn, ran)
-        insert(postgres, db, 1)
+    db = ThreadLocalDB(connect=_interrupted_postgres("break"))
+    txn, ran = interrupted(postgres, db)
     assert (txn.state, ran) == ("unknown", [])
     assert db.open_connections == 0
     db.close_all()
@@ -316,52 +301,32 @@ def test_ctrl_c_as_the_connection_breaks_at_the_commit_is_of_unknown_outcome(
 # -- a block closed from another thread ---------------------------------------------
 
 
-class _Recording:
-    """A real connection that records which thread runs each statement."""
+def _recording(database: Database, log: list[tuple[int, str]]) -> Callable[[], Intercepted]:
+    """Real connections that log which thread runs each statement."""
 
-    def __init__(self, real: Any, log: list[tuple[int, str]]) -> None:
-        self.real = real
-        self.log = log
+    def intercept(sql: str, run: Callable[[], object], real: Any) -> None:
+        del real
+        log.append((threading.get_ident(), sql.split(maxsplit=1)[0]))
+        run()
 
-    def cursor(self) -> Any:
-        real, log = self.real.cursor(), self.log
-
-        class Cursor:
-            description: Any = None
-            rowcount = -1
-
-            def execute(self, sql: str, params: Any = ()) -> Any:
-                log.append((threading.get_ident(), sql.split(maxsplit=1)[0]))
-                real.execute(sql, params)
-                self.description = real.description
-                return self
-
-            def fetchall(self) -> list[Any]:
-                return real.fetchall()
-
-        return Cursor()
-
-    def close(self) -> None:
-        self.real.close()
+    return lambda: Intercepted(database.connect(), intercept)
 
 
 def test_a_block_closed_from_another_thread_is_current_nowhere(database: Database) -> None:
     log: list[tuple[int, str]] = []
-    db = ThreadLocalDB(connect=lambda: _Recording(database.connect(), log))
+    db = ThreadLocalDB(connect=_recording(database, log))
     ran: list[tuple[str, int]] = []
 
     def held() -> Iterator[None]:
         with db.transaction() as txn:
             txn.on_rollback(lambda: ran.append(("on_rollback", threading.get_ident())))
-            insert(database, db, 1)
+            database.insert(db, 1)
             yield
 
     generator = held()
     next(generator)
     assert db.transactions.current is not None
-    closer = threading.Thread(target=generator.close)
-    closer.start()
-    closer.join()
+    in_another_thread(generator.close)
     assert db.transactions.current is None, "not current in the thread that opened it"
     assert [sql for thread, sql in log if thread != threading.get_ident()] == [], (
         "the closing thread ran nothing on this thread's connection"
@@ -371,8 +336,8 @@ def test_a_block_closed_from_another_thread_is_current_nowhere(database: Databas
     # rolls the work back, runs the hooks, and goes on with a new one.
     with db.transaction():
         assert ran == [("on_rollback", threading.get_ident())]
-        insert(database, db, 2)
-    assert keys(database) == [2]
+        database.insert(db, 2)
+    assert database.keys() == [2]
     assert db.open_connections == 1
     db.close()  # nothing open here: close() agrees
     assert db.open_connections == 0
@@ -385,22 +350,20 @@ def test_a_savepoint_closed_from_another_thread_fails_the_enclosing_transaction(
 
     def held() -> Iterator[None]:
         with db.transaction():
-            insert(database, db, 2)
+            database.insert(db, 2)
             yield
 
     with (
         pytest.raises(TransactionError, match="its savepoint contextual_1 was closed from another"),
         db.transaction(),
     ):
-        insert(database, db, 1)
+        database.insert(db, 1)
         generator = held()
         next(generator)
-        closer = threading.Thread(target=generator.close)
-        closer.start()
-        closer.join()
+        in_another_thread(generator.close)
         assert db.transactions.current is not None
         assert db.transactions.current.parent is None, "the outer one is current again"
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_a_block_closed_after_its_thread_exited_closes_its_connection(
@@ -414,7 +377,7 @@ def test_a_block_closed_after_its_thread_exited_closes_its_connection(
     def held() -> Iterator[None]:
         with db.transaction() as txn:
             blocks.append(txn)
-            insert(database, db, 1)
+            database.insert(db, 1)
             yield
 
     def opener() -> None:
@@ -422,9 +385,7 @@ def test_a_block_closed_after_its_thread_exited_closes_its_connection(
         next(generator)
         handed.append(generator)
 
-    thread = threading.Thread(target=opener)
-    thread.start()
-    thread.join()
+    in_another_thread(opener)
     assert db.open_connections == 1, "the suspended block holds its connection"
     ran: list[str] = []
     generator = handed.pop()
@@ -432,7 +393,7 @@ def test_a_block_closed_after_its_thread_exited_closes_its_connection(
     generator.close()
     assert db.open_connections == 0, "nobody else could use it: closed at once"
     assert ran == ["on_rollback"], "after the close, which rolled it back"
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_a_block_exited_without_error_from_another_thread_is_refused(
@@ -441,7 +402,7 @@ def test_a_block_exited_without_error_from_another_thread_is_refused(
     db = database.db()
     txn = db.transaction()
     txn.__enter__()
-    insert(database, db, 1)
+    database.insert(db, 1)
     errors: list[BaseException] = []
 
     def exit_here() -> None:
@@ -450,9 +411,7 @@ def test_a_block_exited_without_error_from_another_thread_is_refused(
         except ScopeError as error:
             errors.append(error)
 
-    thread = threading.Thread(target=exit_here)
-    thread.start()
-    thread.join()
+    in_another_thread(exit_here)
     assert len(errors) == 1
     assert "rolled back instead of committed" in str(errors[0])
     assert txn.state == "rolled back"
@@ -460,7 +419,7 @@ def test_a_block_exited_without_error_from_another_thread_is_refused(
     with pytest.raises(ScopeError, match="exited again: it had already ended"):
         txn.__exit__(None, None, None)  # the entering thread's own exit, later
     assert db.execute("SELECT 1") == [(1,)]  # a new connection, outside any transaction
-    assert keys(database) == []
+    assert database.keys() == []
 
 
 def test_a_unit_of_work_closed_from_another_thread_is_current_nowhere() -> None:
@@ -474,9 +433,7 @@ def test_a_unit_of_work_closed_from_another_thread_is_current_nowhere() -> None:
 
     generator = held()
     next(generator)
-    closer = threading.Thread(target=generator.close)
-    closer.start()
-    closer.join()
+    in_another_thread(generator.close)
     assert (manager.current, ran) == (None, ["on_rollback"])
     manager.on_commit(lambda: ran.append("at once"))
     assert ran == ["on_rollback", "at once"], "no transaction: the hook runs now"
@@ -496,7 +453,7 @@ def test_a_block_exited_in_a_later_thread_with_a_reused_id_is_still_refused(
 
     def held() -> Iterator[None]:
         with db.transaction():
-            insert(database, db, 1)
+            database.insert(db, 1)
             yield
 
     def opener() -> None:
@@ -511,15 +468,11 @@ def test_a_block_exited_in_a_later_thread_with_a_reused_id_is_still_refused(
             idents.append(threading.get_ident())
             messages.append(str(error))
 
-    first = threading.Thread(target=opener)
-    first.start()
-    first.join()
-    later = threading.Thread(target=finisher)
-    later.start()
-    later.join()
+    in_another_thread(opener)
+    later = in_another_thread(finisher)
     assert idents == [later.ident], "refused, whatever its ID"
     assert "rolled back instead of committed" in messages[0]
-    assert keys(database) == []
+    assert database.keys() == []
     assert db.open_connections == 0
 
 
@@ -538,9 +491,7 @@ def test_a_unit_of_work_nested_in_a_block_closed_elsewhere_keeps_no_hook_silentl
         with manager.transaction() as inner:  # nests in the generator's block
             inner.on_rollback(lambda: ran.append("inner on_rollback"))
             inner.on_commit(lambda: ran.append("inner on_commit"))
-            closer = threading.Thread(target=generator.close)
-            closer.start()
-            closer.join()
+            in_another_thread(generator.close)
     assert inner.state == "rolled back"
     assert ran == ["outer on_rollback", "inner on_rollback"]
 
@@ -554,7 +505,7 @@ def test_a_savepoint_open_here_when_its_transaction_is_closed_elsewhere_rolls_ba
     def held() -> Iterator[None]:
         with db.transaction() as outer:
             outer.on_rollback(lambda: ran.append("outer on_rollback"))
-            insert(database, db, 1)
+            database.insert(db, 1)
             yield
 
     generator = held()
@@ -562,15 +513,13 @@ def test_a_savepoint_open_here_when_its_transaction_is_closed_elsewhere_rolls_ba
     with pytest.raises(TransactionError, match="closed from another thread"):  # noqa: SIM117
         with db.transaction() as inner:  # a savepoint in the generator's block
             inner.on_rollback(lambda: ran.append("inner on_rollback"))
-            insert(database, db, 2)
-            closer = threading.Thread(target=generator.close)
-            closer.start()
-            closer.join()
+            database.insert(db, 2)
+            in_another_thread(generator.close)
             assert ran == [], "nothing rolled back yet"
     assert inner.state == "rolled back"
     # Closing the connection rolled both back, then ran both blocks' hooks.
     assert sorted(ran) == ["inner on_rollback", "outer on_rollback"]
-    assert keys(database) == []
+    assert database.keys() == []
     assert db.execute("SELECT 1") == [(1,)]
 
 
@@ -590,39 +539,11 @@ def test_a_refused_commit_kept_after_its_thread_exits_keeps_no_connection(
             errors.append(error)  # its traceback and cause go with it
 
     try:
-        thread = threading.Thread(target=worker)
-        thread.start()
-        thread.join()
+        in_another_thread(worker)
         assert len(errors) == 1
         assert db.open_connections == 1  # this thread's, from the CREATE TABLE
     finally:
         db.execute(f"DROP TABLE {table}")
-
-
-class _ClosedWhileReleasing(_Recording):
-    """Runs ``during_release`` from the statement that releases a savepoint."""
-
-    during_release: ClassVar[list[Any]] = []
-
-    def cursor(self) -> Any:
-        inner = super().cursor()
-        during = self.during_release
-
-        class Cursor:
-            description: Any = None
-            rowcount = -1
-
-            def execute(self, sql: str, params: Any = ()) -> Any:
-                if sql.startswith("RELEASE") and during:
-                    during.pop()()
-                inner.execute(sql, params)
-                self.description = inner.description
-                return self
-
-            def fetchall(self) -> list[Any]:
-                return list(inner.fetchall())
-
-        return Cursor()
 
 
 def test_a_savepoint_released_as_its_transaction_is_closed_elsewhere_is_an_error(
@@ -630,8 +551,15 @@ def test_a_savepoint_released_as_its_transaction_is_closed_elsewhere_is_an_error
 ) -> None:
     # The enclosing block ends in another thread while this one releases:
     # its hooks would go into a finished block, so it says so.
-    log: list[tuple[int, str]] = []
-    db = ThreadLocalDB(connect=lambda: _ClosedWhileReleasing(database.connect(), log))
+    during_release: list[Callable[[], None]] = []
+
+    def intercept(sql: str, run: Callable[[], object], real: Any) -> None:
+        del real
+        if sql.startswith("RELEASE") and during_release:
+            during_release.pop()()
+        run()
+
+    db = ThreadLocalDB(connect=lambda: Intercepted(database.connect(), intercept))
     ran: list[str] = []
 
     def held() -> Iterator[None]:
@@ -643,18 +571,16 @@ def test_a_savepoint_released_as_its_transaction_is_closed_elsewhere_is_an_error
     next(generator)
 
     def close_elsewhere() -> None:
-        closer = threading.Thread(target=generator.close)
-        closer.start()
-        closer.join()
+        in_another_thread(generator.close)
 
-    _ClosedWhileReleasing.during_release.append(close_elsewhere)
+    during_release.append(close_elsewhere)
     with pytest.raises(TransactionError, match="closed from another thread"):  # noqa: SIM117
         with db.transaction() as inner:
             inner.on_rollback(lambda: ran.append("inner on_rollback"))
-            insert(database, db, 1)
+            database.insert(db, 1)
     assert inner.state == "released"
     assert db.execute("SELECT 1") == [(1,)]  # closes the retired connection first
     # The inner block's hooks joined in time: newest first, as an undo log.
     assert ran == ["inner on_rollback", "outer on_rollback"]
-    assert keys(database) == []
+    assert database.keys() == []
     db.close_all()
