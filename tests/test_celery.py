@@ -160,7 +160,9 @@ def test_import_without_celery_says_how_to_install(monkeypatch: pytest.MonkeyPat
 
 def test_importing_contextual_does_not_import_celery():
     code = "import sys, contextual, contextual.integrations; print('celery' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == "False"
 
 

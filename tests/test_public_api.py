@@ -56,7 +56,7 @@ def test_import_pulls_in_the_standard_library_only():
         "new = sorted(set(sys.modules) - before); print('\\n'.join(new))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
     stdlib = sys.stdlib_module_names
     foreign = [m for m in out if m.split(".")[0] not in stdlib and m.split(".")[0] != "contextual"]
@@ -73,7 +73,9 @@ def test_lazy_names_load_on_first_use_and_unknown_names_fail():
         "assert ContextExecutor.__module__ == 'contextual'; "
         "assert 'ContextExecutor' in dir(contextual); print('ok')"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == "ok"
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
         contextual.nothing_here  # noqa: B018
