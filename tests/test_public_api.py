@@ -62,8 +62,10 @@ def test_import_pulls_in_the_standard_library_only():
     foreign = [m for m in out if m.split(".")[0] not in stdlib and m.split(".")[0] != "contextual"]
     assert foreign == []
     assert not any(m.startswith("contextual.integrations") for m in out)
+    # Nor the helpers built on the package: the DB layer and the test helpers.
+    assert {"contextual._db", "contextual._transaction", "contextual.testing"}.isdisjoint(out)
     # The heavy modules load on first use of the names that need them.
-    assert {"asyncio", "concurrent.futures", "multiprocessing"}.isdisjoint(out)
+    assert {"asyncio", "concurrent.futures", "multiprocessing", "sqlite3"}.isdisjoint(out)
 
 
 def test_lazy_names_load_on_first_use_and_unknown_names_fail():

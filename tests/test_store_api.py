@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import enum
 import inspect
 import pickle
 import random
 import threading
+import uuid
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -244,6 +249,103 @@ def test_defaults_with_non_str_keys_are_refused(unique_name):
         ContextStore(unique_name, defaults={1: "x"})  # type: ignore[dict-item]
 
 
+class _Color(enum.Enum):
+    RED = 1
+
+
+class _Tag(str):
+    """A str subclass: not a known immutable type, whatever it adds."""
+
+    __slots__ = ()
+
+
+def _shared_helper() -> None:
+    """A function: shared by reference everywhere in Python, never per thread."""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        {},
+        set(),
+        bytearray(b"x"),
+        object(),
+        (1, ["nested"]),
+        frozenset({(1, object())}),
+        _Tag("x"),
+        random.Random(0),
+        [].append,
+    ],
+    ids=type,
+)
+def test_mapping_defaults_refuse_a_value_not_known_to_be_immutable(value, unique_name):
+    with pytest.raises(ValueError, match="tags") as info:
+        ContextStore(unique_name, defaults={"user": None, "tags": value})
+    message = str(info.value)
+    assert repr(unique_name) in message
+    assert "defaults=lambda: {'tags': " in message
+    with pytest.raises(LookupError):
+        contextual.get_store(unique_name)  # refused before it was registered
+
+
+def test_mutable_default_message_shows_the_factory_to_write(unique_name):
+    with pytest.raises(ValueError, match="not known to be immutable") as info:
+        ContextStore(unique_name, defaults={"user": None, "tags": [], "seen": set()})
+    message = str(info.value)
+    assert "'tags' (list)" in message
+    assert "'seen' (set)" in message
+    assert "defaults=lambda: {'tags': [], 'seen': set()}" in message
+
+
+def test_mutable_default_message_abbreviates_what_it_cannot_show(unique_name):
+    with pytest.raises(ValueError, match="not known to be immutable") as info:
+        ContextStore(unique_name, defaults={"ids": list(range(100)), "rng": random.Random(0)})
+    assert "defaults=lambda: {'ids': list(...), 'rng': Random(...)}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        7,
+        1.5,
+        2j,
+        "text",
+        b"bytes",
+        range(3),
+        Decimal("1.10"),
+        Fraction(1, 3),
+        dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc),
+        dt.date(2024, 5, 1),
+        dt.time(12, 30),
+        dt.timedelta(seconds=30),
+        dt.timezone.utc,
+        uuid.UUID(int=1),
+        _Color.RED,
+        (1, ("a", None), frozenset({2, b"c"})),
+        frozenset(),
+        len,
+        _shared_helper,
+        int,
+    ],
+    ids=type,
+)
+def test_mapping_defaults_accept_values_known_to_be_immutable(value, make_store, backend):
+    store = make_store(backend, defaults={"value": value})
+    assert store["value"] is value
+
+
+def test_a_factory_may_return_mutable_values_fresh_for_each_thread(
+    make_store, backend, run_in_new_thread
+):
+    store = make_store(backend, defaults=lambda: {"tags": []})
+    store["tags"].append("mine")
+    assert run_in_new_thread(lambda: store["tags"]) == []
+    assert store["tags"] == ["mine"]
+
+
 def test_pop_signature_shows_a_readable_sentinel(store):
     assert "= <missing>" in str(inspect.signature(store.pop))
 
@@ -262,13 +364,6 @@ def test_underscore_attribute_read_explains_item_access(store):
     with pytest.raises(AttributeError, match="_token"):
         store._token  # noqa: B018
     assert store["_token"] == "t"
-
-
-def test_repr_of_an_uninitialised_store_does_not_recurse():
-    half_built = ContextStore.__new__(ContextStore, "never.initialised")
-    assert repr(half_built) == "<ContextStore (uninitialised)>"
-    with pytest.raises(AttributeError):
-        half_built._name  # noqa: B018
 
 
 def test_python_s_own_messages_name_the_public_class(store):

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from contextual import ContextualError
 from contextual.testing import LeakError, empty_stores, no_leaks
+
+# The pytester fixture: a test of a bare @no_leaks runs a real pytest on a
+# small test file, since what broke was pytest's collection of it.
+pytest_plugins = ["pytester"]
 
 
 def test_no_leaks_passes_when_everything_is_put_back(make_store, backend):
@@ -182,3 +188,109 @@ def test_helpers_refuse_to_decorate_generator_functions():
     for helper in (no_leaks(), empty_stores()):
         with pytest.raises(TypeError, match=r"\(\) can't decorate the generator function"):
             helper(gen)
+
+
+# -- used bare, without parentheses ---------------------------------------------
+
+
+def test_bare_no_leaks_returns_a_function_that_checks_every_call(make_store):
+    store = make_store()
+
+    @no_leaks
+    def handler(value: str) -> str:
+        store["left"] = value
+        return value
+
+    assert inspect.isfunction(handler)
+    assert handler.__name__ == "handler"
+    with pytest.raises(LeakError, match=r"added \['left'\]"):
+        handler("behind")
+
+
+def test_bare_no_leaks_decorates_coroutine_functions(make_store):
+    store = make_store()
+
+    @no_leaks
+    async def clean() -> str:
+        await asyncio.sleep(0)
+        return "clean"
+
+    @no_leaks
+    async def leaky() -> None:
+        store["left"] = "behind"
+
+    assert inspect.iscoroutinefunction(clean)
+    assert asyncio.run(clean()) == "clean"
+    with pytest.raises(LeakError, match="left"):
+        asyncio.run(leaky())
+
+
+def test_bare_empty_stores_empties_every_store_for_each_call(make_store):
+    store = make_store()
+    store["a"] = 1
+
+    @empty_stores
+    def sync() -> dict[str, object]:
+        return dict(store)
+
+    @empty_stores
+    async def asynchronous() -> dict[str, object]:
+        return dict(store)
+
+    assert sync() == {}
+    assert asyncio.run(asynchronous()) == {}
+    assert dict(store) == {"a": 1}
+
+
+def test_one_store_given_is_a_store_to_check_not_a_function(make_store):
+    store = make_store()
+    check = no_leaks(store)
+    assert isinstance(check, no_leaks)
+    with pytest.raises(LeakError, match="x"), check:
+        store["x"] = 1
+
+
+def test_bare_no_leaks_refuses_generator_functions():
+    def gen():  # pragma: no cover - never called
+        yield 1
+
+    with pytest.raises(TypeError, match=r"no_leaks\(\) can't decorate the generator function"):
+        no_leaks(gen)
+
+
+def test_pytest_runs_tests_decorated_with_bare_no_leaks(pytester):
+    pytester.makepyfile(
+        test_bare=textwrap.dedent(
+            """
+            import asyncio
+
+            from contextual import ContextStore
+            from contextual.testing import no_leaks
+
+            store = ContextStore("pytester.bare")
+
+
+            @no_leaks
+            def test_sync(tmp_path):
+                assert tmp_path.is_dir()  # fixtures still reach the test
+
+
+            @no_leaks
+            async def handle():
+                await asyncio.sleep(0)
+                return "handled"
+
+
+            def test_async():
+                assert asyncio.run(handle()) == "handled"
+
+
+            @no_leaks
+            def test_leaky():
+                store["left"] = "behind"
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*LeakError: values were left behind:*"])

@@ -20,7 +20,6 @@ from ._errors import (
 )
 from ._logfilter import ContextFilter
 from ._propagation import ContextThread, Snapshot, capture
-from ._registry import get_store, list_stores
 from ._request import (
     RequestContext,
     current_request,
@@ -30,7 +29,7 @@ from ._request import (
     request_context,
 )
 from ._spinner import Spinner, SpinnerHandler
-from ._store import BACKENDS, ContextStore, StoreScope
+from ._store import BACKENDS, ContextStore, StoreScope, get_store, list_stores
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:

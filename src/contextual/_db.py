@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
 from ._errors import TransactionError
 from ._store import ContextStore
-from ._transaction import Transaction, TransactionManager, _owner, failed_block, innermost_open
+from ._transaction import (
+    Transaction,
+    TransactionManager,
+    _owner,
+    failed_block,
+    innermost_open,
+    other_owner,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,6 +70,7 @@ class _Slot:
     go, the slot goes, and ``finalizer`` closes the connection, in that
     thread. Only that thread ever closes it otherwise: no lock is needed
     around a statement, and sqlite3's own thread check stays on.
+    Transactions use it through ``_transaction._ConnectionSlot``.
     """
 
     __slots__ = (
@@ -713,7 +721,7 @@ class ThreadLocalDB:
         # inside its block take part (that code is nested in the block);
         # one opened by a task is that task's alone.
         if not isinstance(owner, int) and owner != _owner():
-            raise _other_owner(self, transaction, "run a statement on it")
+            raise other_owner(self, transaction, "run a statement on it")
         if transaction._failed:  # noqa: SLF001
             raise failed_block()
 
@@ -728,7 +736,9 @@ class ThreadLocalDB:
         elif slot.connection is not None and _is_broken(slot.connection):
             self._discard(slot, "a broken connection")
 
-    # -- used by TransactionManager ----------------------------------------
+    # -- used by transactions ------------------------------------------------
+    # _transaction._Database lists what they use of this class: _current,
+    # _local, _generation, _prepared, _close_if_retired and _run.
 
     def _run(self, slot: _Slot, sql: str) -> None:
         """Run a transaction-control statement on ``slot``."""
@@ -831,16 +841,6 @@ def _closed_in_transaction(slot: _Slot) -> TransactionError:
     msg = (
         f"{what}. Leave the 'with db.transaction()' block; the next use of the db "
         "opens a new connection."
-    )
-    return TransactionError(msg)
-
-
-def _other_owner(db: ThreadLocalDB, transaction: Transaction, action: str) -> TransactionError:
-    msg = (
-        f"can't {action}: this thread's connection of {db!r} is inside a transaction "
-        f"opened by {transaction._owner_name()}. Tasks and other code on one thread share "  # noqa: SLF001
-        "its connection, so their transactions would mix. Let that transaction end first, "
-        "or run this work on a thread of its own (asyncio.to_thread, contextual.to_thread)."
     )
     return TransactionError(msg)
 

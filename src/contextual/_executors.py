@@ -13,7 +13,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from ._propagation import Snapshot, _check_characters, _in_empty_context, capture
-from ._registry import list_stores
+from ._store import list_stores
 from ._wire import FORMAT, MAX_BYTES, MAX_VALUE_BYTES
 
 if TYPE_CHECKING:

@@ -12,9 +12,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from ._registry import get_store
 from ._request import REQUEST_STORE
-from ._store import ContextStore
+from ._store import ContextStore, get_store
 
 if TYPE_CHECKING:
     from ._store import _State

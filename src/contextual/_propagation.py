@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, final
 
-from . import _registry
+from ._store import REGISTRY, get_store, propagating_stores
 from ._wire import CONTROL_CHARACTERS, FORMAT, has_control, holds_control
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ class Snapshot:
            refuses control and format characters.
         """
         stores: dict[str, dict[str, Any]] = {}
-        for store in _registry.propagating_stores():
+        for store in propagating_stores():
             if store.backend == "context":
                 state = store._state_in(self._context)  # noqa: SLF001
                 # None: its defaults factory never ran there; fresh: it never
@@ -238,7 +238,7 @@ class Snapshot:
         unknown: list[str] = []
         for name, values in stores.items():
             try:
-                resolved.append((_registry.get_store(name), values))
+                resolved.append((get_store(name), values))
             except LookupError:  # noqa: PERF203 (collect every missing name for one message)
                 unknown.append(name)
         if unknown and missing == "raise":
@@ -258,7 +258,7 @@ class Snapshot:
             else:
                 threads.append((store, store._get, store._set, (values, None, None)))  # noqa: SLF001
         named = {store.name for store, _ in resolved}
-        for ref in _registry.view.propagating_thread:
+        for ref in REGISTRY.view.propagating_thread:
             other = ref()
             if other is not None and other.name not in named:
                 # Fresh for the run, and put back after it, like the others:
@@ -322,7 +322,7 @@ def capture() -> Snapshot:
 
     .. versionadded:: 0.1.0
     """
-    view = _registry.view
+    view = REGISTRY.view
     context = contextvars.copy_context()
     for ref in view.local_context:
         store = ref()

@@ -35,14 +35,31 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from types import MappingProxyType, TracebackType
+from enum import Enum
+from types import (
+    BuiltinFunctionType,
+    CodeType,
+    FunctionType,
+    MappingProxyType,
+    ModuleType,
+    TracebackType,
+)
 from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast, final, overload
 
-from . import _registry
 from ._decorate import AsyncToo, decorate
 from ._errors import ScopeError, StoreDefaultsError
+from ._registry import Registry
 
-__all__ = ["BACKENDS", "ContextStore", "StoreScope"]
+__all__ = [
+    "BACKENDS",
+    "REGISTRY",
+    "ContextStore",
+    "StoreDefinition",
+    "StoreScope",
+    "get_store",
+    "list_stores",
+    "propagating_stores",
+]
 
 Backend = Literal["context", "thread"]
 BACKENDS: Final = ("context", "thread")
@@ -52,6 +69,8 @@ _V = TypeVar("_V")
 
 Values: TypeAlias = dict[str, Any]
 Defaults: TypeAlias = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+# Defaults once checked: a dict of values known to be immutable, or a factory.
+_Checked: TypeAlias = Values | Callable[[], Mapping[str, Any]] | None
 # (values, innermost active scope, the state that scope found on entry).
 _State: TypeAlias = "tuple[Values, StoreScope | None, _State | None]"
 
@@ -92,18 +111,208 @@ def _checked_values(values: object, *, source: str) -> Values:
     return result
 
 
-def _initial_state(defaults: object, name: str) -> _State | Callable[[], _State]:
-    """Return a fresh thread's or context's state: a constant or a factory."""
+def _checked_defaults(defaults: object, name: str) -> _Checked:
+    """Return ``defaults`` checked: a dict of immutable values, the factory, or None."""
     if defaults is None:
-        return (_EMPTY, None, None)
+        return None
     if isinstance(defaults, Mapping):
-        return (_checked_values(defaults, source=f"defaults of store {name!r}"), None, None)
+        values = _checked_values(defaults, source=f"defaults of store {name!r}")
+        _refuse_mutable_values(values, name)
+        return values
     if callable(defaults):
-        return functools.partial(_call_factory, defaults, name)
+        # Unchecked: it makes fresh values for each thread or context.
+        return cast("Callable[[], Mapping[str, Any]]", defaults)
     raise TypeError(
         f"defaults must be a mapping or a zero-argument callable returning one, got "
         f"{type(defaults).__name__}."
     )
+
+
+# The values a defaults mapping may hold, besides tuples and frozensets of
+# them: exactly these types, since a subclass may add state of its own. By
+# name, so that checking a value imports nothing (a Decimal exists only once
+# decimal is imported).
+_SCALARS: Final = frozenset({type(None), bool, int, float, complex, str, bytes, range})
+_SCALARS_BY_NAME: Final = frozenset(
+    {
+        ("datetime", "date"),
+        ("datetime", "datetime"),
+        ("datetime", "time"),
+        ("datetime", "timedelta"),
+        ("datetime", "timezone"),
+        ("decimal", "Decimal"),
+        ("fractions", "Fraction"),
+        ("uuid", "UUID"),
+    }
+)
+
+
+def _is_scalar(value: object) -> bool:
+    kind = type(value)
+    return kind in _SCALARS or (kind.__module__, kind.__qualname__) in _SCALARS_BY_NAME
+
+
+def _known_immutable(value: object) -> bool:
+    """Whether ``value`` may be shared by every thread and task: see ContextStore's defaults."""
+    if _is_scalar(value) or isinstance(value, (Enum, type, FunctionType)):
+        # Functions and classes count too: Python shares them by reference
+        # everywhere, and no code keeps per-request state in one.
+        return True
+    if isinstance(value, BuiltinFunctionType):
+        # len, time.monotonic; not [].append, which carries its list.
+        return isinstance(value.__self__, ModuleType)
+    if type(value) is tuple or type(value) is frozenset:
+        return all(_known_immutable(item) for item in value)
+    return False
+
+
+def _refuse_mutable_values(values: Values, name: str) -> None:
+    mutable = {key: value for key, value in values.items() if not _known_immutable(value)}
+    if not mutable:
+        return
+    listed = ", ".join(f"{key!r} ({type(value).__name__})" for key, value in mutable.items())
+    fresh = ", ".join(f"{key!r}: {_rebuilt(value)}" for key, value in mutable.items())
+    msg = (
+        f"defaults of store {name!r} hold values not known to be immutable: {listed}. A "
+        "defaults mapping is shared by every thread and task, so a change made to one of "
+        "these in place would show in all of them. Pass a factory instead, which makes "
+        f"fresh values for each thread or context: defaults=lambda: {{{fresh}}} (with your "
+        "other defaults in the same dict). Or use immutable values: None, numbers, str, "
+        "bytes, dates and times, UUIDs, enum members, functions and classes, and tuples "
+        "and frozensets of these."
+    )
+    raise ValueError(msg)
+
+
+def _rebuilt(value: object) -> str:
+    """Return code that makes ``value`` afresh, for an error message."""
+    if type(value) in {list, dict, set, bytearray, tuple, frozenset}:
+        text = repr(value)
+        if len(text) <= 40:
+            return text
+    return f"{type(value).__name__}(...)"
+
+
+@final
+class StoreDefinition:
+    """What a store was created with; the registry compares it when a name is reused.
+
+    Two definitions are the same when their backend and ``propagate`` are
+    equal and their defaults are written the same, so that what
+    ``importlib.reload()`` or a re-run notebook cell makes again counts as
+    the same: mappings with equal keys, and values of the same type and
+    ``repr`` (so ``nan`` is ``nan``, and ``Decimal("1.10")`` is not
+    ``Decimal("1.1")``); classes and enum members of the same module and
+    qualified name; functions (values or the factory) of the same module,
+    qualified name and code, line numbers aside, whose default arguments
+    and closure values are the same by these rules. Any other callable
+    counts only as itself.
+    """
+
+    __slots__ = ("backend", "defaults", "propagate")
+
+    def __init__(self, backend: Backend, propagate: bool, defaults: _Checked) -> None:
+        self.backend = backend
+        self.propagate = propagate
+        self.defaults = defaults
+
+    def differences(self, other: StoreDefinition) -> list[str]:
+        """Return the names of what differs from ``other``; empty if nothing does."""
+        found = []
+        if self.backend != other.backend:
+            found.append("backend")
+        if self.propagate != other.propagate:
+            found.append("propagate")
+        if not _same_defaults(self.defaults, other.defaults):
+            found.append("defaults")
+        return found
+
+    def __str__(self) -> str:
+        defaults = self.defaults
+        if isinstance(defaults, FunctionType):
+            shown = f"{defaults.__module__}.{defaults.__qualname__}"
+        else:
+            shown = repr(defaults)
+        return f"backend={self.backend!r}, propagate={self.propagate!r}, defaults={shown}"
+
+
+def _same_defaults(a: _Checked, b: _Checked) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, dict) or isinstance(b, dict):
+        return False
+    return _same(a, b)
+
+
+def _same(a: object, b: object, *, nested: bool = False) -> bool:
+    """Whether ``a`` and ``b`` are written the same (see StoreDefinition).
+
+    Compares only values known to be immutable, by ``repr`` for scalars (no
+    user code runs: this runs under the registry's lock). Inside a
+    function's closure, a function compares by name and code only, so a
+    function that refers to itself can't recurse forever.
+    """
+    if a is b:
+        return True
+    if isinstance(a, Enum) and isinstance(b, Enum):
+        return a.name == b.name and _same(type(a), type(b))
+    if isinstance(a, type) and isinstance(b, type):
+        return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+    if isinstance(a, FunctionType) and isinstance(b, FunctionType):
+        return _same_function(a, b, closures=not nested)
+    return type(a) is type(b) and _same_value(a, b, nested=nested)
+
+
+def _same_value(a: Any, b: Any, *, nested: bool) -> bool:
+    """Compare two values of the same type that are not the same object."""
+    if type(a) is tuple:
+        return len(a) == len(b) and all(
+            _same(x, y, nested=nested) for x, y in zip(a, b, strict=True)
+        )
+    if _is_scalar(a):
+        return repr(a) == repr(b)
+    # A frozenset of immutable values compares with the stdlib's ==; any
+    # other value only ever equals itself.
+    return type(a) is frozenset and _known_immutable(a) and a == b
+
+
+def _same_function(a: FunctionType, b: FunctionType, *, closures: bool) -> bool:
+    if (a.__module__, a.__qualname__) != (b.__module__, b.__qualname__) or _code_shape(
+        a.__code__
+    ) != _code_shape(b.__code__):
+        return False
+    if not closures:
+        return True
+    return _same(_captured(a), _captured(b), nested=True)
+
+
+def _captured(fn: FunctionType) -> tuple[object, ...]:
+    """The values ``fn`` runs with besides its code and globals."""
+    cells = tuple(_cell_contents(cell) for cell in fn.__closure__ or ())
+    keywords = tuple(sorted((fn.__kwdefaults__ or {}).items()))
+    return (fn.__defaults__ or (), keywords, cells)
+
+
+def _cell_contents(cell: Any) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a variable not assigned yet: it may be by the time fn runs
+        return _MISSING
+
+
+def _code_shape(code: CodeType) -> CodeType:
+    """Return ``code`` without line numbers, nested code included, to compare it."""
+    consts = tuple(_code_shape(c) if isinstance(c, CodeType) else c for c in code.co_consts)
+    return code.replace(co_firstlineno=1, co_linetable=b"", co_consts=consts)
+
+
+def _initial_state(defaults: _Checked, name: str) -> _State | Callable[[], _State]:
+    """Return a fresh thread's or context's state: a constant or a factory."""
+    if defaults is None:
+        return (_EMPTY, None, None)
+    if isinstance(defaults, dict):
+        return (defaults, None, None)
+    return functools.partial(_call_factory, defaults, name)
 
 
 def _call_factory(factory: Callable[[], Mapping[str, Any]], name: str) -> _State:
@@ -176,15 +385,40 @@ class ContextStore(MutableMapping[str, Any]):
     ``scope``...) are never keys by attribute: use item access for those.
 
     Args:
-        name: Identifies the store in snapshots and across processes. Two live
-            stores may not share a name; the name is free again once the old
-            store is garbage collected.
+        name: Identifies the store in snapshots and across processes, so one
+            name is one store. Creating a store again with the name and the
+            same definition (backend, ``propagate`` and defaults) returns the
+            live store itself, with its values, as happens when a notebook
+            cell runs again or ``importlib.reload()`` runs a module again;
+            every reference to it, old and new, sees the same values. A
+            different definition under the name of a live store is refused;
+            the name is free again once that store is garbage collected.
+            Defaults count as the same when they are written the same: equal
+            keys, with values of the same type and ``repr``; classes and enum
+            members of the same module and qualified name; functions, as
+            values or as the factory, of the same module, qualified name and
+            code (line numbers aside), with the same default arguments and
+            closure values. Any other callable factory (a
+            :func:`functools.partial`, an object with ``__call__``) is the
+            same only as itself.
         backend: ``"context"`` or ``"thread"``, as described above.
         defaults: The values every fresh thread (``"thread"``) or every
             context that never wrote (``"context"``) starts with, as if set: a
             mapping, or a zero-argument callable returning one, called once per
             thread or once per context on first access (like the ``__init__``
-            of a ``threading.local`` subclass). A factory that raises leaves
+            of a ``threading.local`` subclass). Every thread and context
+            shares the values of a mapping, so each must be known to be
+            immutable: ``None``, :class:`bool`, :class:`int`, :class:`float`,
+            :class:`complex`, :class:`str`, :class:`bytes`, :class:`range`,
+            ``Decimal``, :class:`~fractions.Fraction`, the ``datetime``
+            types (``date``, ``datetime``, ``time``, ``timedelta``,
+            ``timezone``), ``UUID``, an enum member,
+            a function or a class, or a tuple or frozenset of these. Exactly
+            these types: a subclass may add state of its own. Anything else
+            (a list, a dict, a set, an instance of your own class) raises
+            :class:`ValueError` naming the key; make it in a factory, which
+            gives each thread or context its own:
+            ``defaults=lambda: {"tags": []}``. A factory that raises leaves
             the store without values there, and it runs again on the next
             access: until it succeeds, each read raises
             :class:`~contextual.StoreDefaultsError`, naming the store, with
@@ -207,8 +441,10 @@ class ContextStore(MutableMapping[str, Any]):
     Raises:
         TypeError: ``name`` is not a str, ``defaults`` is neither a mapping nor
             a callable, or has a non-str key.
-        ValueError: ``name`` is empty or already taken by a live store, or
-            ``backend`` is not one of ``"context"`` and ``"thread"``.
+        ValueError: ``name`` is empty or a live store of another definition
+            has it, ``backend`` is not one of ``"context"`` and
+            ``"thread"``, or a ``defaults`` mapping holds a value not known
+            to be immutable.
 
     Example:
         >>> from contextual import ContextStore
@@ -226,6 +462,13 @@ class ContextStore(MutableMapping[str, Any]):
        A ``defaults`` factory that raises makes reads (and captures) raise
        :class:`~contextual.StoreDefaultsError`, which names the store,
        instead of the factory's own exception.
+    .. versionchanged:: 0.2.0
+       Creating a store again with a live store's name and the same
+       definition returns that store; it used to raise :class:`ValueError`.
+    .. versionchanged:: 0.2.0
+       A ``defaults`` mapping with a value not known to be immutable (a
+       list, a dict, a set...) raises :class:`ValueError`; it used to be
+       shared by every thread and task. Make such values in a factory.
     """
 
     __slots__ = ("__weakref__", "_fresh", "_get", "_name", "_propagate", "_set")
@@ -253,7 +496,8 @@ class ContextStore(MutableMapping[str, Any]):
         defaults: Defaults = None,
         propagate: bool = True,
     ) -> ContextStore:
-        del name, defaults, propagate  # checked in __init__
+        # All in __new__, no __init__: the result may be the live store of
+        # the same definition, which must not be set up again.
         if cls is not ContextStore:
             msg = "ContextStore is not meant to be subclassed; wrap a store instead."
             raise TypeError(msg)
@@ -264,17 +508,6 @@ class ContextStore(MutableMapping[str, Any]):
                 f"{', '.join(repr(b) for b in BACKENDS)}."
             )
             raise ValueError(msg)
-        return object.__new__(impl)
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        backend: Backend = "context",
-        defaults: Defaults = None,
-        propagate: bool = True,
-    ) -> None:
-        del backend  # chosen in __new__
         if not isinstance(name, str):
             raise TypeError(f"store name must be a str, got {type(name).__name__} {name!r}.")
         if not name.strip():
@@ -282,10 +515,9 @@ class ContextStore(MutableMapping[str, Any]):
             raise ValueError(msg)
         if not isinstance(propagate, bool):
             raise TypeError(f"propagate must be True or False, got {propagate!r}.")
-        object.__setattr__(self, "_name", name)
-        object.__setattr__(self, "_propagate", propagate)
-        self._setup(_initial_state(defaults, name))
-        _registry.register(self)
+        checked = _checked_defaults(defaults, name)
+        create = functools.partial(_create, impl, name, propagate, checked)
+        return REGISTRY.register(name, StoreDefinition(backend, propagate, checked), create)
 
     # -- backend hooks ------------------------------------------------------
 
@@ -327,7 +559,7 @@ class ContextStore(MutableMapping[str, Any]):
 
     @property
     def name(self) -> str:
-        """The store's name, unique among live stores.
+        """The store's name, which no other live store has.
 
         .. versionadded:: 0.1.0
         """
@@ -350,12 +582,8 @@ class ContextStore(MutableMapping[str, Any]):
         return self._propagate
 
     def __repr__(self) -> str:
-        try:
-            name, propagate = self._name, self._propagate
-        except AttributeError:  # not initialised: __init__ raised
-            return "<ContextStore (uninitialised)>"
-        extra = "" if propagate else " propagate=False"
-        return f"<ContextStore {name!r} backend={self.backend!r}{extra}>"
+        extra = "" if self._propagate else " propagate=False"
+        return f"<ContextStore {self._name!r} backend={self.backend!r}{extra}>"
 
     # A store is a live view, not a value: two stores are equal only if they
     # are the same store, and stores stay hashable. Compare snapshot()s to
@@ -548,7 +776,7 @@ class ContextStore(MutableMapping[str, Any]):
         # properties always win over keys of the same name.
         if name[:1] == "_":
             # Never a key. The message must not use repr(self): before
-            # __init__ has set the slots, repr would land here again.
+            # _create has set the slots, repr would land here again.
             msg = (
                 f"{type(self).__name__!r} object has no attribute {name!r} (names that start "
                 f"with '_' are never keys by attribute; use item access: store[{name!r}])"
@@ -597,7 +825,10 @@ class ContextStore(MutableMapping[str, Any]):
 
         The result is a context manager (``with`` and ``async with``) and a
         decorator for functions and coroutine functions, entered afresh on
-        every call.
+        every call. Calling ``scope()`` alone sets nothing: a scope that is
+        never entered (``store.scope(user="ada")`` on a line of its own,
+        without ``with``) does nothing, and nothing warns about it, since
+        the check would make every scope about a tenth slower.
 
         Exits don't have to come in the reverse order of entries: when a
         scope exits while scopes entered after it are still active (two
@@ -629,6 +860,17 @@ class ContextStore(MutableMapping[str, Any]):
         .. versionadded:: 0.1.0
         """
         return _make_scope(self, values)
+
+
+def _create(
+    impl: type[ContextStore], name: str, propagate: bool, defaults: _Checked
+) -> ContextStore:
+    """Make a new store; the registry calls this, under its lock."""
+    store = object.__new__(impl)
+    object.__setattr__(store, "_name", name)
+    object.__setattr__(store, "_propagate", propagate)
+    store._setup(_initial_state(defaults, name))
+    return store
 
 
 @final
@@ -921,3 +1163,35 @@ for _impl in _IMPLEMENTATIONS.values():
     _impl.__name__ = _impl.__qualname__ = "ContextStore"
     _impl._reserved = frozenset(dir(_impl))  # noqa: SLF001
 del _impl
+
+
+REGISTRY: Final[Registry[ContextStore, StoreDefinition]] = Registry()
+"""Every live store of this process, by name."""
+
+
+def get_store(name: str) -> ContextStore:
+    """Return the live store named ``name``.
+
+    Args:
+        name: The name the store was created with.
+
+    Raises:
+        LookupError: No live store has that name (it was never created in this
+            process, or every reference to it was dropped).
+
+    .. versionadded:: 0.1.0
+    """
+    return REGISTRY.get(name)
+
+
+def list_stores() -> list[ContextStore]:
+    """Return every live store, in the order they were created.
+
+    .. versionadded:: 0.1.0
+    """
+    return REGISTRY.stores()
+
+
+def propagating_stores() -> list[ContextStore]:
+    """Return every live ``propagate=True`` store, both backends."""
+    return REGISTRY.propagating()

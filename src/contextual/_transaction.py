@@ -7,7 +7,17 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar, final
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    NoReturn,
+    Protocol,
+    TypeVar,
+    final,
+    runtime_checkable,
+)
 
 from ._decorate import AsyncToo, decorate
 from ._errors import CommitOutcomeUnknownError, ScopeError, TransactionError
@@ -15,8 +25,6 @@ from ._fork import renew_locks_after_fork
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from ._db import ThreadLocalDB, _Slot
 
 __all__ = ["Transaction", "TransactionManager", "TransactionState", "innermost_open"]
 
@@ -35,6 +43,72 @@ broke while ``COMMIT`` ran, so the database may or may not have committed it
 
 .. versionchanged:: 0.2.0
    ``"unknown"``."""
+
+
+class _ConnectionSlot(Protocol):
+    """What a transaction uses of the connection it runs on: one thread's, of its database.
+
+    ``ThreadLocalDB``'s per-thread slot is the one kind. This layer knows
+    databases only through this and ``_Database``: the DB layer builds on
+    this one, so this one never imports it.
+    """
+
+    cursor: Any
+    # The statement that opens a transaction.
+    begin: str
+    # The database's _generation when a statement can go straight to the
+    # cursor, else None.
+    ready: object
+    # The innermost transaction open on the connection.
+    transaction: Transaction | None
+    # The DB-API connection, or None once it is closed.
+    connection: Any
+
+    def enter(self, transaction: Transaction | None) -> None:
+        """Make ``transaction`` the innermost one open on this connection."""
+
+    def owned_here(self) -> bool:
+        """Tell whether the calling thread is the one this connection belongs to."""
+
+    def retire(self, reason: str, then: Callable[[], object]) -> None:
+        """Have the owning thread close the connection; call ``then`` once it is closed."""
+
+    def lost_before_commit(self) -> bool:
+        """Tell whether the connection is already lost, so a COMMIT would never arrive."""
+
+    def commit_outcome(
+        self, error: BaseException, broken_before: bool
+    ) -> Literal["committed", "not committed", "unknown"]:
+        """Tell what became of the transaction whose ``COMMIT`` raised ``error``."""
+
+    def close(self, reason: str) -> None:
+        """Close the connection now."""
+
+
+@runtime_checkable
+class _Database(Protocol):
+    """What a transaction uses of its database: ``ThreadLocalDB``'s side of the seam.
+
+    Its methods take back the slots it hands out (``_prepared``), of its own
+    kind: hence ``Any`` for them here.
+    """
+
+    # The current transaction of each thread and task: the manager's, shared.
+    _current: contextvars.ContextVar[Transaction | None]
+    # The thread store's threading.local: this thread's slot is
+    # ``_local.s[0].get("slot")``, ready for a statement when its ``ready``
+    # is ``_generation``.
+    _local: Any
+    _generation: object
+
+    def _prepared(self, slot: Any) -> _ConnectionSlot:
+        """Return this thread's ``slot`` checked and open, or a new one (``slot`` None)."""
+
+    def _run(self, slot: Any, sql: str) -> None:
+        """Run a transaction-control statement on ``slot``."""
+
+    def _close_if_retired(self, slot: Any) -> None:
+        """Close ``slot``'s connection if another thread retired it."""
 
 
 def _owner() -> object:
@@ -76,22 +150,20 @@ class TransactionManager:
     them add hooks, hand them the :class:`Transaction` itself.
 
     Args:
-        db: The database whose connections the transactions run on, or
-            ``None`` for a unit of work without a database.
+        db: The :class:`ThreadLocalDB` whose connections the transactions
+            run on, or ``None`` for a unit of work without a database.
 
     .. versionadded:: 0.1.0
     """
 
     __slots__ = ("_db", "_var")
 
-    _db: ThreadLocalDB | None
+    _db: _Database | None
     _var: contextvars.ContextVar[Transaction | None]
 
-    def __init__(self, db: ThreadLocalDB | None = None) -> None:
-        from ._db import ThreadLocalDB  # noqa: PLC0415 (_db imports this module)
-
+    def __init__(self, db: _Database | None = None) -> None:
         given: object = db
-        if given is not None and not isinstance(given, ThreadLocalDB):
+        if given is not None and not isinstance(given, _Database):
             msg = f"TransactionManager takes a ThreadLocalDB or None, got {type(given).__name__}."
             raise TypeError(msg)
         if db is None:
@@ -104,7 +176,7 @@ class TransactionManager:
         return f"<TransactionManager {self._db!r}>" if self._db else "<TransactionManager>"
 
     @property
-    def db(self) -> ThreadLocalDB | None:
+    def db(self) -> _Database | None:
         """The database the transactions run on, if any."""
         return self._db
 
@@ -237,7 +309,7 @@ class Transaction(AsyncToo["Transaction"]):
     """Where it is in its life."""
 
     _owner: object
-    _slot: _Slot | None
+    _slot: _ConnectionSlot | None
     _failed: bool
     _token: contextvars.Token[Transaction | None]
     # Made on the first hook: most transactions have none.
@@ -478,7 +550,7 @@ class Transaction(AsyncToo["Transaction"]):
                 raise ScopeError(msg)
 
     def _succeed(self) -> None:
-        parent, slot, db = self.parent, self._slot, self.manager._db  # noqa: SLF001
+        parent, slot, db = self.parent, self._slot, self.manager.db
         if parent is not None:
             self._release(parent)
             return
@@ -539,7 +611,7 @@ class Transaction(AsyncToo["Transaction"]):
         """End a savepoint whose block succeeded: its work and hooks join ``parent``."""
         if parent.state != "open":
             self._orphaned(parent)
-        slot, db = self._slot, self.manager._db  # noqa: SLF001
+        slot, db = self._slot, self.manager.db
         if slot is not None and db is not None:
             try:
                 db._run(slot, f"RELEASE SAVEPOINT {self.savepoint}")  # noqa: SLF001
@@ -564,7 +636,7 @@ class Transaction(AsyncToo["Transaction"]):
 
     def _orphaned(self, parent: Transaction) -> NoReturn:
         """End a block whose enclosing one ended first (closed from another thread)."""
-        slot, db = self._slot, self.manager._db  # noqa: SLF001
+        slot, db = self._slot, self.manager.db
         if slot is not None and db is not None:
             # This is the connection's own thread: close the retired
             # connection now, which rolls this block's work back with the rest.
@@ -616,7 +688,7 @@ class Transaction(AsyncToo["Transaction"]):
 
     def _roll_back(self) -> None:
         """Roll back this block, and run its rollback hooks."""
-        parent, slot, db = self.parent, self._slot, self.manager._db  # noqa: SLF001
+        parent, slot, db = self.parent, self._slot, self.manager.db
         self.state = "rolled back"
         try:
             if slot is not None and db is not None:
@@ -635,7 +707,7 @@ class Transaction(AsyncToo["Transaction"]):
                         parent._failed = True  # noqa: SLF001
                         slot.enter(parent)
                     elif slot.connection is not None:
-                        db._discard(slot, "a failed rollback")  # noqa: SLF001
+                        slot.close("a failed rollback")
         finally:
             _run_hooks(self._rollback_hooks, "on_rollback")
 
@@ -657,16 +729,25 @@ def _durable_nested(parent: Transaction) -> TransactionError:
     return TransactionError(msg)
 
 
-def _connection_taken(db: ThreadLocalDB, open_one: Transaction, owner: object) -> TransactionError:
+def _connection_taken(db: _Database, open_one: Transaction, owner: object) -> TransactionError:
     if open_one._owner != owner:  # noqa: SLF001
-        from ._db import _other_owner  # noqa: PLC0415
-
-        return _other_owner(db, open_one, "open a transaction")
+        return other_owner(db, open_one, "open a transaction")
     # Same owner, but this context lost track of it (a block entered in a
     # copy of the context, still open).
     msg = (
         "this thread's connection is already inside a transaction opened in another "
         "context of this thread; exit that block first."
+    )
+    return TransactionError(msg)
+
+
+def other_owner(db: object, transaction: Transaction, action: str) -> TransactionError:
+    """The error for ``action`` on ``db``'s connection, inside another owner's ``transaction``."""
+    msg = (
+        f"can't {action}: this thread's connection of {db!r} is inside a transaction "
+        f"opened by {transaction._owner_name()}. Tasks and other code on one thread share "  # noqa: SLF001
+        "its connection, so their transactions would mix. Let that transaction end first, "
+        "or run this work on a thread of its own (asyncio.to_thread, contextual.to_thread)."
     )
     return TransactionError(msg)
 

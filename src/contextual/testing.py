@@ -16,6 +16,11 @@ store (put it in your ``conftest.py``)::
         with no_leaks():
             yield
 
+Or check one test, with or without parentheses::
+
+    @no_leaks
+    def test_checkout(): ...
+
 .. versionadded:: 0.1.0
 """
 
@@ -23,15 +28,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from typing_extensions import Self
+
 from ._decorate import AsyncToo, decorate
 from ._errors import ContextualError
-from ._registry import list_stores
-from ._store import _EMPTY, ContextStore
+from ._store import _EMPTY, ContextStore, list_stores
 
 __all__ = ["LeakError", "empty_stores", "no_leaks"]
 
@@ -61,9 +67,32 @@ class _Helper(AsyncToo[None]):
 
     __slots__ = ("_active", "_stores")
 
-    def __init__(self, *stores: ContextStore) -> None:
+    _stores: tuple[ContextStore, ...]
+    _active: bool
+
+    # The typing spec lets __new__ return what isn't an instance (the
+    # decorated function here); mypy follows it at call sites but flags the
+    # definition.
+    @overload
+    def __new__(cls, fn: _F, /) -> _F: ...  # type: ignore[misc]
+    @overload
+    def __new__(cls, *stores: ContextStore) -> Self: ...
+
+    def __new__(cls, *stores: Any) -> Any:
+        # Used bare (@no_leaks), the class is called with the function. An
+        # instance there would be no function, so pytest would skip the test
+        # with only a collection warning; decorate the function instead. A
+        # store is never callable, so this can't take a store for a function.
+        if len(stores) == 1 and callable(stores[0]):
+            return decorate(stores[0], functools.partial(cls._make, ()), what=f"{cls.__name__}()")
+        return cls._make(stores)
+
+    @classmethod
+    def _make(cls, stores: tuple[ContextStore, ...]) -> Self:
+        self = object.__new__(cls)
         self._stores = stores
         self._active = False
+        return self
 
     def _enter(self) -> None:
         raise NotImplementedError
@@ -95,7 +124,7 @@ class _Helper(AsyncToo[None]):
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn``: every call runs inside a fresh instance."""
-        make = functools.partial(type(self), *self._stores)
+        make = functools.partial(type(self)._make, self._stores)
         return decorate(fn, make, what=f"{type(self).__name__}()")
 
 
@@ -110,12 +139,18 @@ class no_leaks(_Helper):  # noqa: N801 (used like a function: with no_leaks(): .
 
     Use it as a context manager (``with`` or ``async with``), or as a
     decorator for functions and coroutine functions: around a test, a
-    request handler, or a task that runs on a pooled thread.
+    request handler, or a task that runs on a pooled thread. As a
+    decorator, ``@no_leaks`` without parentheses is ``@no_leaks()``: it
+    returns a plain function (a coroutine function for an ``async def``), so
+    pytest collects a decorated test and passes it its fixtures.
 
     Args:
         *stores: The stores to check; by default every live store.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       ``@no_leaks`` works without parentheses. It used to return an object
+       that pytest skipped with only a collection warning.
     """
 
     __slots__ = ("_entry",)
@@ -140,12 +175,15 @@ class empty_stores(_Helper):  # noqa: N801 (used like a function: with empty_sto
     given) is emptied, defaults included, for the length of the block; on
     exit each gets back exactly the state it had, also when the block raises.
     A context manager (``with`` or ``async with``) and a decorator for
-    functions and coroutine functions.
+    functions and coroutine functions; ``@empty_stores`` without
+    parentheses is ``@empty_stores()``.
 
     Args:
         *stores: The stores to empty; by default every live store.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       ``@empty_stores`` works without parentheses.
     """
 
     __slots__ = ("_saved",)

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, final
 
 from contextual._propagation import capture
-from contextual._registry import get_store
 from contextual._request import REQUEST_STORE
+from contextual._store import get_store
 
 __all__ = [
     "REQUEST_ID_KEY",

@@ -32,8 +32,8 @@ from typing import Any, Final, Literal, NamedTuple, Protocol, TypeAlias, cast, f
 
 from contextual._fork import renew_locks_after_fork
 from contextual._propagation import Snapshot, capture
-from contextual._registry import propagating_stores
 from contextual._request import RequestContext, get_request_id
+from contextual._store import propagating_stores
 from contextual._transaction import TransactionManager
 from contextual._wire import (
     CONTROL_CHARACTERS,
