@@ -132,16 +132,36 @@ def _nothing() -> dict[str, Any]:
     return {}
 
 
-def _context_store() -> dict[str, Any]:
-    store = _live_store("bench.context")
-    store.update(a=1, b=2, k=3)
-    return {"store": store, "v": VALUE}
+def _plain_store(backend: str) -> Callable[[], dict[str, Any]]:
+    def setup() -> dict[str, Any]:
+        store = _live_store(f"bench.{backend}", backend)
+        store.update(a=1, b=2, k=3)
+        return {"store": store, "v": VALUE}
+
+    return setup
 
 
-def _thread_store() -> dict[str, Any]:
-    store = _live_store("bench.thread", "thread")
-    store.update(a=1, b=2, k=3)
-    return {"store": store, "v": VALUE}
+def _typed_store(backend: str) -> Callable[[], dict[str, Any]]:
+    """A typed store class declaring ``a``, ``b`` and ``k``, holding 1, 2, 3."""
+
+    def setup() -> dict[str, Any]:
+        name = f"bench.typed.{backend}"
+        if name not in _LIVE:
+            # Defined here, not at import: only these workers need it, and the
+            # module must import on a contextual without typed store classes.
+            class BenchState(ContextStore, backend=backend):
+                a: int = 0
+                b: int = 0
+                k: int = 0
+
+            _LIVE[name] = BenchState(name)
+        store = _LIVE[name]
+        # Written, not left at the defaults: every store, local and context in
+        # these benchmarks holds the values it reads.
+        store.update(a=1, b=2, k=3)
+        return {"store": store, "v": VALUE}
+
+    return setup
 
 
 _RAW_VAR: contextvars.ContextVar[int] = contextvars.ContextVar("bench.raw", default=0)
@@ -438,20 +458,33 @@ def _database(kind: str) -> Callable[[], dict[str, Any]]:
 
 SCOPE = "with store.scope(k=v):\n    pass"
 
+
+def _store_cases(prefix: str, store: str, setup: Callable[[], dict[str, Any]]) -> tuple[Case, ...]:
+    """Item and attribute get and set of ``k`` on one store."""
+    # A typed store's "k" is a declared field; a plain store's is just a key.
+    typed = prefix.startswith("typed.")
+    attr_get = f"{store} field attr get" if typed else f"{store} attr get (undeclared key)"
+    attr_set = f"{store} field attr set" if typed else f"{store} attr set (undeclared key)"
+    return (
+        Case(f"{prefix}.item_get", f"{store} item get", 'store["k"]', setup),
+        Case(f"{prefix}.attr_get", attr_get, "store.k", setup),
+        Case(f"{prefix}.item_set", f"{store} item set", 'store["k"] = v', setup),
+        Case(f"{prefix}.attr_set", attr_set, "store.k = v", setup),
+    )
+
+
 CASES: tuple[Case, ...] = (
     Case("baseline.loop", "loop overhead per op", "pass", _nothing),
-    # contextual, backend "context"
-    Case("context.item_get", "context item get", 'store["k"]', _context_store),
-    Case("context.attr_get", "context attribute get", "store.k", _context_store),
-    Case("context.item_set", "context item set", 'store["k"] = v', _context_store),
-    Case("context.attr_set", "context attribute set", "store.k = v", _context_store),
-    Case("context.scope", "context scope() one key", SCOPE, _context_store),
-    # contextual, backend "thread"
-    Case("thread.item_get", "thread item get", 'store["k"]', _thread_store),
-    Case("thread.attr_get", "thread attribute get", "store.k", _thread_store),
-    Case("thread.item_set", "thread item set", 'store["k"] = v', _thread_store),
-    Case("thread.attr_set", "thread attribute set", "store.k = v", _thread_store),
-    Case("thread.scope", "thread scope() one key", SCOPE, _thread_store),
+    # contextual: a plain ContextStore("bench.context") and its "thread" twin;
+    # by attribute, "k" is an undeclared key.
+    *_store_cases("context", "context store", _plain_store("context")),
+    Case("context.scope", "context store scope() one key", SCOPE, _plain_store("context")),
+    *_store_cases("thread", "thread store", _plain_store("thread")),
+    Case("thread.scope", "thread store scope() one key", SCOPE, _plain_store("thread")),
+    # contextual: typed store classes declaring a, b, k, one per backend;
+    # by attribute, "k" is a declared field.
+    *_store_cases("typed.context", "typed context store", _typed_store("context")),
+    *_store_cases("typed.thread", "typed thread store", _typed_store("thread")),
     # the primitives the backends are built on
     Case("raw.contextvar_get", "ContextVar.get", "var.get()", _raw_var),
     Case("raw.contextvar_set", "ContextVar.set", "var.set(v)", _raw_var),

@@ -84,6 +84,7 @@ _STDLIB_MODULES = (
     "collections.abc",
     "concurrent.futures",
     "contextvars",
+    "dataclasses",
     "fractions",
     "functools",
     "logging",

@@ -13,6 +13,12 @@ docs/explanation/copy-on-write.md advises: a snapshot of the store, or the
 copy a ContextExecutor carries to a pool task, holds the same object, and a
 change in place would show there too.
 
+A store class says the same with typed fields, and needs no factory for
+values that are immutable: class Buffer(ContextStore, backend="thread")
+with jobs: tuple[str, ...] = () and count: int = 0. A field that needs a
+list of its own in each thread takes field(default_factory=list);
+examples/typed_store.py shows one, in threads and in a ContextExecutor.
+
 The threads run one after another here (each is joined before the next
 starts), so that the output is the same on every run.
 

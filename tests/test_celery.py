@@ -191,7 +191,10 @@ def test_install_refuses_a_malformed_allow_list():
 def test_a_message_carries_the_request_id_and_nothing_else_by_default(published):
     app = Celery("contextual_default", broker="memory://", set_as_current=False)
     install(app)
-    with request_context(request_id="r-default", user_id="ada"), tasks.tenant.scope(name="acme"):
+    with (
+        request_context(request_id="r-default", user_id="ada"),
+        tasks.tenant.scope({"name": "acme"}),
+    ):
         app.send_task("anything", queue=f"default-{SESSION}")
     assert published[-1][HEADER] == request_values("r-default")
 
@@ -211,7 +214,7 @@ def test_a_message_outside_any_request_carries_no_header(published):
 def test_allowed_stores_and_keys_travel_and_nothing_else(published):
     with (
         request_context(request_id="r-allowed", user_id="ada", note="not sent"),
-        tasks.tenant.scope(name="acme", plan=["a", 1, {"b": None}]),
+        tasks.tenant.scope({"name": "acme"}, plan=["a", 1, {"b": None}]),
         tasks.secret.scope(token="s3cret"),
     ):
         local_look.delay("allowed")
@@ -227,7 +230,7 @@ def test_apps_in_one_process_keep_their_own_settings(published):
     bare = Celery("contextual_bare", broker="memory://", set_as_current=False)
     default = Celery("contextual_other", broker="memory://", set_as_current=False)
     install(default)
-    with request_context(request_id="r-apps", user_id="ada"), tasks.tenant.scope(name="acme"):
+    with request_context(request_id="r-apps", user_id="ada"), tasks.tenant.scope({"name": "acme"}):
         bare.send_task("anything", queue=f"bare-{SESSION}")
         default.send_task("anything", queue=f"other-{SESSION}")
         local_look.delay("apps")
@@ -243,7 +246,7 @@ def test_installing_twice_wraps_once_and_replaces_allow(published):
     wrapper = app.send_task
     install(app)
     assert app.send_task is wrapper
-    with request_context(request_id="r-twice"), tasks.tenant.scope(name="acme"):
+    with request_context(request_id="r-twice"), tasks.tenant.scope({"name": "acme"}):
         app.send_task("anything", queue=f"twice-{SESSION}")
     assert published[-1][HEADER] == request_values("r-twice")
 
@@ -370,7 +373,7 @@ def test_a_retried_task_runs_each_attempt_with_the_header_and_restores():
 
 
 def test_a_task_applied_inside_a_request_of_this_process_sees_it_and_changes_nothing():
-    with request_context(request_id="r-eager", user_id="ada"), tasks.tenant.scope(name="acme"):
+    with request_context(request_id="r-eager", user_id="ada"), tasks.tenant.scope({"name": "acme"}):
         seen = local_look.apply(("eager",), kwargs={"leave": True}).get()
         assert _seen()["tenant"] == {"name": "acme"}
     assert seen["request_id"] == "r-eager"
@@ -798,7 +801,7 @@ def test_the_request_object_stays_behind_and_is_rebuilt_in_the_worker(wide, publ
 
 
 def test_postrun_of_a_task_that_never_started_here_changes_nothing():
-    with tasks.tenant.scope(name="acme"):
+    with tasks.tenant.scope({"name": "acme"}):
         integration._on_task_postrun(task_id="unknown")
         assert tasks.tenant["name"] == "acme"
 
@@ -885,7 +888,7 @@ def test_enqueue_on_commit_outside_a_transaction_publishes_at_once(published):
 
 def test_enqueue_on_commit_sends_the_context_of_the_call_not_of_the_commit(db, published):
     with db.transaction():
-        with request_context(request_id="r-enqueued"), tasks.tenant.scope(name="acme"):
+        with request_context(request_id="r-enqueued"), tasks.tenant.scope({"name": "acme"}):
             enqueue_on_commit(local_look, "enqueued", manager=db.transactions)
         with request_context(request_id="r-committing"):
             pass
@@ -1235,7 +1238,7 @@ def test_each_task_carries_its_publishers_request_id(worker):
         try:
             with (
                 request_context(request_id=f"req-{SESSION}-{i}", user_id=f"user-{i}"),
-                tasks.tenant.scope(name=f"tenant-{i}"),
+                tasks.tenant.scope({"name": f"tenant-{i}"}),
                 tasks.secret.scope(token=f"secret-{i}"),
             ):
                 barrier.wait(timeout=TIMEOUT)
@@ -1268,7 +1271,7 @@ def test_each_task_carries_its_publishers_request_id(worker):
 def test_nothing_a_task_writes_reaches_the_next_task_in_the_process(worker):
     with (
         request_context(request_id=f"leave-{SESSION}", user_id="ada"),
-        tasks.tenant.scope(name="x"),
+        tasks.tenant.scope({"name": "x"}),
     ):
         leaving = [
             tasks.look.apply_async((f"leave-{i}",), {"leave": True}, queue=worker.queue)
@@ -1376,7 +1379,7 @@ def test_link_and_link_error_callbacks_carry_the_request_id(worker):
 
 
 def test_a_task_publishes_subtasks_with_its_own_context(worker):
-    with request_context(request_id=f"parent-{SESSION}"), tasks.tenant.scope(name="acme"):
+    with request_context(request_id=f"parent-{SESSION}"), tasks.tenant.scope({"name": "acme"}):
         parent = tasks.publish_child.apply_async(("parent",), queue=worker.queue)
     child_id = worker.result(parent)
     child = worker.result(tasks.look.AsyncResult(child_id))
@@ -1445,7 +1448,7 @@ def test_format_characters_are_refused_by_the_worker_and_other_letters_travel(wo
         refused = tasks.look.apply_async(("bidi",), queue=worker.queue)
     with (
         request_context(request_id=kept_id, user_id="Zo\u00eb"),
-        tasks.tenant.scope(name="Zo\u00eb"),
+        tasks.tenant.scope({"name": "Zo\u00eb"}),
     ):
         kept = tasks.look.apply_async(("zoe",), queue=worker.queue)
     seen = worker.result(refused)

@@ -770,7 +770,7 @@ def test_after_a_fork_the_child_sets_every_inherited_connection_aside(
     transaction.__enter__()
     # What os.fork() runs in the child; called here, on this db alone, to
     # look at its effect.
-    monkeypatch.setattr(_db, "_dbs", weakref.WeakSet([db]))
+    monkeypatch.setattr(_db, "_fork_hooks", [weakref.WeakMethod(db._forget_connections_after_fork)])
     _db._after_fork_in_child()
     try:
         assert parents in _db._inherited  # kept, not closed: the parent still uses it

@@ -66,7 +66,7 @@ def assert_well_formed(header: str) -> None:
 def sent(allow: Any = None, headers: dict[str, str] | None = None, **values: Any) -> dict[str, str]:
     """The headers inject() writes inside request r-1 of ada, with ``values`` in APP."""
     headers = {} if headers is None else headers
-    with request_context(request_id="r-1", user_id="ada"), APP.scope(**values):
+    with request_context(request_id="r-1", user_id="ada"), APP.scope(values):
         inject(headers, allow=allow)
     return headers
 

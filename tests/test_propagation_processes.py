@@ -14,7 +14,6 @@ import pytest
 import _process_support as support
 from contextual import ContextProcessPoolExecutor, Snapshot, capture
 from contextual._executors import _run_from_payload, _start_worker
-from contextual._propagation import _new_snapshot
 
 START_METHODS = [
     m for m in ("spawn", "forkserver", "fork") if m in multiprocessing.get_all_start_methods()
@@ -173,6 +172,8 @@ def test_to_dict_skips_a_factory_store_that_never_ran(make_store):
     assert store.name not in data["stores"]
     assert calls == []
     assert store["n"] == 1
+    assert calls == [1]
+    # Once made here, the values are this context's, and travel like any.
     assert capture().to_dict()["stores"][store.name] == {"n": 1}
 
 
@@ -237,7 +238,7 @@ def test_a_snapshot_without_thread_stores_runs_functions_and_coroutines():
     # Only a process without any propagating thread store takes this path.
     context = contextvars.Context()
     context.run(support.request.__setitem__, "user", "from the context")
-    bare = _new_snapshot(context, ())
+    bare = Snapshot(context)
     assert "thread stores []" in repr(bare)
     assert bare.run(support.request.get, "user") == "from the context"
 

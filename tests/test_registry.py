@@ -1,7 +1,8 @@
-"""The process-wide registry: one live store per name, looked up by name."""
+"""The process-wide registry: one definition per name; get_store finds its newest store."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import gc
 import importlib
@@ -12,7 +13,27 @@ import threading
 import pytest
 
 import contextual
-from contextual import ContextStore, _store, get_store, list_stores
+from contextual import ContextStore, _store, capture, get_store, list_stores
+
+
+def assert_redefined(old: ContextStore, new: ContextStore) -> None:
+    """Check that ``new`` is a new store over ``old``'s values, and the registry's now."""
+    assert new is not old
+    assert get_store(old.name) is new
+    assert [s for s in list_stores() if s.name == old.name] == [new]
+
+    def both_ways() -> tuple[object, object]:
+        old["written_through_old"] = "old"
+        new["written_through_new"] = "new"
+        return new["written_through_old"], old["written_through_new"]
+
+    # In a thread of its own, started from an empty context, so that the
+    # writes stay out of this thread's values and out of later tests'.
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(both_ways()))
+    contextvars.Context().run(thread.start)
+    thread.join(timeout=30)
+    assert seen == [("old", "new")]
 
 
 def test_get_store_finds_a_live_store_by_name(make_store, backend):
@@ -39,7 +60,9 @@ def _closure_factory(start):
     [None, {"user": None, "retries": 3}, _counter_factory],
     ids=["none", "mapping", "factory"],
 )
-def test_the_same_definition_again_returns_the_live_store(backend, unique_name, defaults):
+def test_the_same_definition_again_makes_a_new_store_over_the_same_values(
+    backend, unique_name, defaults
+):
     def define():
         # A factory made afresh each time, as re-running a notebook cell does.
         made = defaults() if callable(defaults) else defaults
@@ -48,10 +71,41 @@ def test_the_same_definition_again_returns_the_live_store(backend, unique_name, 
     first = define()
     first["written"] = "before"
     again = define()
-    assert again is first
-    assert get_store(unique_name) is first
     assert again["written"] == "before"
-    assert [s for s in list_stores() if s.name == unique_name] == [first]
+    assert_redefined(first, again)
+
+
+def test_a_store_made_again_is_not_the_same_object_but_sees_its_writes(unique_name):
+    first = ContextStore(unique_name)
+    second = ContextStore(unique_name)
+    assert first is not second
+    first["user"] = "ada"
+    assert second["user"] == "ada"
+
+
+def test_a_redefined_thread_store_shares_values_in_another_thread(unique_name, run_in_new_thread):
+    old = ContextStore(unique_name, backend="thread")
+    new = ContextStore(unique_name, backend="thread")
+
+    def both_ways() -> tuple[object, object]:
+        old["from_old"] = 1
+        new["from_new"] = 2
+        return new.get("from_old"), old.get("from_new")
+
+    assert run_in_new_thread(both_ways) == (1, 2)
+    assert dict(old) == dict(new) == {}
+
+
+def test_every_reference_keeps_working_after_two_redefinitions(unique_name):
+    first = ContextStore(unique_name, defaults={"user": None})
+    second = ContextStore(unique_name, defaults={"user": None})
+    third = ContextStore(unique_name, defaults={"user": None})
+    second["user"] = "ada"
+    assert (first["user"], third["user"]) == ("ada", "ada")
+    with first.scope(user="bob"):
+        assert (second["user"], third["user"]) == ("bob", "bob")
+    assert third["user"] == "ada"
+    assert get_store(unique_name) is third
 
 
 def test_a_factory_defined_by_the_same_source_elsewhere_is_the_same(unique_name):
@@ -65,12 +119,12 @@ def test_a_factory_defined_by_the_same_source_elsewhere_is_the_same(unique_name)
     rerun = {"__name__": "notebook"}
     # The same cell run again after an edit above it: only line numbers differ.
     exec(source.format(name=unique_name, blank="\n\n"), rerun)  # noqa: S102
-    assert rerun["store"] is cell["store"]
+    assert_redefined(cell["store"], rerun["store"])
 
 
 def test_a_factory_with_other_closure_values_is_another_definition(unique_name):
     first = ContextStore(unique_name, defaults=_closure_factory(1))
-    assert ContextStore(unique_name, defaults=_closure_factory(1)) is first
+    assert_redefined(first, ContextStore(unique_name, defaults=_closure_factory(1)))
     with pytest.raises(ValueError, match=r"\(different defaults\)"):
         ContextStore(unique_name, defaults=_closure_factory(2))
 
@@ -142,17 +196,16 @@ def module_file(tmp_path, monkeypatch, unique_name):
         "backend='thread', defaults=lambda: {'seen': []}",
     ],
 )
-def test_reloading_a_module_that_defines_a_store_keeps_that_store(module_file, definition):
+def test_reloading_a_module_that_defines_a_store_keeps_its_values(module_file, definition):
     module = module_file(definition)
     old = module.store
     old["written"] = "before the reload"
     reloaded = module_file(definition)
-    assert reloaded.store is old
-    assert get_store(old.name) is old
-    assert old["written"] == "before the reload"
+    assert reloaded.store["written"] == "before the reload"
+    assert_redefined(old, reloaded.store)
 
 
-def test_reloading_keeps_a_store_whose_defaults_the_module_defines(module_file):
+def test_reloading_keeps_the_values_of_a_store_whose_defaults_the_module_defines(module_file):
     # Reloading makes the enum, the class and the function anew: they are
     # the same by module and qualified name.
     preamble = """
@@ -177,7 +230,7 @@ def test_reloading_keeps_a_store_whose_defaults_the_module_defines(module_file):
     module = module_file(definition, preamble)
     old, old_level = module.store, module.Level
     reloaded = module_file(definition, preamble)
-    assert reloaded.store is old
+    assert_redefined(old, reloaded.store)
     assert reloaded.Level is not old_level
 
 
@@ -233,7 +286,7 @@ def _recursive_factory():
 
 def test_a_factory_that_refers_to_itself_is_compared_without_recursing(unique_name):
     first = ContextStore(unique_name, defaults=_recursive_factory())
-    assert ContextStore(unique_name, defaults=_recursive_factory()) is first
+    assert_redefined(first, ContextStore(unique_name, defaults=_recursive_factory()))
 
 
 def _define_before_binding(name):
@@ -246,7 +299,10 @@ def _define_before_binding(name):
 
 def test_a_factory_with_a_variable_not_bound_yet_can_be_compared(unique_name):
     first = _define_before_binding(unique_name)
-    assert _define_before_binding(unique_name) is first
+    again = _define_before_binding(unique_name)
+    # Its factory can never run (that is the point), so only the registry shows it.
+    assert again is not first
+    assert get_store(unique_name) is again
 
 
 def test_a_factory_s_default_arguments_are_part_of_its_definition(unique_name):
@@ -254,7 +310,7 @@ def test_a_factory_s_default_arguments_are_part_of_its_definition(unique_name):
         return lambda *, start=n: {"n": start}
 
     first = ContextStore(unique_name, defaults=make(1))
-    assert ContextStore(unique_name, defaults=make(1)) is first
+    assert_redefined(first, ContextStore(unique_name, defaults=make(1)))
     with pytest.raises(ValueError, match=r"\(different defaults\)"):
         ContextStore(unique_name, defaults=make(2))
 
@@ -262,7 +318,7 @@ def test_a_factory_s_default_arguments_are_part_of_its_definition(unique_name):
 def test_a_callable_that_is_not_a_function_is_only_ever_itself(unique_name):
     factory = functools.partial(dict, user=None)
     first = ContextStore(unique_name, defaults=factory)
-    assert ContextStore(unique_name, defaults=factory) is first
+    assert_redefined(first, ContextStore(unique_name, defaults=factory))
     with pytest.raises(ValueError, match=r"defaults=functools\.partial\(<class 'dict'>"):
         ContextStore(unique_name, defaults=functools.partial(dict, user=None))
 
@@ -274,12 +330,30 @@ def test_reloading_a_module_with_an_edited_definition_is_refused(module_file):
     assert get_store(module.store.name) is module.store
 
 
+def test_the_name_stays_taken_while_an_older_store_of_it_lives(unique_name):
+    old = ContextStore(unique_name)
+    newest = ContextStore(unique_name)
+    del newest
+    gc.collect()
+    assert get_store(unique_name) is old
+    with pytest.raises(ValueError, match=r"already named"):
+        ContextStore(unique_name, backend="thread")
+
+
 def test_name_is_free_again_once_the_store_is_gone(unique_name):
     store = ContextStore(unique_name)
     del store
     gc.collect()
     again = ContextStore(unique_name)
     assert get_store(unique_name) is again
+
+
+def test_a_store_made_after_the_old_one_is_gone_starts_without_its_values(unique_name, backend):
+    store = ContextStore(unique_name, backend=backend)
+    store["left"] = "behind"
+    del store
+    gc.collect()
+    assert dict(ContextStore(unique_name, backend=backend)) == {}
 
 
 def test_dead_stores_leave_the_registry():
@@ -301,7 +375,7 @@ def test_list_stores_keeps_creation_order(make_store):
     assert listed == [a, b]
 
 
-def test_concurrent_definitions_of_one_name_agree_on_one_store(unique_name):
+def test_concurrent_definitions_of_one_name_agree_on_one_definition(unique_name):
     count = 8
     barrier = threading.Barrier(count)
     made: dict[str, list[ContextStore]] = {"context": [], "thread": []}
@@ -323,12 +397,16 @@ def test_concurrent_definitions_of_one_name_agree_on_one_store(unique_name):
         t.start()
     for t in threads:
         t.join()
-    # One definition won; all of its callers got the same store, and every
-    # caller with the other definition was refused.
-    winner = get_store(unique_name).backend
+    # One definition won; each of its callers got a store of its own over
+    # the same values, and every caller with the other definition was refused.
+    newest = get_store(unique_name)
+    winner = newest.backend
     loser = "thread" if winner == "context" else "context"
     assert len(made[winner]) == count // 2
-    assert {id(s) for s in made[winner]} == {id(get_store(unique_name))}
+    assert len({id(s) for s in made[winner]}) == count // 2
+    assert any(s is newest for s in made[winner])
+    made[winner][0]["probe"] = "seen by all"
+    assert [s.get("probe") for s in made[winner]] == ["seen by all"] * (count // 2)
     assert refused[winner] == []
     assert made[loser] == []
     assert len(refused[loser]) == count // 2
@@ -371,3 +449,18 @@ def test_a_late_death_notice_does_not_evict_the_name_s_new_owner(unique_name):
     # after a new store took the name; that notice must not evict it.
     _store.REGISTRY._dead.append(stale)
     assert get_store(unique_name) is new
+
+
+def test_a_name_held_only_by_a_snapshot_is_free_for_another_definition(unique_name):
+    # A snapshot keeps the thread backend it carries, but no store of the
+    # name is alive: nobody can read it, so another definition may take it.
+    old = ContextStore(unique_name, backend="thread")
+    old["k"] = "old"
+    snapshot = capture()
+    del old
+    gc.collect()
+    with pytest.raises(LookupError, match="no live store is named"):
+        get_store(unique_name)
+    new = ContextStore(unique_name, defaults={"k": "new"})
+    assert get_store(unique_name) is new
+    assert snapshot.run(lambda: new["k"]) == "new"

@@ -89,13 +89,29 @@ def test_empty_scope_still_restores(store):
     assert dict(store) == {"a": 1}
 
 
-def test_scope_keys_are_invisible_to_attribute_names_restrictions(store):
-    # Keyword names become keys, even ones reserved for attribute access.
-    with store.scope(get="g", name="n"):
+def test_scope_takes_keys_that_name_store_members_in_a_mapping(store):
+    # By item, any str key is a key; store.name stays the store's name.
+    with store.scope({"get": "g", "name": "n"}, other=1):
         assert store["get"] == "g"
         assert store["name"] == "n"
+        assert store["other"] == 1
         assert store.name != "n"
     assert "get" not in store
+    assert "other" not in store
+
+
+@pytest.mark.parametrize("member", ["name", "get", "items", "scope", "backend", "__class__"])
+def test_a_scope_keyword_that_names_a_store_member_is_refused(store, member):
+    with pytest.raises(
+        TypeError, match=rf"keyword '{member}' names .* store\.scope\(\{{'{member}': \.\.\.\}}\)"
+    ):
+        store.scope(**{member: "x"})
+    assert member not in store
+
+
+def test_scope_refuses_a_mapping_with_a_non_str_key(store):
+    with pytest.raises(TypeError, match=r"non-str key 1"):
+        store.scope({1: "x"})
 
 
 def test_a_scope_object_can_be_reused_after_it_exits(store):

@@ -75,12 +75,14 @@ def test_failed_construction_leaves_the_name_free(unique_name):
     assert contextual.get_store(unique_name) is store
 
 
-def test_subclassing_is_refused():
+def test_a_subclass_is_a_store_class_with_its_own_name():
     class Mine(ContextStore):
-        __slots__ = ()
+        user: str | None = None
 
-    with pytest.raises(TypeError, match="not meant to be subclassed"):
-        Mine("api.subclass")
+    mine = Mine("api.subclass")
+    assert isinstance(mine, ContextStore)
+    assert repr(mine) == "<Mine 'api.subclass' backend='context'>"
+    assert mine.user is None
 
 
 def test_store_cannot_be_pickled_or_copied(store):

@@ -18,6 +18,7 @@ from ._errors import (
     StoreDefaultsError,
     TransactionError,
 )
+from ._fields import field
 from ._logfilter import ContextFilter
 from ._propagation import ContextThread, Snapshot, capture
 from ._request import (
@@ -67,6 +68,7 @@ __all__ = [
     "__version__",
     "capture",
     "current_request",
+    "field",
     "get_current_user",
     "get_request_id",
     "get_store",

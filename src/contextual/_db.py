@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import itertools
 import os
@@ -11,13 +10,14 @@ import select
 import sqlite3
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Literal, Protocol, final
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast, final
 
 from ._errors import TransactionError
-from ._store import ContextStore
+from ._store import ContextStore, backend_of
 from ._transaction import (
     Transaction,
     TransactionManager,
+    _DatabaseLink,
     _owner,
     failed_block,
     innermost_open,
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from typing_extensions import Self
+
+    from ._backends import ThreadBackend
 
 __all__ = ["DBAPIConnection", "ThreadLocalDB"]
 
@@ -57,9 +59,33 @@ class DBAPIConnection(Protocol):
 # goes down the shared socket), and letting them be collected closes them
 # too, so the child keeps them, unused, until it exits.
 _inherited: list[object] = []
-_dbs: weakref.WeakSet[ThreadLocalDB] = weakref.WeakSet()
+# What a forked child runs for each live ThreadLocalDB (weakly: a db's hook
+# dies with it).
+_fork_hooks: list[weakref.WeakMethod[Callable[[], None]]] = []
 _dbs_lock = threading.Lock()
 _names = itertools.count(1)
+
+
+@final
+class _Generation:
+    """One generation of a ThreadLocalDB's connections: live until ``close_all()`` ends it.
+
+    Each connection's slot holds the generation it opened in; ``close_all()``
+    ends the current one, a write to it and never to a slot that another
+    thread is using, and each thread closes its connection of an ended
+    generation before using it.
+    """
+
+    __slots__ = ("live",)
+
+    live: bool
+
+    def __init__(self, *, live: bool = True) -> None:
+        self.live = live
+
+
+# A slot's ``ready`` while its statements need checks first: never live.
+_NOT_READY: Final = _Generation(live=False)
 
 
 class _Slot:
@@ -81,6 +107,7 @@ class _Slot:
         "closed_by",
         "connection",
         "cursor",
+        "failed",
         "finalizer",
         "generation",
         "local",
@@ -88,6 +115,7 @@ class _Slot:
         "ready",
         "retired",
         "sqlite",
+        "task",
         "thread",
         "transaction",
     )
@@ -104,15 +132,19 @@ class _Slot:
     # a transaction, to notice a server that dropped the connection.
     readable: Callable[[], object] | None
     transaction: Transaction | None
+    # The asyncio task that opened the transactions open on the connection,
+    # or None: a thread did, or none is open. Only enter() sets it.
+    task: object
+    # The transactions open on the connection in which a statement failed.
+    failed: set[Transaction]
     sqlite: bool
-    # The db's generation when this connection opened; close_all() starts a
-    # new one, and the thread closes a connection of an older one.
-    generation: object
+    # The db's generation when this connection opened; close_all() ends it,
+    # and the thread closes a connection of an ended one before using it.
+    generation: _Generation
     # ``generation`` when a statement can go straight to the cursor (an open
-    # sqlite3 connection, no transaction check to make), else None. The fast
-    # path compares it to the db's generation: one test covers both, and
-    # close_all() never writes to a slot that another thread is using.
-    ready: object
+    # sqlite3 connection, no transaction check to make), else _NOT_READY.
+    # The fast path tests ``ready.live``: one test covers both.
+    ready: _Generation
     closed_by: str | None
     # Set from another thread (a transaction of this connection's closed
     # there): the owning thread closes the connection before its next use.
@@ -125,20 +157,25 @@ class _Slot:
     local: Any
     finalizer: weakref.finalize[Any, _Slot]
 
-    def enter(self, transaction: Transaction | None) -> None:
-        """Make ``transaction`` the innermost one open on this connection."""
+    def enter(self, transaction: Transaction | None, owner: object) -> None:
+        """Make ``transaction``, entered by ``owner``, the innermost one open on this connection.
+
+        ``owner`` is the thread's identifier or the asyncio task that entered
+        it (``_transaction._owner()``); ignored without a transaction.
+        """
         self.transaction = transaction
+        task = None if transaction is None or isinstance(owner, int) else owner
+        self.task = task
         # Inside a transaction a statement needs checks only when a task
         # owns it (another task must not join) or a statement failed in it.
+        # A ready slot has no task, which lets transactions skip enter().
         fast = (
             self.sqlite
             and self.connection is not None
-            and (
-                transaction is None
-                or (isinstance(transaction._owner, int) and not transaction._failed)  # noqa: SLF001
-            )
+            and task is None
+            and transaction not in self.failed
         )
-        self.ready = self.generation if fast else None
+        self.ready = self.generation if fast else _NOT_READY
         # retire() writes retired, then ready: read in the other order here,
         # one of the two threads sees the other's write, and no fast path
         # survives a retirement. That needs each store and load to be seen
@@ -146,7 +183,7 @@ class _Slot:
         # builds, which make every slot store and load a critical section on
         # the object.
         if self.retired is not None:
-            self.ready = None
+            self.ready = _NOT_READY
 
     def retire(self, reason: str, then: Callable[[], object]) -> None:
         """Have the owning thread close the connection before its next use; any thread.
@@ -155,17 +192,18 @@ class _Slot:
         """
         self.after_close.append(then)
         self.retired = reason
-        self.ready = None
+        self.ready = _NOT_READY
 
     def owned_here(self) -> bool:
         """Tell whether the calling thread is the one this connection belongs to."""
-        slot: _Slot | None = self.local.s[0].get("slot")
+        slot: _Slot | None = self.local.values.get("slot")
         return slot is self
 
     def drop(self, reason: str) -> None:
         """Forget the connection (closed, or left to another process)."""
         self.closed_by = reason
-        self.connection = self.cursor = self.readable = self.ready = None
+        self.connection = self.cursor = self.readable = None
+        self.ready = _NOT_READY
 
     def close(self, reason: str) -> None:
         """Close the connection now (in its own thread, or as it dies)."""
@@ -406,9 +444,9 @@ class ThreadLocalDB:
         "__weakref__",
         "_begin",
         "_connect",
-        "_current",
         "_description",
         "_generation",
+        "_link",
         "_local",
         "_lock",
         "_setup",
@@ -418,10 +456,12 @@ class ThreadLocalDB:
     )
 
     _store: ContextStore
-    _generation: object
+    # The current generation of connections: close_all() ends it.
+    _generation: _Generation
+    # What this database hands to its transactions.
+    _link: _DatabaseLink
     _lock: threading.Lock
     _slots: dict[int, weakref.ref[_Slot]]
-    _current: contextvars.ContextVar[Transaction | None]
     transactions: TransactionManager
     """The :class:`TransactionManager` behind :meth:`transaction`:
     ``db.transactions.current`` is the open transaction of this thread or task."""
@@ -449,16 +489,18 @@ class ThreadLocalDB:
         self._setup = setup
         self._lock = threading.Lock()
         self._slots = {}
-        self._generation = object()
+        self._generation = _Generation()
         self._store = ContextStore(
             f"contextual.db.{next(_names)}", backend="thread", propagate=False
         )
         # The store's threading.local, read directly on the fast path.
-        self._local = self._store._local  # noqa: SLF001
-        self._current = contextvars.ContextVar(f"{self._store.name}.transaction", default=None)
-        self.transactions = TransactionManager(self)
+        self._local = cast("ThreadBackend", backend_of(self._store)).local
+        operations = (self._prepared, self._run, self._close_if_retired)
+        self._link = _DatabaseLink(self, self._store.name, self._local, operations)
+        self.transactions = self._link.transactions
         with _dbs_lock:
-            _dbs.add(self)
+            _fork_hooks[:] = [hook for hook in _fork_hooks if hook() is not None]
+            _fork_hooks.append(weakref.WeakMethod(self._forget_connections_after_fork))
 
     def __repr__(self) -> str:
         return f"<ThreadLocalDB {self._description}, {self.open_connections} open>"
@@ -485,8 +527,8 @@ class ThreadLocalDB:
 
     def _slot(self) -> _Slot:
         """Return this thread's live slot, opening a connection if needed."""
-        slot: _Slot | None = self._local.s[0].get("slot")
-        if slot is not None and slot.ready is self._generation:
+        slot: _Slot | None = self._local.values.get("slot")
+        if slot is not None and slot.ready.live:
             return slot
         return self._prepared(slot)
 
@@ -511,7 +553,7 @@ class ThreadLocalDB:
         if slot.connection is not None:
             if slot.retired is not None:
                 self._discard(slot, slot.retired)
-            elif slot.generation is not self._generation:
+            elif not slot.generation.live:
                 self._discard(slot, "close_all()")
 
     def _open(self) -> _Slot:
@@ -532,10 +574,11 @@ class ThreadLocalDB:
         slot.generation = self._generation
         slot.closed_by = slot.retired = None
         slot.after_close = []
+        slot.failed = set()
         slot.local = self._local
         slot.readable = _readable(connection)
         slot.sqlite = isinstance(connection, sqlite3.Connection)
-        slot.enter(None)
+        slot.enter(None, None)
         if self._begin is not None:
             slot.begin = self._begin
         elif slot.sqlite:
@@ -574,7 +617,7 @@ class ThreadLocalDB:
             TransactionError: A transaction is open on it in this thread;
                 end the ``with db.transaction()`` block first.
         """
-        slot: _Slot | None = self._local.s[0].get("slot")
+        slot: _Slot | None = self._local.values.get("slot")
         if slot is None:
             return
         if innermost_open(slot.transaction) is not None:
@@ -599,7 +642,8 @@ class ThreadLocalDB:
         """
         here = threading.get_ident()
         with self._lock:
-            self._generation = object()
+            self._generation.live = False
+            self._generation = _Generation()
             slots = self._live_slots()
         for slot in slots:
             if slot.thread == here:
@@ -615,6 +659,19 @@ class ThreadLocalDB:
     def _live_slots(self) -> list[_Slot]:
         """The slots whose thread still holds them. Call with ``_lock`` held."""
         return [s for r in self._slots.values() if (s := r()) is not None]
+
+    def _forget_connections_after_fork(self) -> None:
+        """Leave every connection to the parent process: this is its forked child."""
+        # Another thread of the parent may have held the lock when it forked;
+        # in the child that thread no longer exists to release it.
+        self._lock = threading.Lock()
+        for ref in self._slots.values():
+            slot = ref()
+            if slot is not None and slot.connection is not None:
+                slot.finalizer.detach()
+                _inherited.append(slot.connection)
+                slot.drop("fork")
+        self._slots = {}
 
     @property
     def open_connections(self) -> int:
@@ -657,8 +714,8 @@ class ThreadLocalDB:
                 transaction that another task opened, or an earlier
                 statement of the current transaction block failed.
         """
-        slot: _Slot | None = self._local.s[0].get("slot")
-        if slot is None or slot.ready is not self._generation:
+        slot: _Slot | None = self._local.values.get("slot")
+        if slot is None or not slot.ready.live:
             return self._execute(self._prepared(slot), sql, params)
         try:
             # sqlite3 answers [] for statements without rows, and building
@@ -714,15 +771,13 @@ class ThreadLocalDB:
         return count
 
     def _check_transaction(self, slot: _Slot) -> None:
-        transaction = slot.transaction
-        assert transaction is not None  # noqa: S101 (the caller checked)
-        owner = transaction._owner  # noqa: SLF001
         # A transaction opened outside any task lets an event loop run
         # inside its block take part (that code is nested in the block);
         # one opened by a task is that task's alone.
-        if not isinstance(owner, int) and owner != _owner():
-            raise other_owner(self, transaction, "run a statement on it")
-        if transaction._failed:  # noqa: SLF001
+        task = slot.task
+        if task is not None and task != _owner():
+            raise other_owner(self, task, "run a statement on it")
+        if slot.transaction in slot.failed:
             raise failed_block()
 
     def _failed(self, slot: _Slot) -> None:
@@ -731,14 +786,14 @@ class ThreadLocalDB:
             # PostgreSQL refuses every further statement of a transaction
             # after an error; sqlite3 goes on. Refusing on both keeps code
             # that catches the error from committing half its work.
-            slot.transaction._failed = True  # noqa: SLF001
-            slot.ready = None
+            slot.failed.add(slot.transaction)
+            slot.ready = _NOT_READY
         elif slot.connection is not None and _is_broken(slot.connection):
             self._discard(slot, "a broken connection")
 
     # -- used by transactions ------------------------------------------------
-    # _transaction._Database lists what they use of this class: _current,
-    # _local, _generation, _prepared, _close_if_retired and _run.
+    # Through the _transaction._DatabaseLink this object hands them: its
+    # _local, and _prepared, _close_if_retired and _run.
 
     def _run(self, slot: _Slot, sql: str) -> None:
         """Run a transaction-control statement on ``slot``."""
@@ -757,7 +812,8 @@ class ThreadLocalDB:
         Shorthand for ``db.transactions.transaction(durable=durable)``; see
         :meth:`TransactionManager.transaction`.
         """
-        return Transaction(self.transactions, durable)
+        link = self._link
+        return Transaction(self.transactions, durable, link.current, link)
 
 
 def _connector(
@@ -850,15 +906,10 @@ def _after_fork_in_child() -> None:
     # Another thread of the parent may have held any of these locks when it
     # forked; in the child that thread no longer exists to release them.
     _dbs_lock = threading.Lock()
-    for db in list(_dbs):
-        db._lock = threading.Lock()  # noqa: SLF001
-        for ref in db._slots.values():  # noqa: SLF001
-            slot = ref()
-            if slot is not None and slot.connection is not None:
-                slot.finalizer.detach()
-                _inherited.append(slot.connection)
-                slot.drop("fork")
-        db._slots = {}  # noqa: SLF001
+    for hook in _fork_hooks:
+        forget = hook()
+        if forget is not None:
+            forget()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from ._propagation import Snapshot, _check_characters, _in_empty_context, capture
-from ._store import list_stores
+from ._store import backend_of, list_stores
 from ._wire import FORMAT, MAX_BYTES, MAX_VALUE_BYTES
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any
     # propagate=False ones included (a per-thread connection, say): start
     # from nothing, as under spawn.
     for store in list_stores():
-        store._reset_here()  # noqa: SLF001
+        backend_of(store).reset_here()
     if initializer is not None:
         initializer(*initargs)
 

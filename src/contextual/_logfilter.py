@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from ._request import REQUEST_STORE
-from ._store import ContextStore, get_store
+from ._store import ContextStore, backend_of, get_store
 
 if TYPE_CHECKING:
-    from ._store import _State
+    from ._backends import Values
 
 __all__ = ["RESERVED_ATTRIBUTES", "ContextFilter", "FieldCollector"]
 
@@ -30,6 +30,9 @@ RESERVED_ATTRIBUTES: Final = frozenset(
 _RENAME_PREFIX: Final = "ctx_"
 
 _REQUEST_DEFAULTS: Final = {"request_id": "-", "user_id": "-"}
+
+# The request store's reader of the current values: one call, C-level.
+_read_request: Final = backend_of(REQUEST_STORE).get
 
 
 _StoreSpec = ContextStore | str
@@ -73,9 +76,8 @@ class FieldCollector:
         self._names = tuple(spec for spec in specs if isinstance(spec, str))
         # Readers of each store's state, resolved lazily for stores given by
         # name (a logging config may load before the module that creates them).
-        self._resolved: list[Callable[[], _State] | str] = [
-            spec if isinstance(spec, str) else spec._get  # noqa: SLF001
-            for spec in specs
+        self._resolved: list[Callable[[], Values] | str] = [
+            spec if isinstance(spec, str) else backend_of(spec).get for spec in specs
         ]
 
     def collect(self) -> dict[str, Any]:
@@ -88,7 +90,7 @@ class FieldCollector:
                 spec = resolved[index]
                 found = self._resolve(index, spec) if isinstance(spec, str) else spec
                 if found is not None:
-                    fields.update(found()[0])
+                    fields.update(found())
             if self._with_request:
                 # The RequestContext object itself: no format string wants it.
                 fields.pop("request", None)
@@ -96,7 +98,7 @@ class FieldCollector:
                 if fields.get(key) is None:
                     fields[key] = default
             return fields
-        values = REQUEST_STORE._get()[0]  # noqa: SLF001
+        values = _read_request()
         for key, default in self._defaults.items():
             value = values.get(key)
             fields[key] = default if value is None else value
@@ -109,12 +111,12 @@ class FieldCollector:
         except Exception:  # noqa: BLE001 (a log call must never fail because of context)
             return self.defaults()
 
-    def _resolve(self, index: int, name: str) -> Callable[[], _State] | None:
+    def _resolve(self, index: int, name: str) -> Callable[[], Values] | None:
         try:
             store = get_store(name)
         except LookupError:
             return None  # not created yet: it holds nothing
-        reader = store._get  # noqa: SLF001
+        reader = backend_of(store).get
         self._resolved[index] = reader
         return reader
 
@@ -226,14 +228,14 @@ class ContextFilter(logging.Filter):
             if self._collector.all_keys
             else tuple((_attribute_name(k), v) for k, v in self._collector.defaults().items())
         )
-        self._read_request = REQUEST_STORE._get  # noqa: SLF001
+        self._read_request = _read_request
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Add the fields to ``record``; always return ``True``."""
         attributes = record.__dict__
         request_fields = self._request_fields
         if request_fields is not None:
-            values = self._read_request()[0]
+            values = self._read_request()
             for key, default in request_fields:
                 if key not in attributes:
                     value = values.get(key)

@@ -21,26 +21,20 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Coroutine, Generator, Mapping
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, final
 
-from ._store import REGISTRY, get_store, propagating_stores
+from ._backends import run_with_threads
+from ._store import REGISTRY, backend_of, get_store
 from ._wire import CONTROL_CHARACTERS, FORMAT, has_control, holds_control
 
 if TYPE_CHECKING:
-    from ._store import ContextStore, _State
+    from ._backends import ThreadBackend, ThreadEntry
+    from ._store import ContextStore
 
 __all__ = ["ContextThread", "Snapshot", "capture"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-# What a snapshot keeps of each propagating thread store: the store, its
-# state reader and writer (called directly: a run is on the path of every
-# pooled task), and the state to publish.
-_ThreadEntry: TypeAlias = (
-    "tuple[ContextStore, Callable[[], _State], Callable[[_State], object], _State]"
-)
 
 
 @final
@@ -76,11 +70,22 @@ class Snapshot:
     __slots__ = ("_context", "_threads")
 
     _context: contextvars.Context
-    _threads: tuple[_ThreadEntry, ...]
+    _threads: tuple[ThreadEntry, ...]
 
-    def __init__(self) -> None:
-        msg = "take a Snapshot with contextual.capture(), or rebuild one with Snapshot.from_dict()"
-        raise TypeError(msg)
+    def __init__(
+        self,
+        context: contextvars.Context | None = None,
+        threads: tuple[ThreadEntry, ...] = (),
+        /,
+    ) -> None:
+        if context is None:
+            msg = (
+                "take a Snapshot with contextual.capture(), or rebuild one with "
+                "Snapshot.from_dict()"
+            )
+            raise TypeError(msg)
+        self._context = context
+        self._threads = threads
 
     def __repr__(self) -> str:
         names = sorted(entry[0].name for entry in self._threads)
@@ -104,7 +109,8 @@ class Snapshot:
         .. versionadded:: 0.1.0
         """
         if self._threads:
-            return self._context.copy().run(_run_with_threads, self._threads, fn, args, kwargs)
+            result: _T = self._context.copy().run(run_with_threads, self._threads, fn, args, kwargs)
+            return result
         return self._context.copy().run(fn, *args, **kwargs)
 
     def wrap(self, fn: Callable[_P, _T], /) -> Callable[_P, _T]:
@@ -138,7 +144,7 @@ class Snapshot:
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                return await _InSnapshot(self, coroutine_fn(*args, **kwargs))
+                return await self._around(coroutine_fn(*args, **kwargs))
 
             return run_async  # type: ignore[return-value]
 
@@ -146,7 +152,7 @@ class Snapshot:
         def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             result = self.run(fn, *args, **kwargs)
             if inspect.iscoroutine(result):
-                return _drive(self, result)  # type: ignore[return-value]
+                return _drive(self._around(result))  # type: ignore[return-value]
             return result
 
         return run
@@ -157,8 +163,11 @@ class Snapshot:
         """Return the propagating stores' values as plain data.
 
         The result maps, under the key ``"stores"``, the name of each
-        ``propagate=True`` store that holds anything but its defaults to a
-        dict of its values; a ``"format"`` key versions it. Other libraries'
+        ``propagate=True`` store that holds anything but its constant
+        defaults to a dict of its values (values a defaults factory made
+        count: they are the thread's or context's own); a store whose
+        factory never ran there is left out, and so is every store that
+        only holds its ``defaults`` mapping. A ``"format"`` key versions it. Other libraries'
         ContextVars stay behind: only stores are known by name in another
         process. Pickle it, or encode it any way the values allow.
 
@@ -173,18 +182,23 @@ class Snapshot:
            refuses control and format characters.
         """
         stores: dict[str, dict[str, Any]] = {}
-        for store in propagating_stores():
-            if store.backend == "context":
-                state = store._state_in(self._context)  # noqa: SLF001
-                # None: its defaults factory never ran there; fresh: it never
-                # wrote. Either way the receiving side's own defaults serve.
-                if state is not None and state is not store._fresh:  # noqa: SLF001
-                    stores[store.name] = dict(state[0])
-        for store, _, _, state in self._threads:
-            fresh = store._fresh  # noqa: SLF001
-            if fresh is None or state[0] is not fresh[0]:
-                stores[store.name] = dict(state[0])
+        for ref in REGISTRY.view.propagating:
+            backend = ref()
+            if backend is None:
+                continue
+            # None: a thread store (no Context holds one), or nothing set
+            # there. Either way the receiving side's own defaults serve.
+            values = backend.values_in(self._context)
+            if values is not None:
+                stores[backend.name] = dict(values)
+        for backend, _, values in self._threads:
+            if values is not None and values is not backend.fresh:
+                stores[backend.name] = dict(values)
         return {"format": FORMAT, "stores": stores}
+
+    def _around(self, coro: Coroutine[Any, Any, _T]) -> _InSnapshot:
+        """Return an awaitable that runs ``coro`` in a fresh copy of this snapshot."""
+        return _InSnapshot(self._context.copy(), self._threads, coro)
 
     @classmethod
     def from_dict(
@@ -221,9 +235,6 @@ class Snapshot:
                 with ``ascii()``, and quotes no value.
             LookupError: With ``missing="raise"``, a store named in ``data``
                 doesn't exist here. Nothing is applied.
-            StoreDefaultsError: The ``defaults`` factory of a
-                ``"thread"`` store that ``data`` doesn't name failed here;
-                the snapshot would start that store fresh.
 
         .. versionadded:: 0.1.0
         .. versionchanged:: 0.2.0
@@ -251,49 +262,17 @@ class Snapshot:
             )
             raise LookupError(msg)
         context = contextvars.Context()
-        threads: list[_ThreadEntry] = []
+        threads: list[ThreadEntry] = []
         for store, values in resolved:
-            if store.backend == "context":
-                context.run(store._set, (values, None, None))  # noqa: SLF001
-            else:
-                threads.append((store, store._get, store._set, (values, None, None)))  # noqa: SLF001
+            backend_of(store).seed(values, context, threads)
         named = {store.name for store, _ in resolved}
-        for ref in REGISTRY.view.propagating_thread:
-            other = ref()
+        for ref in REGISTRY.view.carried_by_thread:
+            other = cast("ThreadBackend | None", ref())
             if other is not None and other.name not in named:
                 # Fresh for the run, and put back after it, like the others:
                 # a task's writes must not reach the next task here either.
-                fresh = other._fresh_state()  # noqa: SLF001
-                threads.append((other, other._get, other._set, fresh))  # noqa: SLF001
-        return _new_snapshot(context, tuple(threads))
-
-
-_new_object = object.__new__
-
-
-def _new_snapshot(context: contextvars.Context, threads: tuple[_ThreadEntry, ...]) -> Snapshot:
-    snapshot: Snapshot = _new_object(Snapshot)
-    snapshot._context = context  # noqa: SLF001
-    snapshot._threads = threads  # noqa: SLF001
-    return snapshot
-
-
-def _run_with_threads(
-    threads: tuple[_ThreadEntry, ...],
-    fn: Callable[..., _T],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> _T:
-    # Plain loops, not comprehensions: this runs around every pooled task.
-    saved = []
-    try:
-        for _, get_state, set_state, state in threads:
-            saved.append((set_state, get_state()))
-            set_state(state)
-        return fn(*args, **kwargs)
-    finally:
-        for set_state, state in saved:
-            set_state(state)
+                threads.append(other.entry(other.fresh))
+        return Snapshot(context, tuple(threads))
 
 
 def capture() -> Snapshot:
@@ -324,23 +303,18 @@ def capture() -> Snapshot:
     """
     view = REGISTRY.view
     context = contextvars.copy_context()
-    for ref in view.local_context:
-        store = ref()
-        if store is not None:
-            # propagate=False context stores must not travel: give them the
-            # state of a context that never wrote, in the copy only.
-            store._forget_in(context)  # noqa: SLF001
-    threads: list[_ThreadEntry] = []
-    for ref in view.propagating_thread:
-        store = ref()
-        if store is not None:
-            get_state = store._get  # noqa: SLF001
-            threads.append((store, get_state, store._set, (get_state()[0], None, None)))  # noqa: SLF001
-    # _new_snapshot() inlined: capture() runs on every submit.
-    snapshot: Snapshot = _new_object(Snapshot)
-    snapshot._context = context  # noqa: SLF001
-    snapshot._threads = tuple(threads)  # noqa: SLF001
-    return snapshot
+    for ref in view.acts_on_capture:
+        backend = ref()
+        if backend is not None:
+            # propagate=False context stores must not travel: in the copy
+            # only, they start fresh.
+            backend.on_capture(context)
+    threads: list[ThreadEntry] = []
+    for ref in view.carried_by_thread:
+        thread_backend = cast("ThreadBackend | None", ref())
+        if thread_backend is not None:
+            threads.append(thread_backend.carried())
+    return Snapshot(context, tuple(threads))
 
 
 # -- coroutines ----------------------------------------------------------------
@@ -359,10 +333,15 @@ class _InSnapshot:
 
     __slots__ = ("_context", "_coro", "_threads")
 
-    def __init__(self, snapshot: Snapshot, coro: Coroutine[Any, Any, Any]) -> None:
+    def __init__(
+        self,
+        context: contextvars.Context,
+        threads: tuple[ThreadEntry, ...],
+        coro: Coroutine[Any, Any, Any],
+    ) -> None:
         self._coro = coro
-        self._context = snapshot._context.copy()  # noqa: SLF001
-        self._threads = snapshot._threads  # noqa: SLF001
+        self._context = context
+        self._threads = threads
 
     def __await__(self) -> Generator[Any, Any, Any]:
         context, coro = self._context, self._coro
@@ -392,26 +371,22 @@ class _InSnapshot:
         threads = self._threads
         if not threads:
             return method(argument)
-        saved = [(set_state, get_state()) for _, get_state, set_state, _ in threads]
+        saved = [(backend, backend.save_here()) for backend, _, _ in threads]
         try:
-            for _, _, set_state, state in threads:
-                set_state(state)
+            for backend, _, values in threads:
+                backend.restore_here(values)
             return method(argument)
         finally:
             # Keep what this step wrote for the next step, then put the
             # thread's own values back for the other tasks on this loop.
-            self._threads = tuple(
-                (store, get_state, set_state, get_state())
-                for store, get_state, set_state, _ in threads
-            )
-            for set_state, state in saved:
-                set_state(state)
+            self._threads = tuple(backend.entry(backend.save_here()) for backend, _, _ in threads)
+            for backend, values in saved:
+                backend.restore_here(values)
             del argument  # the same cycle as above, through a thrown exception
 
 
-async def _drive(snapshot: Snapshot, coro: Coroutine[Any, Any, _T]) -> _T:
-    result: _T = await _InSnapshot(snapshot, coro)
-    return result
+async def _drive(awaitable: _InSnapshot) -> Any:
+    return await awaitable
 
 
 def _close(coro: Coroutine[Any, Any, Any]) -> None:

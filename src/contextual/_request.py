@@ -15,7 +15,7 @@ from typing import Any, Final, NamedTuple, TypeVar, final
 
 from ._decorate import AsyncToo, decorate
 from ._errors import ScopeError
-from ._store import ContextStore, StoreScope, _make_scope
+from ._store import ContextStore, backend_of, enter_scope, exit_scope
 
 __all__ = [
     "REQUEST_STORE",
@@ -24,6 +24,8 @@ __all__ = [
     "get_current_user",
     "get_request_id",
     "new_request_id",
+    "open_request",
+    "read_request",
     "request_context",
 ]
 
@@ -34,6 +36,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 REQUEST_STORE = ContextStore(
     "contextual.request", defaults={"request": None, "request_id": None, "user_id": None}
 )
+_REQUESTS: Final = backend_of(REQUEST_STORE)
+# The current request store values: one C-level call.
+read_request: Final = _REQUESTS.get
 
 
 def new_request_id() -> str:
@@ -77,14 +82,17 @@ def _rebuild(request_id: str, user_id: Any, extra: dict[str, Any]) -> RequestCon
     return RequestContext(request_id, user_id, MappingProxyType(extra) if extra else _NO_EXTRA)
 
 
-def _checked_request_id(request_id: object) -> str | None:
-    if request_id is None or (isinstance(request_id, str) and request_id):
-        return request_id
+# RequestContext(request_id, user_id, extra) without NamedTuple's Python-level
+# __new__: half the cost, and one is made for every request.
+_new_request: Final = tuple.__new__
+
+
+def _refused_request_id(request_id: object) -> TypeError:
     msg = (
         f"request_id must be a non-empty str, or None for a new one; got "
         f"{type(request_id).__name__} {request_id!r}."
     )
-    raise TypeError(msg)
+    return TypeError(msg)
 
 
 class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a function: with request_context(): ...)
@@ -127,22 +135,32 @@ class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a func
     __slots__ = ("_active", "_extra", "_request_id", "_user_id")
 
     def __init__(self, request_id: str | None = None, user_id: Any = None, **extra: Any) -> None:
-        self._request_id = _checked_request_id(request_id)
+        given: object = request_id  # checked at run time, whatever the annotation says
+        if given is not None and not (isinstance(given, str) and given):
+            raise _refused_request_id(given)
+        self._request_id = request_id
         self._user_id = user_id
         self._extra = extra
-        self._active: StoreScope | None = None
+        self._active = False
 
     def __enter__(self) -> RequestContext:
-        if self._active is not None:
+        if self._active:
             msg = (
                 "this request_context() is already open; it serves one 'with' block at "
                 "a time. Call request_context(...) once for each block."
             )
             raise ScopeError(msg)
-        request_id = self._request_id if self._request_id is not None else new_request_id()
+        request_id = self._request_id
+        if request_id is None:
+            request_id = new_request_id()
         extra = MappingProxyType(dict(self._extra)) if self._extra else _NO_EXTRA
-        request = RequestContext(request_id, self._user_id, extra)
-        self._active = _enter(request)
+        user_id = self._user_id
+        request: RequestContext = _new_request(RequestContext, (request_id, user_id, extra))
+        # This object is the scope whose entry the request store records.
+        enter_scope(
+            _REQUESTS, self, {"request": request, "request_id": request_id, "user_id": user_id}
+        )
+        self._active = True
         return request
 
     def __exit__(
@@ -151,11 +169,11 @@ class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a func
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        scope, self._active = self._active, None
-        if scope is None:
+        if not self._active:
             msg = "request_context() was exited without being entered."
             raise ScopeError(msg)
-        scope.__exit__(exc_type, exc, tb)
+        self._active = False
+        exit_scope(_REQUESTS, self)
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn``: every call opens its own request."""
@@ -163,24 +181,40 @@ class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a func
         return decorate(fn, opener, what="request_context()")
 
 
-def _enter(request: RequestContext) -> StoreScope:
-    """Open ``request``; return the entered scope whose exit closes it."""
-    scope = _make_scope(
-        REQUEST_STORE,
-        {"request": request, "request_id": request.request_id, "user_id": request.user_id},
-    )
-    scope.__enter__()
-    return scope
+@final
+class OpenRequest:
+    """A request opened by :func:`open_request`: exiting it closes the request."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> OpenRequest:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        exit_scope(_REQUESTS, self)
 
 
-def open_request(request_id: str, user_id: Any = None) -> StoreScope:
+_new_object: Final = object.__new__
+
+
+def open_request(request_id: str, user_id: Any = None) -> OpenRequest:
     """Open a request from trusted arguments; the middleware's fast path.
 
     The same as entering ``request_context(request_id, user_id)``, without
-    the checks and the object: ``request_id`` must be a non-empty str. Exit
-    the returned scope (``scope.__exit__(None, None, None)``) to close it.
+    the checks: ``request_id`` must be a non-empty str. Exit the result
+    (``opened.__exit__(None, None, None)``) to close it.
     """
-    return _enter(RequestContext(request_id, user_id, _NO_EXTRA))
+    opened: OpenRequest = _new_object(OpenRequest)
+    request: RequestContext = _new_request(RequestContext, (request_id, user_id, _NO_EXTRA))
+    enter_scope(
+        _REQUESTS, opened, {"request": request, "request_id": request_id, "user_id": user_id}
+    )
+    return opened
 
 
 def current_request() -> RequestContext | None:
@@ -190,7 +224,7 @@ def current_request() -> RequestContext | None:
     """
     # get(), not []: a test helper such as empty_stores() may have emptied
     # the store, defaults included.
-    request: RequestContext | None = REQUEST_STORE.get("request")
+    request: RequestContext | None = read_request().get("request")
     return request
 
 
@@ -199,7 +233,7 @@ def get_request_id() -> str | None:
 
     .. versionadded:: 0.1.0
     """
-    request_id: str | None = REQUEST_STORE.get("request_id")
+    request_id: str | None = read_request().get("request_id")
     return request_id
 
 
@@ -210,4 +244,4 @@ def get_current_user() -> Any:
 
     .. versionadded:: 0.1.0
     """
-    return REQUEST_STORE.get("user_id")
+    return read_request().get("user_id")

@@ -1,30 +1,33 @@
 """ContextStore: one mapping API over contextvars and threading.local.
 
-Every store keeps, per context (backend ``"context"``) or per OS thread
-(backend ``"thread"``), one *state*: a ``(values, scope, entry)`` tuple whose
-``values`` dict is never mutated after it is published; every write builds a
-new dict and publishes a new state. That single rule gives the semantics users
-rely on:
+A store is a view over a backend object (``_backends``) that keeps, per
+context (``"context"``) or per OS thread (``"thread"``), the store's values:
+a dict that is never mutated after it is published; every write builds a new
+dict and publishes it. That single rule gives the semantics users rely on:
 
 * a task's writes can't reach its parent or siblings, because they share
   dicts only by reference and nobody writes into a shared one;
 * ``snapshot()`` and iteration are O(1) and consistent, because the dict they
   hold can't change underneath them;
-* a scope restores by publishing the state it saw on entry again.
+* a scope restores by publishing the values it saw on entry again.
 
-``scope`` is the innermost active scope of this context or thread and
-``entry`` the state it found on entry (both ``None`` outside any scope), so
-the states form a chain back to the first scope. The chain is what lets a
-scope that exits out of order (two generators closed in the other order, two
-tasks on one thread) undo its own changes and nothing else, and what tells an
-exit running in an unrelated context that there is nothing there to undo.
+Inside a scope the values are a :class:`~contextual._backends.Scoped`
+dict, which carries the record of the innermost scope entered: the scope,
+what it sets, and the values it found, which carry the record of the scope
+before, back to the first. The chain is what lets a scope that exits out of
+order (two generators closed in the other order, two tasks on one thread)
+undo its own changes and nothing else (``_repair``), and what tells an exit
+running in an unrelated context that there is nothing there to undo.
+
+The store, its scopes, propagation, logging, the test helpers, the
+executors and the DB helpers all reach the values through the backend's
+interface, and only through it: :func:`backend_of` hands it out.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import threading
+from abc import ABCMeta
 from collections.abc import (
     Callable,
     ItemsView,
@@ -35,44 +38,43 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from enum import Enum
-from types import (
-    BuiltinFunctionType,
-    CodeType,
-    FunctionType,
-    MappingProxyType,
-    ModuleType,
-    TracebackType,
-)
-from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast, final, overload
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast, final, overload
 
+from . import _repair
+from ._backends import BACKEND_CLASSES, EMPTY, Backend, BackendKind, Scoped, Values
 from ._decorate import AsyncToo, decorate
+from ._definition import (
+    Checked,
+    Defaults,
+    StoreDefinition,
+    checked_defaults,
+    checked_values,
+    key_type_error,
+)
 from ._errors import ScopeError, StoreDefaultsError
+from ._fields import Layout, declare
 from ._registry import Registry
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "BACKENDS",
     "REGISTRY",
     "ContextStore",
-    "StoreDefinition",
     "StoreScope",
+    "backend_of",
     "get_store",
     "list_stores",
     "propagating_stores",
 ]
 
-Backend = Literal["context", "thread"]
 BACKENDS: Final = ("context", "thread")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _V = TypeVar("_V")
-
-Values: TypeAlias = dict[str, Any]
-Defaults: TypeAlias = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
-# Defaults once checked: a dict of values known to be immutable, or a factory.
-_Checked: TypeAlias = Values | Callable[[], Mapping[str, Any]] | None
-# (values, innermost active scope, the state that scope found on entry).
-_State: TypeAlias = "tuple[Values, StoreScope | None, _State | None]"
+_S = TypeVar("_S", bound="_Store")
 
 
 class _Missing:
@@ -83,239 +85,9 @@ class _Missing:
 
 
 _MISSING: Final = _Missing()
-# Shared by every fresh thread and context of a store without defaults. Safe
-# to share because no dict a store publishes is ever mutated.
-_EMPTY: Final[Values] = {}
 
 
-def _key_type_error(key: object) -> TypeError:
-    return TypeError(
-        f"ContextStore keys must be str, got {type(key).__name__} {key!r}. "
-        "Convert the key with str() or use a string constant."
-    )
-
-
-def _checked_values(values: object, *, source: str) -> Values:
-    """Return ``values`` as a fresh dict with str keys, or raise TypeError."""
-    if not isinstance(values, Mapping):
-        msg = (
-            f"{source} must be a mapping of str keys to values, got "
-            f"{type(values).__name__}. Pass a dict such as {{'user': None}}."
-        )
-        raise TypeError(msg)
-    result = dict(values)
-    for key in result:
-        if not isinstance(key, str):
-            msg = f"{source} has a non-str key {key!r}; ContextStore keys must be str."
-            raise TypeError(msg)
-    return result
-
-
-def _checked_defaults(defaults: object, name: str) -> _Checked:
-    """Return ``defaults`` checked: a dict of immutable values, the factory, or None."""
-    if defaults is None:
-        return None
-    if isinstance(defaults, Mapping):
-        values = _checked_values(defaults, source=f"defaults of store {name!r}")
-        _refuse_mutable_values(values, name)
-        return values
-    if callable(defaults):
-        # Unchecked: it makes fresh values for each thread or context.
-        return cast("Callable[[], Mapping[str, Any]]", defaults)
-    raise TypeError(
-        f"defaults must be a mapping or a zero-argument callable returning one, got "
-        f"{type(defaults).__name__}."
-    )
-
-
-# The values a defaults mapping may hold, besides tuples and frozensets of
-# them: exactly these types, since a subclass may add state of its own. By
-# name, so that checking a value imports nothing (a Decimal exists only once
-# decimal is imported).
-_SCALARS: Final = frozenset({type(None), bool, int, float, complex, str, bytes, range})
-_SCALARS_BY_NAME: Final = frozenset(
-    {
-        ("datetime", "date"),
-        ("datetime", "datetime"),
-        ("datetime", "time"),
-        ("datetime", "timedelta"),
-        ("datetime", "timezone"),
-        ("decimal", "Decimal"),
-        ("fractions", "Fraction"),
-        ("uuid", "UUID"),
-    }
-)
-
-
-def _is_scalar(value: object) -> bool:
-    kind = type(value)
-    return kind in _SCALARS or (kind.__module__, kind.__qualname__) in _SCALARS_BY_NAME
-
-
-def _known_immutable(value: object) -> bool:
-    """Whether ``value`` may be shared by every thread and task: see ContextStore's defaults."""
-    if _is_scalar(value) or isinstance(value, (Enum, type, FunctionType)):
-        # Functions and classes count too: Python shares them by reference
-        # everywhere, and no code keeps per-request state in one.
-        return True
-    if isinstance(value, BuiltinFunctionType):
-        # len, time.monotonic; not [].append, which carries its list.
-        return isinstance(value.__self__, ModuleType)
-    if type(value) is tuple or type(value) is frozenset:
-        return all(_known_immutable(item) for item in value)
-    return False
-
-
-def _refuse_mutable_values(values: Values, name: str) -> None:
-    mutable = {key: value for key, value in values.items() if not _known_immutable(value)}
-    if not mutable:
-        return
-    listed = ", ".join(f"{key!r} ({type(value).__name__})" for key, value in mutable.items())
-    fresh = ", ".join(f"{key!r}: {_rebuilt(value)}" for key, value in mutable.items())
-    msg = (
-        f"defaults of store {name!r} hold values not known to be immutable: {listed}. A "
-        "defaults mapping is shared by every thread and task, so a change made to one of "
-        "these in place would show in all of them. Pass a factory instead, which makes "
-        f"fresh values for each thread or context: defaults=lambda: {{{fresh}}} (with your "
-        "other defaults in the same dict). Or use immutable values: None, numbers, str, "
-        "bytes, dates and times, UUIDs, enum members, functions and classes, and tuples "
-        "and frozensets of these."
-    )
-    raise ValueError(msg)
-
-
-def _rebuilt(value: object) -> str:
-    """Return code that makes ``value`` afresh, for an error message."""
-    if type(value) in {list, dict, set, bytearray, tuple, frozenset}:
-        text = repr(value)
-        if len(text) <= 40:
-            return text
-    return f"{type(value).__name__}(...)"
-
-
-@final
-class StoreDefinition:
-    """What a store was created with; the registry compares it when a name is reused.
-
-    Two definitions are the same when their backend and ``propagate`` are
-    equal and their defaults are written the same, so that what
-    ``importlib.reload()`` or a re-run notebook cell makes again counts as
-    the same: mappings with equal keys, and values of the same type and
-    ``repr`` (so ``nan`` is ``nan``, and ``Decimal("1.10")`` is not
-    ``Decimal("1.1")``); classes and enum members of the same module and
-    qualified name; functions (values or the factory) of the same module,
-    qualified name and code, line numbers aside, whose default arguments
-    and closure values are the same by these rules. Any other callable
-    counts only as itself.
-    """
-
-    __slots__ = ("backend", "defaults", "propagate")
-
-    def __init__(self, backend: Backend, propagate: bool, defaults: _Checked) -> None:
-        self.backend = backend
-        self.propagate = propagate
-        self.defaults = defaults
-
-    def differences(self, other: StoreDefinition) -> list[str]:
-        """Return the names of what differs from ``other``; empty if nothing does."""
-        found = []
-        if self.backend != other.backend:
-            found.append("backend")
-        if self.propagate != other.propagate:
-            found.append("propagate")
-        if not _same_defaults(self.defaults, other.defaults):
-            found.append("defaults")
-        return found
-
-    def __str__(self) -> str:
-        defaults = self.defaults
-        if isinstance(defaults, FunctionType):
-            shown = f"{defaults.__module__}.{defaults.__qualname__}"
-        else:
-            shown = repr(defaults)
-        return f"backend={self.backend!r}, propagate={self.propagate!r}, defaults={shown}"
-
-
-def _same_defaults(a: _Checked, b: _Checked) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
-    if isinstance(a, dict) or isinstance(b, dict):
-        return False
-    return _same(a, b)
-
-
-def _same(a: object, b: object, *, nested: bool = False) -> bool:
-    """Whether ``a`` and ``b`` are written the same (see StoreDefinition).
-
-    Compares only values known to be immutable, by ``repr`` for scalars (no
-    user code runs: this runs under the registry's lock). Inside a
-    function's closure, a function compares by name and code only, so a
-    function that refers to itself can't recurse forever.
-    """
-    if a is b:
-        return True
-    if isinstance(a, Enum) and isinstance(b, Enum):
-        return a.name == b.name and _same(type(a), type(b))
-    if isinstance(a, type) and isinstance(b, type):
-        return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
-    if isinstance(a, FunctionType) and isinstance(b, FunctionType):
-        return _same_function(a, b, closures=not nested)
-    return type(a) is type(b) and _same_value(a, b, nested=nested)
-
-
-def _same_value(a: Any, b: Any, *, nested: bool) -> bool:
-    """Compare two values of the same type that are not the same object."""
-    if type(a) is tuple:
-        return len(a) == len(b) and all(
-            _same(x, y, nested=nested) for x, y in zip(a, b, strict=True)
-        )
-    if _is_scalar(a):
-        return repr(a) == repr(b)
-    # A frozenset of immutable values compares with the stdlib's ==; any
-    # other value only ever equals itself.
-    return type(a) is frozenset and _known_immutable(a) and a == b
-
-
-def _same_function(a: FunctionType, b: FunctionType, *, closures: bool) -> bool:
-    if (a.__module__, a.__qualname__) != (b.__module__, b.__qualname__) or _code_shape(
-        a.__code__
-    ) != _code_shape(b.__code__):
-        return False
-    if not closures:
-        return True
-    return _same(_captured(a), _captured(b), nested=True)
-
-
-def _captured(fn: FunctionType) -> tuple[object, ...]:
-    """The values ``fn`` runs with besides its code and globals."""
-    cells = tuple(_cell_contents(cell) for cell in fn.__closure__ or ())
-    keywords = tuple(sorted((fn.__kwdefaults__ or {}).items()))
-    return (fn.__defaults__ or (), keywords, cells)
-
-
-def _cell_contents(cell: Any) -> object:
-    try:
-        return cell.cell_contents
-    except ValueError:  # a variable not assigned yet: it may be by the time fn runs
-        return _MISSING
-
-
-def _code_shape(code: CodeType) -> CodeType:
-    """Return ``code`` without line numbers, nested code included, to compare it."""
-    consts = tuple(_code_shape(c) if isinstance(c, CodeType) else c for c in code.co_consts)
-    return code.replace(co_firstlineno=1, co_linetable=b"", co_consts=consts)
-
-
-def _initial_state(defaults: _Checked, name: str) -> _State | Callable[[], _State]:
-    """Return a fresh thread's or context's state: a constant or a factory."""
-    if defaults is None:
-        return (_EMPTY, None, None)
-    if isinstance(defaults, dict):
-        return (defaults, None, None)
-    return functools.partial(_call_factory, defaults, name)
-
-
-def _call_factory(factory: Callable[[], Mapping[str, Any]], name: str) -> _State:
+def _defaults_factory(factory: Callable[[], Mapping[str, Any]], name: str) -> Values:
     """Run the defaults factory of store ``name``: every call of it goes through here."""
     try:
         values = factory()
@@ -326,18 +98,510 @@ def _call_factory(factory: Callable[[], Mapping[str, Any]], name: str) -> _State
         # pass for a missing key.
         msg = (
             f"the defaults() factory of store {name!r} failed ({type(exc).__name__}: {exc}). "
-            "The store has no values in this thread or context until the factory succeeds "
-            "(it runs again on the next access): every read of the store here fails, and "
-            "so does every capture() in this thread if it is a propagate=True 'thread' "
-            "store. Fix the factory so that it returns a mapping such as {'user': None}, "
-            "or pass defaults as a mapping."
+            f"{_UNTIL_IT_SUCCEEDS} Fix the factory so that it returns a mapping such as "
+            "{'user': None}, or pass defaults as a mapping."
         )
         raise StoreDefaultsError(msg) from exc
     source = f"the value returned by the defaults() factory of store {name!r}"
-    return (_checked_values(values, source=source), None, None)
+    return checked_values(values, source=source)
 
 
-class ContextStore(MutableMapping[str, Any]):
+_UNTIL_IT_SUCCEEDS: Final = (
+    "The store has no values in this thread or context until the factory succeeds "
+    "(it runs again on the next access): every read of the store here fails, and "
+    "so does every capture() in this thread if it is a propagate=True 'thread' "
+    "store."
+)
+
+
+def _fields_factory(
+    constants: Values, factories: dict[str, Callable[[], Any]], name: str
+) -> Values:
+    """Make a store class's values for a fresh thread or context."""
+    values = dict(constants)
+    for key, factory in factories.items():
+        try:
+            values[key] = factory()
+        except Exception as exc:  # noqa: PERF203 (raises at the first failure)
+            msg = (
+                f"the default_factory of field {key!r} of store {name!r} failed "
+                f"({type(exc).__name__}: {exc}). {_UNTIL_IT_SUCCEEDS} Fix the factory."
+            )
+            raise StoreDefaultsError(msg) from exc
+    return values
+
+
+def _start(
+    name: str, defaults: Checked, factories: dict[str, Callable[[], Any]] | None
+) -> tuple[Values | None, Callable[[], Values] | None]:
+    """Return what a fresh thread or context starts with: a constant, or a factory."""
+    if factories:
+        constants = defaults if isinstance(defaults, dict) else {}
+        return None, functools.partial(_fields_factory, constants, factories, name)
+    if defaults is None:
+        return EMPTY, None
+    if isinstance(defaults, dict):
+        return defaults, None
+    return None, functools.partial(_defaults_factory, defaults, name)
+
+
+class _StoreMeta(ABCMeta):
+    """The metaclass of stores: gives a store class the base of its own kind.
+
+    A store class (``class RequestState(ContextStore): ...``) reads its
+    fields by attribute through plain properties, and CPython reads those
+    about twice as fast on a class without ``__getattr__``. ContextStore has
+    one, for the keys of a plain store, so a store class derives from the
+    base that ContextStore derives from, which has every store method and
+    no attribute hooks, and is registered as a virtual subclass of
+    ContextStore: ``isinstance(store, ContextStore)`` and ``issubclass``
+    hold, and type checkers see the class as written.
+    """
+
+    def __new__(
+        mcls,
+        name: str,
+        bases: tuple[type, ...],
+        namespace: dict[str, Any],
+        /,
+        **options: Any,
+    ) -> _StoreMeta:
+        plain = _plain_class
+        swapped = plain is not None and plain in bases
+        if swapped:
+            bases = tuple(_Store if base is plain else base for base in bases)
+        cls = super().__new__(mcls, name, bases, namespace, **options)
+        if swapped:
+            plain.register(cls)  # type: ignore[union-attr]
+        return cls
+
+
+# ContextStore, once it exists: the base the metaclass swaps.
+_plain_class: type | None = None
+
+
+class _Store(MutableMapping[str, Any], metaclass=_StoreMeta):
+    """Everything a store is, but attribute access to keys (see ContextStore)."""
+
+    __slots__ = ("__weakref__", "_get", "_impl", "_set")
+
+    # The backend that holds the values, and its reader and writer of the
+    # current values (C-level wherever it can have them): every read and
+    # write, scopes included, goes through these two.
+    _impl: Backend
+    _get: Callable[[], Values]
+    _set: Callable[[Values], object]
+    # Set per class: a store class's layout (None for plain stores), and the
+    # names that attribute access never treats as keys.
+    _layout: ClassVar[Layout | None] = None
+
+    def __init_subclass__(
+        cls,
+        /,
+        *,
+        backend: BackendKind | None = None,
+        propagate: bool | None = None,
+        **options: Any,
+    ) -> None:
+        """Check a store class's fields and options when it is created."""
+        super().__init_subclass__()
+        if _plain_class is None:
+            return  # ContextStore itself
+        given = {"backend": backend, "propagate": propagate, **options}
+        layout = declare(cls, _Store, _MEMBERS, {k: v for k, v in given.items() if v is not None})
+        cls._layout = layout
+        type.__setattr__(cls, "__setattr__", _field_setattr)
+        type.__setattr__(cls, "__delattr__", _field_delattr)
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        backend: BackendKind | None = None,
+        defaults: Defaults = None,
+        propagate: bool | None = None,
+    ) -> None:
+        layout = self._layout
+        kind: BackendKind
+        if layout is None:
+            if name is None:
+                msg = (
+                    "a ContextStore needs a name, such as ContextStore('myapp.request'); "
+                    "a store class (class RequestState(ContextStore): ...) may leave it out."
+                )
+                raise TypeError(msg)
+            kind = "context" if backend is None else backend
+            if kind not in BACKENDS:  # a str from a config file, say
+                msg = (
+                    f"unknown backend {backend!r}; valid backends are "
+                    f"{', '.join(repr(b) for b in BACKENDS)}."
+                )
+                raise ValueError(msg)
+            propagate = True if propagate is None else propagate
+            factories = None
+            origin = None
+        else:
+            cls = type(self)
+            given = [
+                option
+                for option, value in (
+                    ("backend", backend),
+                    ("defaults", defaults),
+                    ("propagate", propagate),
+                )
+                if value is not None
+            ]
+            if given:
+                msg = (
+                    f"{cls.__qualname__}() got {', '.join(given)}=: a store class takes "
+                    f"backend and propagate as class options (class {cls.__qualname__}"
+                    "(ContextStore, backend='thread', propagate=False): ...) and its "
+                    "defaults from its fields."
+                )
+                raise TypeError(msg)
+            if name is None:
+                name = f"{cls.__module__}.{cls.__qualname__}"
+            kind, propagate = layout.backend, layout.propagate
+            factories = layout.factories
+            origin = f"{cls.__module__}.{cls.__qualname__}"
+        if not isinstance(name, str):
+            raise TypeError(f"store name must be a str, got {type(name).__name__} {name!r}.")
+        if not name.strip():
+            msg = "store name must be a non-empty string such as 'myapp.request'."
+            raise ValueError(msg)
+        if not isinstance(propagate, bool):
+            raise TypeError(f"propagate must be True or False, got {propagate!r}.")
+        if layout is None:
+            checked = checked_defaults(defaults, name, _MEMBERS)
+            definition = StoreDefinition(kind, propagate, checked)
+        else:
+            checked = dict(layout.constants)
+            definition = StoreDefinition(
+                kind,
+                propagate,
+                checked,
+                origin=origin,
+                fields=layout.fields,
+                factories=factories,
+            )
+        fresh, factory = _start(name, checked, factories)
+        create = functools.partial(
+            BACKEND_CLASSES[kind], name, propagate, definition, fresh, factory
+        )
+        REGISTRY.register(name, definition, create, functools.partial(_adopt, self))
+
+    # -- identity -----------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The store's name, which no store of another definition has.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._impl.name
+
+    @property
+    def backend(self) -> BackendKind:
+        """``"context"`` or ``"thread"``.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._impl.kind
+
+    @property
+    def propagate(self) -> bool:
+        """Whether this store travels with captured context (see ``propagate=``).
+
+        .. versionadded:: 0.1.0
+        """
+        return self._impl.propagate
+
+    def __repr__(self) -> str:
+        impl = self._impl
+        extra = "" if impl.propagate else " propagate=False"
+        return f"<{type(self).__name__} {impl.name!r} backend={impl.kind!r}{extra}>"
+
+    # A store is a live view, not a value: two stores are equal only if they
+    # are the same store, and stores stay hashable. Compare snapshot()s to
+    # compare values.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        msg = (
+            f"{self!r} is a live view of per-thread or per-task values and can't be "
+            "pickled or copied. Copy or send its values instead: dict(store.snapshot())."
+        )
+        raise TypeError(msg)
+
+    # -- mapping: reads -----------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        values = self._get()
+        try:
+            return values[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable key
+            pass
+        if not isinstance(key, str):
+            raise key_type_error(key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value of ``key``, or ``default`` if it is not set.
+
+        .. versionadded:: 0.1.0
+        """
+        if not isinstance(key, str):
+            raise key_type_error(key)
+        return self._get().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            raise key_type_error(key)
+        return key in self._get()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def keys(self) -> KeysView[str]:
+        """Return the keys set now; later writes don't change the result.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._get().keys()
+
+    def items(self) -> ItemsView[str, Any]:
+        """Return the items set now; later writes don't change the result.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._get().items()
+
+    def values(self) -> ValuesView[Any]:
+        """Return the values set now; later writes don't change the result.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._get().values()
+
+    def snapshot(self) -> Mapping[str, Any]:
+        """Return a read-only copy of the current values.
+
+        The copy never changes: writes made after the call, here or anywhere,
+        are not seen through it. Taking one costs O(1).
+
+        .. versionadded:: 0.1.0
+        """
+        return MappingProxyType(self._get())
+
+    # -- mapping: writes ----------------------------------------------------
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str):
+            raise key_type_error(key)
+        values = self._get().copy()
+        values[key] = value
+        self._set(values)
+
+    def __delitem__(self, key: str) -> None:
+        if not isinstance(key, str):
+            raise key_type_error(key)
+        values = self._get()
+        if key not in values:
+            raise KeyError(key)
+        values = values.copy()
+        del values[key]
+        self._set(values)
+
+    @overload
+    def pop(self, key: str, /) -> Any: ...
+    @overload
+    def pop(self, key: str, default: Any, /) -> Any: ...
+
+    def pop(self, key: str, default: Any = _MISSING, /) -> Any:
+        """Remove ``key`` and return its value, or ``default`` if it is not set.
+
+        Raises:
+            KeyError: ``key`` is not set and no default was given.
+
+        .. versionadded:: 0.1.0
+        """
+        if not isinstance(key, str):
+            raise key_type_error(key)
+        values = self._get()
+        if key not in values:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        values = values.copy()
+        value = values.pop(key)
+        self._set(values)
+        return value
+
+    def popitem(self) -> tuple[str, Any]:
+        """Remove and return the most recently set ``(key, value)`` pair.
+
+        Raises:
+            KeyError: The store is empty.
+
+        .. versionadded:: 0.1.0
+        """
+        values = self._get()
+        if not values:
+            msg = f"popitem(): {self!r} is empty in this context"
+            raise KeyError(msg)
+        values = values.copy()
+        item = values.popitem()
+        self._set(values)
+        return item
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """Return the value of ``key``, setting it to ``default`` first if unset.
+
+        .. versionadded:: 0.1.0
+        """
+        if not isinstance(key, str):
+            raise key_type_error(key)
+        values = self._get()
+        if key in values:
+            return values[key]
+        values = values.copy()  # a Scoped copy keeps its record
+        values[key] = default
+        self._set(values)
+        return default
+
+    def update(  # type: ignore[override]
+        self,
+        other: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+        /,
+        **kwargs: Any,
+    ) -> None:
+        """Set several values at once, like :meth:`dict.update`.
+
+        All keys are checked before anything is written: a bad key raises
+        :class:`TypeError` and leaves the store unchanged.
+
+        .. versionadded:: 0.1.0
+        """
+        incoming = dict(other, **kwargs)
+        for key in incoming:
+            if not isinstance(key, str):
+                raise key_type_error(key)
+        if incoming:
+            values = self._get().copy()
+            values.update(incoming)
+            self._set(values)
+
+    def clear(self) -> None:
+        """Remove every value, defaults included, in the current thread or task.
+
+        .. versionadded:: 0.1.0
+        """
+        values = self._get()
+        self._set(values.emptied() if type(values) is Scoped else EMPTY)
+
+    # -- scopes -------------------------------------------------------------
+
+    def scope(
+        self, values: Mapping[str, Any] | None = None, /, **keywords: Any
+    ) -> StoreScope[Self]:
+        """Set values for the duration of a block or a call.
+
+        On exit the store is exactly as it was on entry, every key included:
+        values the scope set, and anything written inside the block, are
+        undone, also when the block raises. Scopes nest, and a scope object
+        may be entered again, even while active, and from several threads or
+        tasks at once: each entry is undone by its own exit.
+
+        The result is a context manager (``with`` and ``async with``) and a
+        decorator for functions and coroutine functions, entered afresh on
+        every call. Calling ``scope()`` alone sets nothing: a scope that is
+        never entered (``store.scope(user="ada")`` on a line of its own,
+        without ``with``) does nothing, and nothing warns about it, since
+        the check would make every scope about a tenth slower.
+
+        Exits don't have to come in the reverse order of entries: when a
+        scope exits while scopes entered after it are still active (two
+        generators closed in the other order, two coroutines interleaving on
+        a ``"thread"`` store), it undoes its own changes and leaves theirs,
+        and their exits later restore a state without its changes.
+
+        An exit that runs in another context or thread (an async generator
+        closed by another task) undoes the scope there if that context
+        inherited it, and otherwise changes nothing there; it never raises.
+        It can't reach the context where the scope was entered, which keeps
+        the scope's values, as a plain :class:`contextvars.ContextVar` would.
+
+        Args:
+            values: Values to set, under any str keys.
+            **keywords: Values to set, by keys that could be read by
+                attribute: a field of a store class, or, for a plain store,
+                any name but a store member's (``name``, ``items``...). Pass
+                other keys in ``values``: ``store.scope({"name": "ada"})``.
+
+        Returns:
+            The scope. Entering it returns this store.
+
+        Raises:
+            TypeError: A keyword is not a field of this store class, or names
+                a store member; a key of ``values`` is not a str.
+
+        Example:
+            >>> from contextual import ContextStore
+            >>> log_ctx = ContextStore("example.scope")
+            >>> with log_ctx.scope(job="nightly"):
+            ...     log_ctx["job"]
+            'nightly'
+            >>> "job" in log_ctx
+            False
+
+        .. versionadded:: 0.1.0
+        .. versionchanged:: 0.2.0
+           Takes a mapping of any str keys; keywords that name a store member
+           (or, for a store class, that are not fields) raise
+           :class:`TypeError`.
+        """
+        if keywords:
+            layout = self._layout
+            if layout is None:
+                if not _MEMBER_NAMES.isdisjoint(keywords):
+                    raise self._member_keywords(keywords)
+            elif not layout.fields.issuperset(keywords):
+                raise self._not_fields(keywords, layout)
+            if values is not None:
+                keywords = {**checked_values(values, source="scope() values"), **keywords}
+        elif values is not None:
+            keywords = checked_values(values, source="scope() values")
+        # StoreScope's fields filled in here, not by its __init__: a Python
+        # frame less on every 'with store.scope(...)'.
+        scope: StoreScope[Self] = _new_object(StoreScope)
+        scope._store, scope._impl, scope._values, scope._entered = self, self._impl, keywords, False  # noqa: SLF001 (a third of scope()'s cost)
+        return scope
+
+    def _member_keywords(self, keywords: Mapping[str, Any]) -> TypeError:
+        clashes = sorted(_MEMBER_NAMES.intersection(keywords))
+        key = clashes[0]
+        msg = (
+            f"scope() keyword {key!r} names ContextStore.{key} ({_MEMBERS[key]}): "
+            f"store.{key} would return that, never the value. Pass such keys in a "
+            f"mapping: store.scope({{{key!r}: ...}})."
+        )
+        return TypeError(msg)
+
+    def _not_fields(self, keywords: Mapping[str, Any], layout: Layout) -> TypeError:
+        unknown = sorted(set(keywords) - layout.fields)
+        msg = (
+            f"{type(self).__qualname__} has no field {', '.join(map(repr, unknown))}; its "
+            f"fields are {sorted(layout.fields)}. Declare it as a field, or pass keys that "
+            f"are not fields in a mapping: store.scope({{{unknown[0]!r}: ...}})."
+        )
+        return TypeError(msg)
+
+
+class ContextStore(_Store):
     """A mapping of ambient values that belongs to the current task or thread.
 
     A store is a view: ``store["user"]`` reads the value that *the code running
@@ -383,16 +647,32 @@ class ContextStore(MutableMapping[str, Any]):
     so ``getattr(store, "user", None)`` and ``hasattr`` work. Names that start
     with ``_`` or name a store method or property (``get``, ``name``,
     ``scope``...) are never keys by attribute: use item access for those.
+    Where a key would be used by attribute (a ``defaults`` key, a
+    :meth:`scope` keyword), such a name is refused with an error, so that
+    ``store.name`` can never quietly mean something else than the key.
+
+    Subclass ContextStore to declare a store's keys as typed fields, read and
+    written by attribute (see :ref:`store-classes`)::
+
+        class RequestState(ContextStore, backend="context"):
+            tenant: str | None = None
+            tags: list[str] = field(default_factory=list)
+
+
+        current = RequestState()  # named after the class: "myapp.RequestState"
 
     Args:
         name: Identifies the store in snapshots and across processes, so one
             name is one store. Creating a store again with the name and the
-            same definition (backend, ``propagate`` and defaults) returns the
-            live store itself, with its values, as happens when a notebook
-            cell runs again or ``importlib.reload()`` runs a module again;
-            every reference to it, old and new, sees the same values. A
-            different definition under the name of a live store is refused;
-            the name is free again once that store is garbage collected.
+            same definition (backend, ``propagate`` and defaults) makes a new
+            store object over the live store's values, which replaces the
+            old one as the store :func:`~contextual.get_store` returns, as
+            happens when a notebook cell runs again or ``importlib.reload()``
+            runs a module again: every object, old and new, sees the same
+            values. A different definition under the name of a live store is
+            refused; the name is free again once every store of that name is
+            garbage collected. Optional for a store class, whose name is then
+            its module and qualified name (``"myapp.RequestState"``).
             Defaults count as the same when they are written the same: equal
             keys, with values of the same type and ``repr``; classes and enum
             members of the same module and qualified name; functions, as
@@ -418,7 +698,9 @@ class ContextStore(MutableMapping[str, Any]):
             (a list, a dict, a set, an instance of your own class) raises
             :class:`ValueError` naming the key; make it in a factory, which
             gives each thread or context its own:
-            ``defaults=lambda: {"tags": []}``. A factory that raises leaves
+            ``defaults=lambda: {"tags": []}``. A key of a mapping may not
+            name a store member (``name``, ``items``...): that raises
+            :class:`ValueError` too. A factory that raises leaves
             the store without values there, and it runs again on the next
             access: until it succeeds, each read raises
             :class:`~contextual.StoreDefaultsError`, naming the store, with
@@ -433,18 +715,26 @@ class ContextStore(MutableMapping[str, Any]):
             since the work would then run without values its caller had.
             A factory that returns something other than a mapping raises
             :class:`TypeError`, also naming the store.
+            A store class gives its fields' defaults instead.
         propagate: Whether this store travels when context is captured and
             carried into pool workers, threads and processes; ``False`` keeps
             it in the thread or task that wrote it (a registry of per-thread
-            connections, say).
+            connections, say). ``True`` by default.
+
+    ``backend`` and ``propagate`` of a store class are class options
+    (``class RequestState(ContextStore, backend="thread")``), and its
+    fields give its defaults: passing any of the three when creating one
+    raises :class:`TypeError`.
 
     Raises:
-        TypeError: ``name`` is not a str, ``defaults`` is neither a mapping nor
-            a callable, or has a non-str key.
+        TypeError: ``name`` is missing (plain ContextStore) or not a str,
+            ``defaults`` is neither a mapping nor a callable, or has a
+            non-str key; a store class was given ``backend``, ``defaults``
+            or ``propagate``.
         ValueError: ``name`` is empty or a live store of another definition
             has it, ``backend`` is not one of ``"context"`` and
             ``"thread"``, or a ``defaults`` mapping holds a value not known
-            to be immutable.
+            to be immutable or a key that names a store member.
 
     Example:
         >>> from contextual import ContextStore
@@ -464,431 +754,162 @@ class ContextStore(MutableMapping[str, Any]):
        instead of the factory's own exception.
     .. versionchanged:: 0.2.0
        Creating a store again with a live store's name and the same
-       definition returns that store; it used to raise :class:`ValueError`.
+       definition makes a store over the same values, which replaces the old
+       one in the registry; it used to raise :class:`ValueError`.
+    .. versionchanged:: 0.2.0
+       ContextStore can be subclassed to declare typed fields; ``defaults``
+       keys that name a store member raise :class:`ValueError`.
     .. versionchanged:: 0.2.0
        A ``defaults`` mapping with a value not known to be immutable (a
        list, a dict, a set...) raises :class:`ValueError`; it used to be
        shared by every thread and task. Make such values in a factory.
     """
 
-    __slots__ = ("__weakref__", "_fresh", "_get", "_name", "_propagate", "_set")
-
-    _name: str
-    _propagate: bool
-    # The backend's C-level reader and writer of the current state wherever
-    # it can have them: every read and write, scopes included, goes through
-    # these two.
-    _get: Callable[[], _State]
-    _set: Callable[[_State], object]
-    # The state of a thread or context that never wrote, when it is a
-    # constant (defaults given as a mapping); None with a defaults factory.
-    _fresh: _State | None
-    # Set per backend class: its name, and the names that attribute access
-    # never treats as keys.
-    _backend: ClassVar[Backend]
-    _reserved: ClassVar[frozenset[str]]
-
-    def __new__(  # noqa: PYI034 (returns the backend's private subclass)
-        cls,
-        name: str,
-        *,
-        backend: Backend = "context",
-        defaults: Defaults = None,
-        propagate: bool = True,
-    ) -> ContextStore:
-        # All in __new__, no __init__: the result may be the live store of
-        # the same definition, which must not be set up again.
-        if cls is not ContextStore:
-            msg = "ContextStore is not meant to be subclassed; wrap a store instead."
-            raise TypeError(msg)
-        impl = _IMPLEMENTATIONS.get(backend) if backend in BACKENDS else None
-        if impl is None:
-            msg = (
-                f"unknown backend {backend!r}; valid backends are "
-                f"{', '.join(repr(b) for b in BACKENDS)}."
-            )
-            raise ValueError(msg)
-        if not isinstance(name, str):
-            raise TypeError(f"store name must be a str, got {type(name).__name__} {name!r}.")
-        if not name.strip():
-            msg = "store name must be a non-empty string such as 'myapp.request'."
-            raise ValueError(msg)
-        if not isinstance(propagate, bool):
-            raise TypeError(f"propagate must be True or False, got {propagate!r}.")
-        checked = _checked_defaults(defaults, name)
-        create = functools.partial(_create, impl, name, propagate, checked)
-        return REGISTRY.register(name, StoreDefinition(backend, propagate, checked), create)
-
-    # -- backend hooks ------------------------------------------------------
-
-    def _setup(self, initial: _State | Callable[[], _State]) -> None:
-        raise NotImplementedError
-
-    def _state(self) -> _State:
-        """Return the current thread's or context's state (never mutate it)."""
-        return self._get()
-
-    def _publish(self, state: _State) -> None:
-        """Make ``state`` the current thread's or context's state."""
-        self._set(state)
-
-    def _current(self) -> Values:
-        return self._state()[0]
-
-    def _state_in(self, context: contextvars.Context) -> _State | None:
-        """Return this store's state in ``context`` without entering it (context backend)."""
-        raise NotImplementedError
-
-    def _forget_in(self, context: contextvars.Context) -> None:
-        """Make ``context`` hold this store's fresh state (context backend)."""
-        raise NotImplementedError
-
-    def _reset_here(self) -> None:
-        """Give the current thread or context the state of one that never wrote."""
-        raise NotImplementedError
-
-    def _fresh_state(self) -> _State:
-        """Return the state of a thread that never wrote (thread backend)."""
-        raise NotImplementedError
-
-    def _replace(self, values: Values) -> None:
-        state = self._state()
-        self._publish((values, state[1], state[2]))
-
-    # -- identity -----------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        """The store's name, which no other live store has.
-
-        .. versionadded:: 0.1.0
-        """
-        return self._name
-
-    @property
-    def backend(self) -> Backend:
-        """``"context"`` or ``"thread"``.
-
-        .. versionadded:: 0.1.0
-        """
-        return self._backend
-
-    @property
-    def propagate(self) -> bool:
-        """Whether this store travels with captured context (see ``propagate=``).
-
-        .. versionadded:: 0.1.0
-        """
-        return self._propagate
-
-    def __repr__(self) -> str:
-        extra = "" if self._propagate else " propagate=False"
-        return f"<ContextStore {self._name!r} backend={self.backend!r}{extra}>"
-
-    # A store is a live view, not a value: two stores are equal only if they
-    # are the same store, and stores stay hashable. Compare snapshot()s to
-    # compare values.
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
-
-    def __reduce__(self) -> str | tuple[Any, ...]:
-        msg = (
-            f"{self!r} is a live view of per-thread or per-task values and can't be "
-            "pickled or copied. Copy or send its values instead: dict(store.snapshot())."
-        )
-        raise TypeError(msg)
-
-    # -- mapping: reads -----------------------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        values = self._get()[0]
-        try:
-            return values[key]
-        except (KeyError, TypeError):  # TypeError: an unhashable key
-            pass
-        raise self._missing(key)
-
-    def _missing(self, key: object) -> Exception:
-        if not isinstance(key, str):
-            return _key_type_error(key)
-        return KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Return the value of ``key``, or ``default`` if it is not set.
-
-        .. versionadded:: 0.1.0
-        """
-        if not isinstance(key, str):
-            raise _key_type_error(key)
-        return self._current().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            raise _key_type_error(key)
-        return key in self._current()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._current())
-
-    def __len__(self) -> int:
-        return len(self._current())
-
-    def keys(self) -> KeysView[str]:
-        """Return the keys set now; later writes don't change the result.
-
-        .. versionadded:: 0.1.0
-        """
-        return self._current().keys()
-
-    def items(self) -> ItemsView[str, Any]:
-        """Return the items set now; later writes don't change the result.
-
-        .. versionadded:: 0.1.0
-        """
-        return self._current().items()
-
-    def values(self) -> ValuesView[Any]:
-        """Return the values set now; later writes don't change the result.
-
-        .. versionadded:: 0.1.0
-        """
-        return self._current().values()
-
-    def snapshot(self) -> Mapping[str, Any]:
-        """Return a read-only copy of the current values.
-
-        The copy never changes: writes made after the call, here or anywhere,
-        are not seen through it. Taking one costs O(1).
-
-        .. versionadded:: 0.1.0
-        """
-        return MappingProxyType(self._current())
-
-    # -- mapping: writes ----------------------------------------------------
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if not isinstance(key, str):
-            raise _key_type_error(key)
-        state = self._state()
-        values = state[0].copy()
-        values[key] = value
-        self._publish((values, state[1], state[2]))
-
-    def __delitem__(self, key: str) -> None:
-        if not isinstance(key, str):
-            raise _key_type_error(key)
-        state = self._state()
-        if key not in state[0]:
-            raise KeyError(key)
-        values = state[0].copy()
-        del values[key]
-        self._publish((values, state[1], state[2]))
-
-    @overload
-    def pop(self, key: str, /) -> Any: ...
-    @overload
-    def pop(self, key: str, default: Any, /) -> Any: ...
-
-    def pop(self, key: str, default: Any = _MISSING, /) -> Any:
-        """Remove ``key`` and return its value, or ``default`` if it is not set.
-
-        Raises:
-            KeyError: ``key`` is not set and no default was given.
-
-        .. versionadded:: 0.1.0
-        """
-        if not isinstance(key, str):
-            raise _key_type_error(key)
-        state = self._state()
-        if key not in state[0]:
-            if default is _MISSING:
-                raise KeyError(key)
-            return default
-        values = state[0].copy()
-        value = values.pop(key)
-        self._publish((values, state[1], state[2]))
-        return value
-
-    def popitem(self) -> tuple[str, Any]:
-        """Remove and return the most recently set ``(key, value)`` pair.
-
-        Raises:
-            KeyError: The store is empty.
-
-        .. versionadded:: 0.1.0
-        """
-        state = self._state()
-        if not state[0]:
-            msg = f"popitem(): {self!r} is empty in this context"
-            raise KeyError(msg)
-        values = state[0].copy()
-        item = values.popitem()
-        self._publish((values, state[1], state[2]))
-        return item
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        """Return the value of ``key``, setting it to ``default`` first if unset.
-
-        .. versionadded:: 0.1.0
-        """
-        if not isinstance(key, str):
-            raise _key_type_error(key)
-        state = self._state()
-        if key in state[0]:
-            return state[0][key]
-        values = state[0].copy()
-        values[key] = default
-        self._publish((values, state[1], state[2]))
-        return default
-
-    def update(  # type: ignore[override]
-        self,
-        other: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
-        /,
-        **kwargs: Any,
-    ) -> None:
-        """Set several values at once, like :meth:`dict.update`.
-
-        All keys are checked before anything is written: a bad key raises
-        :class:`TypeError` and leaves the store unchanged.
-
-        .. versionadded:: 0.1.0
-        """
-        incoming = dict(other, **kwargs)
-        for key in incoming:
-            if not isinstance(key, str):
-                raise _key_type_error(key)
-        if incoming:
-            state = self._state()
-            self._publish(({**state[0], **incoming}, state[1], state[2]))
-
-    def clear(self) -> None:
-        """Remove every value, defaults included, in the current thread or task.
-
-        .. versionadded:: 0.1.0
-        """
-        self._replace(_EMPTY)
+    __slots__ = ()
 
     # -- attribute access ----------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
         # Python calls this only after normal lookup failed, so methods and
-        # properties always win over keys of the same name.
-        if name[:1] == "_":
-            # Never a key. The message must not use repr(self): before
-            # _create has set the slots, repr would land here again.
+        # properties always win over keys of the same name. A name that
+        # starts with '_' is never a key: checked first, since before
+        # __init__ has set the slots, self._get would land here again.
+        # ("_" <= name < "`" says that in two compares, where slicing costs
+        # more: "`" is the character after "_".)
+        if not "_" <= name < "`":
+            try:
+                return self._get()[name]
+            except KeyError:
+                pass
+            msg = f"{self!r} has no value {name!r} in this context"
+        else:
             msg = (
                 f"{type(self).__name__!r} object has no attribute {name!r} (names that start "
                 f"with '_' are never keys by attribute; use item access: store[{name!r}])"
             )
-            raise AttributeError(msg, name=name, obj=self)
-        value = self._current().get(name, _MISSING)
-        if value is _MISSING:
-            msg = f"{self!r} has no value {name!r} in this context"
-            raise AttributeError(msg, name=name, obj=self)
-        return value
+        raise AttributeError(msg, name=name, obj=self)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._check_attribute(name)
-        self[name] = value
+        if "_" <= name < "`" or name in _MEMBER_NAMES:  # see __getattr__
+            raise self._not_by_attribute(name)
+        values = self._get().copy()
+        values[name] = value
+        self._set(values)
 
     def __delattr__(self, name: str) -> None:
-        self._check_attribute(name)
-        if name not in self._current():
+        if "_" <= name < "`" or name in _MEMBER_NAMES:  # see __getattr__
+            raise self._not_by_attribute(name)
+        values = self._get()
+        if name not in values:
             msg = f"{self!r} has no value {name!r} in this context"
             raise AttributeError(msg, name=name, obj=self)
-        del self[name]
+        values = values.copy()
+        del values[name]
+        self._set(values)
 
-    def _check_attribute(self, name: str) -> None:
-        if name[:1] == "_" or name in self._reserved:
-            msg = (
-                f"{name!r} can't be a key by attribute: names that start with '_' or name "
-                f"a ContextStore method or property are reserved. Use item access "
-                f"instead: store[{name!r}]."
-            )
-            raise AttributeError(msg, name=name, obj=self)
+    def _not_by_attribute(self, name: str) -> AttributeError:
+        msg = (
+            f"{name!r} can't be a key by attribute: names that start with '_' or name "
+            f"a ContextStore method or property are reserved. Use item access "
+            f"instead: store[{name!r}]."
+        )
+        return AttributeError(msg, name=name, obj=self)
 
     def __dir__(self) -> Iterable[str]:
-        keys = [k for k in self._current() if k.isidentifier() and k not in self._reserved]
+        keys = [k for k in self._get() if k.isidentifier() and k not in _MEMBER_NAMES]
         return sorted({*super().__dir__(), *keys})
 
-    # -- scopes -------------------------------------------------------------
 
-    def scope(self, /, **values: Any) -> StoreScope:
-        """Set ``values`` for the duration of a block or a call.
-
-        On exit the store is exactly as it was on entry, every key included:
-        values the scope set, and anything written inside the block, are
-        undone, also when the block raises. Scopes nest, and a scope object
-        may be entered again, even while active, and from several threads or
-        tasks at once: each entry is undone by its own exit.
-
-        The result is a context manager (``with`` and ``async with``) and a
-        decorator for functions and coroutine functions, entered afresh on
-        every call. Calling ``scope()`` alone sets nothing: a scope that is
-        never entered (``store.scope(user="ada")`` on a line of its own,
-        without ``with``) does nothing, and nothing warns about it, since
-        the check would make every scope about a tenth slower.
-
-        Exits don't have to come in the reverse order of entries: when a
-        scope exits while scopes entered after it are still active (two
-        generators closed in the other order, two coroutines interleaving on
-        a ``"thread"`` store), it undoes its own changes and leaves theirs,
-        and their exits later restore a state without its changes.
-
-        An exit that runs in another context or thread (an async generator
-        closed by another task) undoes the scope there if that context
-        inherited it, and otherwise changes nothing there; it never raises.
-        It can't reach the context where the scope was entered, which keeps
-        the scope's values, as a plain :class:`contextvars.ContextVar` would.
-
-        Args:
-            **values: The values to set inside the scope.
-
-        Returns:
-            The scope. Entering it returns this store.
-
-        Example:
-            >>> from contextual import ContextStore
-            >>> log_ctx = ContextStore("example.scope")
-            >>> with log_ctx.scope(job="nightly"):
-            ...     log_ctx["job"]
-            'nightly'
-            >>> "job" in log_ctx
-            False
-
-        .. versionadded:: 0.1.0
-        """
-        return _make_scope(self, values)
+_plain_class = ContextStore
 
 
-def _create(
-    impl: type[ContextStore], name: str, propagate: bool, defaults: _Checked
-) -> ContextStore:
-    """Make a new store; the registry calls this, under its lock."""
-    store = object.__new__(impl)
-    object.__setattr__(store, "_name", name)
-    object.__setattr__(store, "_propagate", propagate)
-    store._setup(_initial_state(defaults, name))
+def _adopt(store: _Store, impl: Backend) -> _Store:
+    """Attach ``store`` to its backend; the registry calls this, under its lock."""
+    object.__setattr__(store, "_impl", impl)
+    object.__setattr__(store, "_get", impl.get)
+    object.__setattr__(store, "_set", impl.set)
     return store
 
 
+def backend_of(store: _Store) -> Backend:
+    """Return the backend that holds ``store``'s values.
+
+    The one door from a store to its storage: propagation, logging, the test
+    helpers, the executors and the DB helpers use the backend's interface,
+    never the store's private attributes.
+    """
+    return store._impl  # noqa: SLF001 (the store module's own accessor for its backend)
+
+
+# -- store classes: attribute hooks -------------------------------------------
+
+
+def _field_setattr(self: _Store, name: str, value: Any) -> None:
+    layout = self._layout
+    if layout is None or name not in layout.fields:
+        raise _not_a_field(self, name)
+    values = self._get().copy()
+    values[name] = value
+    self._set(values)
+
+
+def _field_delattr(self: _Store, name: str) -> None:
+    layout = self._layout
+    if layout is None or name not in layout.fields:
+        raise _not_a_field(self, name)
+    values = self._get()
+    if name not in values:
+        msg = f"field {name!r} of {self!r} is not set in this context"
+        raise AttributeError(msg, name=name, obj=self)
+    values = values.copy()
+    del values[name]
+    self._set(values)
+
+
+def _not_a_field(self: _Store, name: str) -> AttributeError:
+    layout = self._layout
+    fields = sorted(layout.fields) if layout is not None else []
+    msg = (
+        f"{type(self).__qualname__} has no field {name!r}; its fields are {fields}. "
+        f"Declare it as a field, or use item access for keys that are not fields: "
+        f"store[{name!r}] = ..."
+    )
+    return AttributeError(msg, name=name, obj=self)
+
+
+# What each member of ContextStore is, for messages; and their names, which
+# are never keys by attribute.
+_MEMBERS: Final[dict[str, str]] = {
+    key: (
+        "a property"
+        if isinstance(value, property)
+        else "a method"
+        if callable(value)
+        else "an attribute"
+    )
+    for key in dir(ContextStore)
+    for value in (getattr(ContextStore, key, None),)
+}
+_MEMBER_NAMES: Final = frozenset(_MEMBERS)
+
+
 @final
-class StoreScope(AsyncToo[ContextStore]):
+class StoreScope(AsyncToo[_S]):
     """What :meth:`ContextStore.scope` returns: a context manager and decorator.
 
     A scope object holds the values to set and nothing else; the record of
-    each entry lives in the state of the context or thread that entered it.
-    So one object can be entered any number of times, nested or concurrently,
-    and every exit finds its own entry. Exiting a scope that was never
-    entered raises :class:`~contextual.ScopeError`.
+    each entry lives in the context or thread that entered it. So one object
+    can be entered any number of times, nested or concurrently, and every
+    exit finds its own entry. Exiting a scope that was never entered raises
+    :class:`~contextual.ScopeError`.
 
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("_entered", "_store", "_values")
+    __slots__ = ("_entered", "_impl", "_store", "_values")
 
-    _store: ContextStore
+    _store: _S
+    _impl: Backend
     _values: Values
     _entered: bool
 
@@ -899,13 +920,17 @@ class StoreScope(AsyncToo[ContextStore]):
     def __repr__(self) -> str:
         return f"<StoreScope of {self._store!r} keys={sorted(self._values)}>"
 
-    def __enter__(self) -> ContextStore:
-        store = self._store
-        state = store._get()  # noqa: SLF001
-        store._set(({**state[0], **self._values}, self, state))  # noqa: SLF001
+    def __enter__(self) -> _S:
+        # enter_scope(), inlined: a frame less on every scope.
+        impl = self._impl
+        found = impl.get()
+        sets = self._values
+        values = _new_scoped(found, **sets)
+        values.scope, values.sets, values.found = self, sets, found
+        impl.set(values)
         # Only ever set to True, so concurrent entries can't disagree.
         self._entered = True
-        return store
+        return self._store
 
     def __exit__(
         self,
@@ -913,63 +938,18 @@ class StoreScope(AsyncToo[ContextStore]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        store = self._store
-        state = store._get()  # noqa: SLF001
-        entry = state[2]
-        if state[1] is self and entry is not None:
-            store._set(entry)  # noqa: SLF001
-        else:
-            self._exit_out_of_order(state)
-
-    def _exit_out_of_order(self, state: _State) -> None:
-        found = _find_in_chain(state, self)
-        if found is None:
-            if not self._entered:
-                msg = (
-                    f"{self!r} was exited without being entered. Use it as "
-                    "'with store.scope(...):' so entry and exit pair up."
-                )
-                raise ScopeError(msg)
-            # An exit in a thread or context that never saw this scope (a
-            # generator finished elsewhere), or a second exit: nothing here
-            # is this scope's to undo, and raising would break the caller's
-            # cleanup.
+        # exit_scope()'s common case, inlined: a frame less on every scope.
+        impl = self._impl
+        values = impl.get()
+        if type(values) is Scoped and values.scope is self:
+            impl.set(values.found)
             return
-        above, entry = found
-        before = entry[0]
-        # The values when the next scope entered: this scope's own changes,
-        # and nothing of the scopes above it.
-        after = above[-1][1][0]
-        changed = [
-            k
-            for k in before.keys() | after.keys()
-            if before.get(k, _MISSING) is not after.get(k, _MISSING)
-        ]
-
-        def undo(values: Values, shadowed: set[str]) -> Values:
-            undone = None
-            for key in changed:
-                if key in shadowed or values.get(key, _MISSING) is not after.get(key, _MISSING):
-                    continue  # changed again since: no longer this scope's
-                if undone is None:
-                    undone = values.copy()
-                old = before.get(key, _MISSING)
-                if old is _MISSING:
-                    del undone[key]
-                else:
-                    undone[key] = old
-            return values if undone is None else undone
-
-        # Rebuild the states the scopes above found on entry, lowest first,
-        # without this scope in the chain, so that their exits restore
-        # states that don't have this scope's changes.
-        scope, scope_entry = entry[1], entry[2]
-        shadowed: set[str] = set()
-        for above_scope, above_entry in reversed(above):
-            scope_entry = (undo(above_entry[0], shadowed), scope, scope_entry)
-            scope = above_scope
-            shadowed.update(above_scope._values)  # noqa: SLF001
-        self._store._set((undo(state[0], shadowed), scope, scope_entry))  # noqa: SLF001
+        if not exit_scope(impl, self) and not self._entered:
+            msg = (
+                f"{self!r} was exited without being entered. Use it as "
+                "'with store.scope(...):' so entry and exit pair up."
+            )
+            raise ScopeError(msg)
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn`` so that every call runs inside this scope."""
@@ -977,200 +957,53 @@ class StoreScope(AsyncToo[ContextStore]):
         return decorate(fn, functools.partial(_identity, self), what="scope()")
 
 
-_new_scope = object.__new__
-
-
-def _make_scope(store: ContextStore, values: Values) -> StoreScope:
-    """Return ``store.scope(**values)``, for callers that hold a dict already."""
-    # Filled in here rather than by __init__: one Python frame less on the
-    # path of every 'with store.scope(...)'.
-    scope: StoreScope = _new_scope(StoreScope)
-    scope._store = store  # noqa: SLF001
-    scope._values = values  # noqa: SLF001
-    scope._entered = False  # noqa: SLF001
-    return scope
-
-
-def _find_in_chain(
-    state: _State, scope: StoreScope
-) -> tuple[list[tuple[StoreScope, _State]], _State] | None:
-    """Find ``scope`` in the chain of ``state``.
-
-    Returns:
-        ``(above, entry)``: the ``(scope, state on entry)`` pairs of the
-        scopes entered after it and still active, innermost first, and the
-        state ``scope`` found on entry; or ``None`` if ``scope`` is not
-        active in this chain.
-    """
-    above: list[tuple[StoreScope, _State]] = []
-    current = state
-    while True:
-        inner, entry = current[1], current[2]
-        if inner is None or entry is None:
-            return None
-        if inner is scope:
-            return above, entry
-        above.append((inner, entry))
-        current = entry
-
-
-# -- backend "context" -------------------------------------------------------
-
-
-@final
-class _ContextVarStore(ContextStore):
-    __slots__ = ("_var",)
-    _backend = "context"
-
-    _var: contextvars.ContextVar[_State | None]
-
-    def _setup(self, initial: _State | Callable[[], _State]) -> None:
-        var_name = f"contextual:{self._name}"
-        if isinstance(initial, tuple):
-            # Constant defaults: the ContextVar's own default serves every
-            # context that never wrote, at the cost of a plain var.get().
-            var: contextvars.ContextVar[_State | None] = contextvars.ContextVar(
-                var_name, default=initial
-            )
-            get = cast("Callable[[], _State]", var.get)  # never None: the default isn't
-            fresh: _State | None = initial
-        else:
-            # A factory runs on first access in each context; None marks a
-            # context where it hasn't run (see _get_or_init).
-            var = contextvars.ContextVar(var_name, default=None)
-            get = functools.partial(_get_or_init, var, initial)
-            fresh = None
-        object.__setattr__(self, "_var", var)
-        object.__setattr__(self, "_get", get)
-        object.__setattr__(self, "_set", var.set)
-        object.__setattr__(self, "_fresh", fresh)
-
-    def _state_in(self, context: contextvars.Context) -> _State | None:
-        # None: a factory store whose factory never ran in that context.
-        return context.get(self._var, self._fresh)
-
-    def _forget_in(self, context: contextvars.Context) -> None:
-        context.run(self._var.set, self._fresh)
-
-    def _reset_here(self) -> None:
-        # None makes a factory store run its factory again on next access.
-        self._var.set(self._fresh)
-
-
-def _get_or_init(
-    var: contextvars.ContextVar[_State | None], initial: Callable[[], _State]
-) -> _State:
-    state = var.get()
-    if state is None:
-        # First access in a context that never wrote: run the defaults
-        # factory once and keep its result in this context.
-        state = initial()
-        var.set(state)
-    return state
-
-
-# -- backend "thread" --------------------------------------------------------
-
-
 def _identity(value: _V) -> _V:
     return value
 
 
-class _ThreadState(threading.local):
-    """Per-thread holder of a thread-backend store's state.
+def enter_scope(impl: Backend, scope: object, sets: Values) -> None:
+    """Publish ``sets`` over the current values, recording the entry of ``scope``."""
+    found = impl.get()
+    values = _new_scoped(found, **sets)
+    values.scope, values.sets, values.found = scope, sets, found
+    impl.set(values)
 
-    ``s`` lives in each thread's own dict. With constant defaults,
-    ``__init__`` (which ``threading.local`` runs once in each thread, on first
-    access) puts them there, so that a plain C-level ``getattr`` reads the
-    state. A defaults factory must not run eagerly in the creating thread,
-    which ``__init__`` also does, so it runs on first access instead, through
-    ``_thread_state``; ``initial`` is a slot, and the slots of a
-    ``threading.local`` subclass are shared by all threads. (``__getattr__``
-    is no way out: it makes every hit three times slower.)
+
+def exit_scope(impl: Backend, scope: object) -> bool:
+    """Undo an entry of ``scope`` here; return whether it was active here.
+
+    An exit in a thread or context that never saw the scope (a generator
+    finished elsewhere), or a second exit, finds nothing of the scope's to
+    undo, and changes nothing.
     """
-
-    __slots__ = ("initial",)
-
-    s: _State
-    initial: Callable[[], _State]
-
-    def __init__(self, state: _State | None) -> None:
-        if state is not None:
-            self.s = state
-
-
-def _thread_state(local: _ThreadState) -> _State:
+    values = impl.get()
     try:
-        return local.s
-    except AttributeError:
-        state = local.initial()
-        local.s = state
-        return state
+        innermost = values.scope is scope  # type: ignore[attr-defined]
+    except AttributeError:  # plain values: no scope is active here
+        innermost = False
+    if innermost:
+        impl.set(values.found)  # type: ignore[attr-defined]
+        return True
+    found = _repair.find(values, scope)
+    if found is None:
+        return False
+    _repair.exit_out_of_order(impl, *found)
+    return True
 
 
-@final
-class _ThreadLocalStore(ContextStore):
-    __slots__ = ("_local",)
-    _backend = "thread"
-
-    _local: _ThreadState
-
-    def _setup(self, initial: _State | Callable[[], _State]) -> None:
-        if isinstance(initial, tuple):
-            local = _ThreadState(initial)
-            local.initial = functools.partial(_identity, initial)
-            get: Callable[[], _State] = functools.partial(getattr, local, "s")
-            object.__setattr__(self, "_fresh", initial)
-        else:
-            local = _ThreadState(None)
-            local.initial = initial
-            get = functools.partial(_thread_state, local)
-            object.__setattr__(self, "_fresh", None)
-        object.__setattr__(self, "_local", local)
-        object.__setattr__(self, "_get", get)
-        object.__setattr__(self, "_set", functools.partial(setattr, local, "s"))
-
-    def _reset_here(self) -> None:
-        if self._fresh is not None:
-            self._local.s = self._fresh
-        else:
-            # The next access in this thread runs the factory again.
-            self._local.__dict__.pop("s", None)
-
-    def _fresh_state(self) -> _State:
-        return self._local.initial()
-
-    # Reads threading.local directly: a third cheaper than calling _get.
-    def __getitem__(self, key: str) -> Any:
-        try:
-            values = self._local.s[0]
-        except AttributeError:
-            values = self._get()[0]
-        try:
-            return values[key]
-        except (KeyError, TypeError):  # TypeError: an unhashable key
-            pass
-        raise self._missing(key)
+_new_scoped: Final = Scoped
+_new_object: Final = object.__new__
 
 
-_IMPLEMENTATIONS: Final[dict[str, type[ContextStore]]] = {
-    "context": _ContextVarStore,
-    "thread": _ThreadLocalStore,
-}
-for _impl in _IMPLEMENTATIONS.values():
-    # Python's own messages ("'ContextStore' object is not callable") name
-    # the public class, not the private backend class.
-    _impl.__name__ = _impl.__qualname__ = "ContextStore"
-    _impl._reserved = frozenset(dir(_impl))  # noqa: SLF001
-del _impl
-
-
-REGISTRY: Final[Registry[ContextStore, StoreDefinition]] = Registry()
+REGISTRY: Final[Registry[Backend, _Store]] = Registry()
 """Every live store of this process, by name."""
 
 
 def get_store(name: str) -> ContextStore:
     """Return the live store named ``name``.
+
+    After a store was defined again the same way (see ``name`` of
+    :class:`ContextStore`), the newest store of the name.
 
     Args:
         name: The name the store was created with.
@@ -1181,7 +1014,7 @@ def get_store(name: str) -> ContextStore:
 
     .. versionadded:: 0.1.0
     """
-    return REGISTRY.get(name)
+    return cast("ContextStore", REGISTRY.get(name))
 
 
 def list_stores() -> list[ContextStore]:
@@ -1189,9 +1022,9 @@ def list_stores() -> list[ContextStore]:
 
     .. versionadded:: 0.1.0
     """
-    return REGISTRY.stores()
+    return cast("list[ContextStore]", REGISTRY.stores())
 
 
 def propagating_stores() -> list[ContextStore]:
     """Return every live ``propagate=True`` store, both backends."""
-    return REGISTRY.propagating()
+    return cast("list[ContextStore]", REGISTRY.propagating())

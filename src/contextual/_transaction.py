@@ -16,7 +16,6 @@ from typing import (
     Protocol,
     TypeVar,
     final,
-    runtime_checkable,
 )
 
 from ._decorate import AsyncToo, decorate
@@ -45,6 +44,14 @@ broke while ``COMMIT`` ran, so the database may or may not have committed it
    ``"unknown"``."""
 
 
+class _Generation(Protocol):
+    """One generation of a database's connections: live until the database ends it."""
+
+    @property
+    def live(self) -> bool:
+        """Whether the generation is still the database's current one."""
+
+
 class _ConnectionSlot(Protocol):
     """What a transaction uses of the connection it runs on: one thread's, of its database.
 
@@ -56,16 +63,20 @@ class _ConnectionSlot(Protocol):
     cursor: Any
     # The statement that opens a transaction.
     begin: str
-    # The database's _generation when a statement can go straight to the
-    # cursor, else None.
-    ready: object
     # The innermost transaction open on the connection.
     transaction: Transaction | None
+    # The transactions open on the connection in which a statement failed:
+    # nothing more runs in them, and they roll back.
+    failed: set[Transaction]
     # The DB-API connection, or None once it is closed.
     connection: Any
 
-    def enter(self, transaction: Transaction | None) -> None:
-        """Make ``transaction`` the innermost one open on this connection."""
+    @property
+    def ready(self) -> _Generation:
+        """Live when a statement can go straight to the cursor: no check to make first."""
+
+    def enter(self, transaction: Transaction | None, owner: object) -> None:
+        """Make ``transaction``, entered by ``owner`` (see ``_owner()``), the innermost one."""
 
     def owned_here(self) -> bool:
         """Tell whether the calling thread is the one this connection belongs to."""
@@ -85,46 +96,107 @@ class _ConnectionSlot(Protocol):
         """Close the connection now."""
 
 
-@runtime_checkable
 class _Database(Protocol):
-    """What a transaction uses of its database: ``ThreadLocalDB``'s side of the seam.
+    """A database that transactions run on: a ``ThreadLocalDB``, which this layer never imports.
 
-    Its methods take back the slots it hands out (``_prepared``), of its own
-    kind: hence ``Any`` for them here.
+    ``TransactionManager(db)`` shares the state of ``db.transactions``.
     """
 
-    # The current transaction of each thread and task: the manager's, shared.
-    _current: contextvars.ContextVar[Transaction | None]
-    # The thread store's threading.local: this thread's slot is
-    # ``_local.s[0].get("slot")``, ready for a statement when its ``ready``
-    # is ``_generation``.
-    _local: Any
-    _generation: object
+    @property
+    def transactions(self) -> TransactionManager:
+        """The manager of the database's transactions."""
 
-    def _prepared(self, slot: Any) -> _ConnectionSlot:
-        """Return this thread's ``slot`` checked and open, or a new one (``slot`` None)."""
 
-    def _run(self, slot: Any, sql: str) -> None:
-        """Run a transaction-control statement on ``slot``."""
+@final
+class _DatabaseLink:
+    """A database as its transactions see it: what ``ThreadLocalDB`` hands to this layer.
 
-    def _close_if_retired(self, slot: Any) -> None:
-        """Close ``slot``'s connection if another thread retired it."""
+    Each ``ThreadLocalDB`` makes one and keeps it; every manager of the
+    database, and every transaction on it, holds it. Its operations take
+    back the slots it hands out (``prepared``), of the database's own kind:
+    hence ``Any`` for them here.
+    """
+
+    __slots__ = (
+        "close_if_retired",
+        "current",
+        "database",
+        "local",
+        "prepared",
+        "run",
+        "transactions",
+    )
+
+    # The database itself, and its own manager.
+    database: _Database
+    transactions: TransactionManager
+    # The current transaction of each thread and task: every manager of the
+    # database shares it.
+    current: contextvars.ContextVar[Transaction | None]
+    # The database's thread store's threading.local: this thread's slot is
+    # ``local.values.get("slot")``.
+    local: Any
+    # Return this thread's ``slot`` checked and open, or a new one (``slot`` None).
+    prepared: Callable[[Any], _ConnectionSlot]
+    # Run a transaction-control statement on ``slot``.
+    run: Callable[[Any, str], None]
+    # Close ``slot``'s connection if another thread retired it.
+    close_if_retired: Callable[[Any], None]
+
+    # operations: the database's prepared, run and close_if_retired, in that order.
+    def __init__(
+        self,
+        database: _Database,
+        name: str,
+        local: Any,
+        operations: tuple[
+            Callable[[Any], _ConnectionSlot], Callable[[Any, str], None], Callable[[Any], None]
+        ],
+    ) -> None:
+        self.database = database
+        self.local = local
+        self.prepared, self.run, self.close_if_retired = operations
+        self.current = contextvars.ContextVar(f"{name}.transaction", default=None)
+        self.transactions = TransactionManager(self)
 
 
 def _owner() -> object:
     """The asyncio task running here, or else the thread's identifier."""
-    # Without asyncio imported no task can be running, and importing it
-    # here would cost every program that never uses it.
-    asyncio = _modules.get("asyncio")
-    if asyncio is not None and asyncio._get_running_loop() is not None:  # noqa: SLF001
-        task = asyncio.current_task()
+    get_running_loop = _get_running_loop or (_loop_getter() if "asyncio" in _modules else None)
+    if get_running_loop is not None and get_running_loop() is not None:
+        task = _modules["asyncio"].current_task()
         if task is not None:
             return task
     return _get_ident()
 
 
+def _loop_getter() -> Callable[[], object]:
+    """Return asyncio's ``_get_running_loop``, asyncio being imported: "the running loop, or None".
+
+    Without asyncio imported no task can be running, and importing it here
+    would cost every program that never uses it: it is looked up once
+    asyncio is there. It is exported in ``asyncio.__all__`` for event
+    loops; ``get_running_loop()`` and ``current_task()`` raise instead,
+    which would cost every call outside a loop.
+    """
+    global _get_running_loop  # noqa: PLW0603 (set once)
+    getter: Callable[[], object] = _modules["asyncio"]._get_running_loop  # noqa: SLF001 (see above)
+    _get_running_loop = getter
+    return getter
+
+
+def _owner_name(owner: object) -> str:
+    """Name ``owner``, a thread's identifier or a task, for an error message."""
+    if isinstance(owner, int):
+        return f"thread {owner}"
+    get_name = getattr(owner, "get_name", None)
+    return f"task {get_name()!r}" if callable(get_name) else repr(owner)
+
+
 _modules = sys.modules
 _get_ident = threading.get_ident
+# asyncio's _get_running_loop, once asyncio is imported: see _loop_getter().
+_get_running_loop: Callable[[], object] | None = None
 # Serialises hook registrations, so that two threads adding hooks to one
 # transaction at once both get in.
 _hooks_lock = threading.Lock()
@@ -156,35 +228,47 @@ class TransactionManager:
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("_db", "_var")
+    __slots__ = ("_link", "_var")
 
-    _db: _Database | None
+    _link: _DatabaseLink | None
     _var: contextvars.ContextVar[Transaction | None]
 
     def __init__(self, db: _Database | None = None) -> None:
         given: object = db
-        if given is not None and not isinstance(given, _Database):
-            msg = f"TransactionManager takes a ThreadLocalDB or None, got {type(given).__name__}."
-            raise TypeError(msg)
-        if db is None:
+        if given is None:
+            self._link = None
             self._var = contextvars.ContextVar("contextual.transaction", default=None)
+        elif isinstance(given, _DatabaseLink):  # a ThreadLocalDB making its own
+            self._link, self._var = given, given.current
         else:
-            self._var = db._current  # noqa: SLF001
-        self._db = db
+            shared = getattr(given, "transactions", None)
+            if not isinstance(shared, TransactionManager) or shared.db is not given:
+                msg = (
+                    f"TransactionManager takes a ThreadLocalDB or None, got {type(given).__name__}."
+                )
+                raise TypeError(msg)
+            self._share(shared)
+
+    def _share(self, other: TransactionManager) -> None:
+        """Track the same transactions as ``other``: its database's, in its variable."""
+        self._link, self._var = other._link, other._var
 
     def __repr__(self) -> str:
-        return f"<TransactionManager {self._db!r}>" if self._db else "<TransactionManager>"
+        link = self._link
+        return "<TransactionManager>" if link is None else f"<TransactionManager {link.database!r}>"
 
     @property
     def db(self) -> _Database | None:
         """The database the transactions run on, if any."""
-        return self._db
+        link = self._link
+        return None if link is None else link.database
 
     @property
     def current(self) -> Transaction | None:
         """The innermost open transaction of this thread or task, or ``None``."""
         transaction = innermost_open(self._var.get())
-        if transaction is None or transaction._owner != _owner():  # noqa: SLF001
+        # Who entered it: the one state of a Transaction its manager reads.
+        if transaction is None or transaction._owner != _owner():  # noqa: SLF001 (see above)
             return None
         return transaction
 
@@ -239,7 +323,7 @@ class TransactionManager:
            :class:`CommitOutcomeUnknownError`, and blocks exited from
            another thread.
         """
-        return Transaction(self, durable)
+        return Transaction(self, durable, self._var, self._link)
 
     def on_commit(self, fn: _H) -> _H:
         """Run ``fn`` after the current transaction commits, or now if there is none.
@@ -256,10 +340,11 @@ class TransactionManager:
         if transaction is None:
             fn()
             return fn
-        if transaction._owner != _owner():  # noqa: SLF001
+        owner = transaction._owner  # noqa: SLF001 (as in current)
+        if owner != _owner():
             msg = (
                 f"on_commit() was called from a thread or task that did not open the current "
-                f"transaction ({transaction._owner_name()}), so there is no telling whether "  # noqa: SLF001
+                f"transaction ({_owner_name(owner)}), so there is no telling whether "
                 "it should wait for that one. Call on_commit() on the Transaction object "
                 "('with db.transaction() as txn:' ... 'txn.on_commit(fn)')."
             )
@@ -288,11 +373,12 @@ class Transaction(AsyncToo["Transaction"]):
 
     __slots__ = (
         "_commit_hooks",
-        "_failed",
+        "_link",
         "_owner",
         "_rollback_hooks",
         "_slot",
         "_token",
+        "_var",
         "durable",
         "manager",
         "parent",
@@ -308,22 +394,31 @@ class Transaction(AsyncToo["Transaction"]):
     state: TransactionState
     """Where it is in its life."""
 
+    # The manager's: its current-transaction variable, and its database.
+    _var: contextvars.ContextVar[Transaction | None]
+    _link: _DatabaseLink | None
     _owner: object
     _slot: _ConnectionSlot | None
-    _failed: bool
     _token: contextvars.Token[Transaction | None]
     # Made on the first hook: most transactions have none.
     _commit_hooks: list[Callable[[], object]] | None
     _rollback_hooks: list[Callable[[], object]] | None
 
-    # durable is positional too: keyword arguments make every call slower.
-    def __init__(self, manager: TransactionManager, durable: bool = False) -> None:  # noqa: FBT002
+    # Arguments go by position: keywords make every call slower.
+    def __init__(
+        self,
+        manager: TransactionManager,
+        durable: bool,
+        var: contextvars.ContextVar[Transaction | None],
+        link: _DatabaseLink | None,
+    ) -> None:
         self.manager = manager
         self.durable = durable
+        self._var = var
+        self._link = link
         self.parent = None
         self.state = "new"
         self._slot = None
-        self._failed = False
         self._commit_hooks = self._rollback_hooks = None
 
     def __repr__(self) -> str:
@@ -402,57 +497,49 @@ class Transaction(AsyncToo["Transaction"]):
             )
             raise TransactionError(msg)
 
-    def _owner_name(self) -> str:
-        owner = self._owner
-        if isinstance(owner, int):
-            return f"thread {owner}"
-        get_name = getattr(owner, "get_name", None)
-        return f"task {get_name()!r}" if callable(get_name) else repr(owner)
-
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn``: each call runs inside a new transaction like this one."""
-        manager, durable = self.manager, self.durable
+        manager, durable, var, link = self.manager, self.durable, self._var, self._link
 
         def fresh() -> Transaction:
-            return Transaction(manager, durable)
+            return Transaction(manager, durable, var, link)
 
         return decorate(fn, fresh, what="transaction()")
 
     def __enter__(self) -> Transaction:
         if self.state != "new":
             raise _used(self)
-        manager = self.manager
-        var = manager._var  # noqa: SLF001
-        # _owner(), inlined: this runs for every transaction.
-        asyncio = _modules.get("asyncio")
-        if asyncio is not None and asyncio._get_running_loop() is not None:  # noqa: SLF001
-            owner = _owner()
-        else:
-            owner = _get_ident()
+        var = self._var
+        # _owner(), inlined for a thread that runs no event loop: this runs
+        # for every transaction.
+        get_running_loop = _get_running_loop or (_loop_getter() if "asyncio" in _modules else None)
+        running = get_running_loop is not None and get_running_loop() is not None
+        owner = _owner() if running else _get_ident()
         parent = var.get()
         if parent is not None:
             parent = self._nest_in(parent, owner)
         self._owner = owner
-        db = manager._db  # noqa: SLF001
-        if db is not None:
-            slot = db._local.s[0].get("slot")  # noqa: SLF001 (ThreadLocalDB._slot, inlined)
-            if slot is None or slot.ready is not db._generation:  # noqa: SLF001
-                slot = db._prepared(slot)  # noqa: SLF001
+        link = self._link
+        if link is not None:
+            # ThreadLocalDB._slot(), inlined: the store-coupled read of this thread's slot.
+            slot = link.local.values.get("slot")
+            if slot is None or not slot.ready.live:
+                slot = link.prepared(slot)
             if parent is None:
                 if slot.transaction is not None:
-                    raise _connection_taken(db, slot.transaction, owner)
+                    raise self._connection_taken(link.database, slot.transaction, owner)
                 slot.cursor.execute(slot.begin)
             else:
                 try:
                     slot.cursor.execute(f"SAVEPOINT {self.savepoint}")
                 except BaseException:
-                    parent._failed = True  # noqa: SLF001 (PostgreSQL refuses what follows)
-                    slot.enter(parent)
+                    slot.failed.add(parent)  # PostgreSQL refuses what follows
+                    slot.enter(parent, owner)
                     raise
-            if slot.ready is not None and type(owner) is int:
+            if slot.ready.live and type(owner) is int:
                 slot.transaction = self  # still ready: nothing else to work out
             else:
-                slot.enter(self)
+                slot.enter(self, owner)
             self._slot = slot
         self.state = "open"
         self._token = var.set(self)
@@ -469,7 +556,7 @@ class Transaction(AsyncToo["Transaction"]):
             return None  # another thread's or task's: not ours to nest in
         if self.durable:
             raise _durable_nested(parent)
-        if parent._failed:
+        if parent._slot is not None and parent in parent._slot.failed:
             raise failed_block()
         self.parent = parent
         return parent
@@ -485,8 +572,7 @@ class Transaction(AsyncToo["Transaction"]):
         if self.state != "open" or (self._slot is not None and not self._slot.owned_here()):
             self._exit_elsewhere(exc_type)
             return
-        manager = self.manager
-        var = manager._var  # noqa: SLF001
+        var = self._var
         current = var.get()
         slot, parent = self._slot, self.parent
         if current is not self or (slot is not None and slot.transaction is not self):
@@ -503,16 +589,11 @@ class Transaction(AsyncToo["Transaction"]):
             return
         try:
             # _check_order made sure this block is the connection's innermost.
-            if parent is None and slot.ready is not None:
+            if parent is None and slot.ready.live:
                 slot.transaction = None  # still ready, as on entry
             else:
-                slot.enter(parent)
-            if (
-                exc_type is None
-                and not self._failed
-                and parent is None
-                and slot.ready is manager._db._generation  # type: ignore[union-attr]  # noqa: SLF001
-            ):
+                slot.enter(parent, self._owner)
+            if exc_type is None and not slot.failed and parent is None and slot.ready.live:
                 # The common case, inlined: an outermost commit on an open
                 # sqlite3 connection of the current generation.
                 try:
@@ -530,7 +611,8 @@ class Transaction(AsyncToo["Transaction"]):
             self._slot = slot = None
 
     def _end(self, exc_type: type[BaseException] | None) -> None:
-        if exc_type is None and not self._failed:
+        failed = self._slot is not None and self in self._slot.failed
+        if exc_type is None and not failed:
             self._succeed()
             return
         self._roll_back()
@@ -550,15 +632,15 @@ class Transaction(AsyncToo["Transaction"]):
                 raise ScopeError(msg)
 
     def _succeed(self) -> None:
-        parent, slot, db = self.parent, self._slot, self.manager.db
+        parent, slot, link = self.parent, self._slot, self._link
         if parent is not None:
             self._release(parent)
             return
-        if slot is not None and db is not None:
+        if slot is not None and link is not None:
             broken = False
             try:
                 broken = slot.lost_before_commit()
-                db._run(slot, "COMMIT")  # noqa: SLF001
+                link.run(slot, "COMMIT")
             except BaseException as error:  # noqa: BLE001 (_commit_failed re-raises it)
                 # A traceback the caller keeps holds this frame: it must not
                 # keep the connection open after its thread exits.
@@ -598,7 +680,7 @@ class Transaction(AsyncToo["Transaction"]):
             self.state = "unknown"
             if not isinstance(error, Exception):
                 raise error
-            raise _outcome_unknown(self, error) from error
+            raise self._outcome_unknown(error) from error
         # sqlite3 keeps the transaction open after a failed COMMIT ("database
         # is locked"); PostgreSQL has already ended it. Roll back for both.
         self._roll_back()
@@ -611,13 +693,13 @@ class Transaction(AsyncToo["Transaction"]):
         """End a savepoint whose block succeeded: its work and hooks join ``parent``."""
         if parent.state != "open":
             self._orphaned(parent)
-        slot, db = self._slot, self.manager.db
-        if slot is not None and db is not None:
+        slot, link = self._slot, self._link
+        if slot is not None and link is not None:
             try:
-                db._run(slot, f"RELEASE SAVEPOINT {self.savepoint}")  # noqa: SLF001
+                link.run(slot, f"RELEASE SAVEPOINT {self.savepoint}")
             except BaseException:
-                parent._failed = True
-                slot.enter(parent)
+                slot.failed.add(parent)
+                slot.enter(parent, self._owner)
                 self.state = "rolled back"
                 _run_hooks(self._rollback_hooks, "on_rollback")
                 raise
@@ -636,11 +718,11 @@ class Transaction(AsyncToo["Transaction"]):
 
     def _orphaned(self, parent: Transaction) -> NoReturn:
         """End a block whose enclosing one ended first (closed from another thread)."""
-        slot, db = self._slot, self.manager.db
-        if slot is not None and db is not None:
+        slot, link = self._slot, self._link
+        if slot is not None and link is not None:
             # This is the connection's own thread: close the retired
             # connection now, which rolls this block's work back with the rest.
-            db._close_if_retired(slot)  # noqa: SLF001
+            link.close_if_retired(slot)
         del slot
         self.state = "rolled back"
         _run_hooks(self._rollback_hooks, "on_rollback")
@@ -682,30 +764,56 @@ class Transaction(AsyncToo["Transaction"]):
             )
             raise ScopeError(msg)
 
+    @staticmethod
+    def _connection_taken(db: object, open_one: Transaction, owner: object) -> TransactionError:
+        if open_one._owner != owner:
+            return other_owner(db, open_one._owner, "open a transaction")
+        # Same owner, but this context lost track of it (a block entered in a
+        # copy of the context, still open).
+        msg = (
+            "this thread's connection is already inside a transaction opened in another "
+            "context of this thread; exit that block first."
+        )
+        return TransactionError(msg)
+
+    def _outcome_unknown(self, error: BaseException) -> CommitOutcomeUnknownError:
+        hooks = len(self._commit_hooks or ())
+        waiting = f"{hooks} on_commit hook{'s' if hooks != 1 else ''} did not run" if hooks else ""
+        msg = (
+            f"the connection broke while COMMIT ran ({error}), so there is no telling whether "
+            "this transaction was committed: the database may have committed it and lost only "
+            "the answer. Check whether its changes are there (look up a row it wrote, or an "
+            "idempotency key) before doing the work again: redoing it blindly may do it twice. "
+            "Neither its on_commit nor its on_rollback hooks "
+            f"ran{f' ({waiting})' if waiting else ''}."
+        )
+        return CommitOutcomeUnknownError(msg)
+
     def _run_rollback_hooks(self) -> None:
         # Read when they run: a savepoint ending meanwhile may add its own.
         _run_hooks(self._rollback_hooks, "on_rollback")
 
     def _roll_back(self) -> None:
         """Roll back this block, and run its rollback hooks."""
-        parent, slot, db = self.parent, self._slot, self.manager.db
+        parent, slot, link = self.parent, self._slot, self._link
         self.state = "rolled back"
         try:
-            if slot is not None and db is not None:
+            if slot is not None and link is not None:
+                slot.failed.discard(self)  # over: nothing is refused in it any more
                 try:
                     if parent is None:
-                        db._run(slot, "ROLLBACK")  # noqa: SLF001
+                        link.run(slot, "ROLLBACK")
                     else:
                         name = self.savepoint
-                        db._run(slot, f"ROLLBACK TO SAVEPOINT {name}")  # noqa: SLF001
-                        db._run(slot, f"RELEASE SAVEPOINT {name}")  # noqa: SLF001
+                        link.run(slot, f"ROLLBACK TO SAVEPOINT {name}")
+                        link.run(slot, f"RELEASE SAVEPOINT {name}")
                 except Exception:  # noqa: BLE001 (the block's own outcome says more)
                     # The work is lost either way: the enclosing block can't
                     # commit (it will roll back), and a connection whose
                     # transaction didn't end is closed, which rolls it back.
                     if parent is not None:
-                        parent._failed = True  # noqa: SLF001
-                        slot.enter(parent)
+                        slot.failed.add(parent)
+                        slot.enter(parent, self._owner)
                     elif slot.connection is not None:
                         slot.close("a failed rollback")
         finally:
@@ -729,23 +837,11 @@ def _durable_nested(parent: Transaction) -> TransactionError:
     return TransactionError(msg)
 
 
-def _connection_taken(db: _Database, open_one: Transaction, owner: object) -> TransactionError:
-    if open_one._owner != owner:  # noqa: SLF001
-        return other_owner(db, open_one, "open a transaction")
-    # Same owner, but this context lost track of it (a block entered in a
-    # copy of the context, still open).
-    msg = (
-        "this thread's connection is already inside a transaction opened in another "
-        "context of this thread; exit that block first."
-    )
-    return TransactionError(msg)
-
-
-def other_owner(db: object, transaction: Transaction, action: str) -> TransactionError:
-    """The error for ``action`` on ``db``'s connection, inside another owner's ``transaction``."""
+def other_owner(db: object, owner: object, action: str) -> TransactionError:
+    """The error for ``action`` on ``db``'s connection, inside a transaction ``owner`` opened."""
     msg = (
         f"can't {action}: this thread's connection of {db!r} is inside a transaction "
-        f"opened by {transaction._owner_name()}. Tasks and other code on one thread share "  # noqa: SLF001
+        f"opened by {_owner_name(owner)}. Tasks and other code on one thread share "
         "its connection, so their transactions would mix. Let that transaction end first, "
         "or run this work on a thread of its own (asyncio.to_thread, contextual.to_thread)."
     )
@@ -777,19 +873,6 @@ def innermost_open(transaction: Transaction | None) -> Transaction | None:
     while transaction is not None and transaction.state != "open":
         transaction = transaction.parent
     return transaction
-
-
-def _outcome_unknown(transaction: Transaction, error: BaseException) -> CommitOutcomeUnknownError:
-    hooks = len(transaction._commit_hooks or ())  # noqa: SLF001
-    waiting = f"{hooks} on_commit hook{'s' if hooks != 1 else ''} did not run" if hooks else ""
-    msg = (
-        f"the connection broke while COMMIT ran ({error}), so there is no telling whether "
-        "this transaction was committed: the database may have committed it and lost only "
-        "the answer. Check whether its changes are there (look up a row it wrote, or an "
-        "idempotency key) before doing the work again: redoing it blindly may do it twice. "
-        f"Neither its on_commit nor its on_rollback hooks ran{f' ({waiting})' if waiting else ''}."
-    )
-    return CommitOutcomeUnknownError(msg)
 
 
 def _ended_first(transaction: Transaction, parent: Transaction) -> TransactionError:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 from ._decorate import AsyncToo, decorate
 from ._errors import ContextualError
-from ._store import _EMPTY, ContextStore, list_stores
+from ._store import ContextStore, backend_of, list_stores
 
 __all__ = ["LeakError", "empty_stores", "no_leaks"]
 
@@ -189,15 +189,17 @@ class empty_stores(_Helper):  # noqa: N801 (used like a function: with empty_sto
     __slots__ = ("_saved",)
 
     def _enter(self) -> None:
-        self._saved = [(store, store._state()) for store in _selected(self._stores)]  # noqa: SLF001
-        for store, _ in self._saved:
-            store._publish((_EMPTY, None, None))  # noqa: SLF001
+        # Each backend once: two stores of one name share theirs.
+        backends = list(dict.fromkeys(backend_of(store) for store in _selected(self._stores)))
+        self._saved = [(backend, backend.save_here()) for backend in backends]
+        for backend in backends:
+            backend.empty_here()
 
     def _exit(self, failed: bool) -> None:
         del failed  # restored either way
         saved, self._saved = self._saved, []
-        for store, state in saved:
-            store._publish(state)  # noqa: SLF001
+        for backend, values in saved:
+            backend.restore_here(values)
 
 
 def _describe(store: ContextStore, before: dict[str, Any], after: dict[str, Any]) -> str:

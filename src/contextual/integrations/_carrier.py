@@ -143,5 +143,5 @@ def applied(stores: Mapping[str, Mapping[str, Any]]) -> Iterator[None]:
                 store = get_store(name)
             except LookupError:
                 continue
-            stack.enter_context(store.scope(**values))
+            stack.enter_context(store.scope(values))
         yield

@@ -799,7 +799,7 @@ def enqueue_on_commit(
         raise TypeError(msg)
     signature = _signature(task_or_signature, args, kwargs)
     result = signature.freeze()  # fixes the task IDs now: the result is known before sending
-    publication = _Publication(manager, signature, result, capture())
+    publication = _Publication(signature, result, capture())
     manager.on_commit(publication)
     # Run from here on, it runs after a commit, with no caller left to raise to.
     publication.deferred = True
@@ -815,16 +815,9 @@ class _Publication:
     that will never run.
     """
 
-    __slots__ = ("deferred", "manager", "result", "signature", "snapshot")
+    __slots__ = ("deferred", "result", "signature", "snapshot")
 
-    def __init__(
-        self,
-        manager: TransactionManager,
-        signature: _SignatureLike,
-        result: object,
-        snapshot: Snapshot,
-    ) -> None:
-        self.manager = manager
+    def __init__(self, signature: _SignatureLike, result: object, snapshot: Snapshot) -> None:
         self.signature = signature
         self.result = result
         self.snapshot = snapshot
@@ -836,8 +829,12 @@ class _Publication:
         self.snapshot.run(self._publish)
 
     def _publish(self) -> None:
+        # The snapshot, taken inside the transaction, still holds it, but
+        # ended: ``manager.current`` is None here, and a transaction begun
+        # here is an outermost one, as TransactionManager passes over ended
+        # ones.
         try:
-            _outside_transactions(self.manager, self.signature.apply_async)
+            self.signature.apply_async()
         except Exception as exc:
             if not self.deferred:
                 raise  # run at once, outside a transaction: the caller handles it
@@ -894,17 +891,6 @@ def _frozen_ids(result: object) -> list[str]:
         if getattr(node, "parent", None) is not None:
             pending.append((node.parent, False))
     return list(ids)
-
-
-def _outside_transactions(manager: TransactionManager, fn: Callable[[], object]) -> None:
-    """Call ``fn`` with no current transaction of ``manager``: the committed one is over."""
-    # The snapshot, taken inside the transaction, holds it as current.
-    var = manager._var  # noqa: SLF001
-    token = var.set(None)
-    try:
-        fn()
-    finally:
-        var.reset(token)
 
 
 def _signature(
