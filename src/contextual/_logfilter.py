@@ -228,14 +228,32 @@ class ContextFilter(logging.Filter):
             if self._collector.all_keys
             else tuple((_attribute_name(k), v) for k, v in self._collector.defaults().items())
         )
-        self._read_request = _read_request
+        # ContextFilter() as such, or with other defaults for the two
+        # request fields: the defaults of request_id and user_id, for a path
+        # written out for them (a loop over two fields costs a third more).
+        self._two_request_fields: tuple[Any, Any] | None = None
+        if self._request_fields is not None and [k for k, _ in self._request_fields] == [
+            "request_id",
+            "user_id",
+        ]:
+            self._two_request_fields = (self._request_fields[0][1], self._request_fields[1][1])
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Add the fields to ``record``; always return ``True``."""
         attributes = record.__dict__
+        two = self._two_request_fields
+        if two is not None:
+            values = _read_request()
+            if "request_id" not in attributes:
+                value = values.get("request_id")
+                attributes["request_id"] = two[0] if value is None else value
+            if "user_id" not in attributes:
+                value = values.get("user_id")
+                attributes["user_id"] = two[1] if value is None else value
+            return True
         request_fields = self._request_fields
         if request_fields is not None:
-            values = self._read_request()
+            values = _read_request()
             for key, default in request_fields:
                 if key not in attributes:
                     value = values.get(key)

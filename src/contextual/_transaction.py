@@ -180,7 +180,7 @@ def _loop_getter() -> Callable[[], object]:
     which would cost every call outside a loop.
     """
     global _get_running_loop  # noqa: PLW0603 (set once)
-    getter: Callable[[], object] = _modules["asyncio"]._get_running_loop  # noqa: SLF001 (see above)
+    getter: Callable[[], object] = _modules["asyncio"]._get_running_loop  # noqa: SLF001 (asyncio's own fast "is a loop running", see the docstring)
     _get_running_loop = getter
     return getter
 
@@ -268,7 +268,7 @@ class TransactionManager:
         """The innermost open transaction of this thread or task, or ``None``."""
         transaction = innermost_open(self._var.get())
         # Who entered it: the one state of a Transaction its manager reads.
-        if transaction is None or transaction._owner != _owner():  # noqa: SLF001 (see above)
+        if transaction is None or transaction._owner != _owner():  # noqa: SLF001 (a manager reads who entered its transaction)
             return None
         return transaction
 
@@ -340,7 +340,7 @@ class TransactionManager:
         if transaction is None:
             fn()
             return fn
-        owner = transaction._owner  # noqa: SLF001 (as in current)
+        owner = transaction._owner  # noqa: SLF001 (a manager reads who entered its transaction)
         if owner != _owner():
             msg = (
                 f"on_commit() was called from a thread or task that did not open the current "
