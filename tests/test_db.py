@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import pickle
 import sqlite3
@@ -760,6 +761,13 @@ def test_close_all_lets_a_statement_it_cannot_interrupt_run_to_its_end(tmp_path:
     assert db.open_connections == 0
 
 
+class _Gone:
+    """Stands for a db collected before the fork."""
+
+    def forget(self) -> None:
+        raise AssertionError("a dead db's hook must not run")
+
+
 def test_after_a_fork_the_child_sets_every_inherited_connection_aside(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -770,7 +778,12 @@ def test_after_a_fork_the_child_sets_every_inherited_connection_aside(
     transaction.__enter__()
     # What os.fork() runs in the child; called here, on this db alone, to
     # look at its effect.
-    monkeypatch.setattr(_db, "_fork_hooks", [weakref.WeakMethod(db._forget_connections_after_fork)])
+    dead = weakref.WeakMethod(_Gone().forget)
+    gc.collect()
+    assert dead() is None  # the hook of a db that died does nothing
+    monkeypatch.setattr(
+        _db, "_fork_hooks", [dead, weakref.WeakMethod(db._forget_connections_after_fork)]
+    )
     _db._after_fork_in_child()
     try:
         assert parents in _db._inherited  # kept, not closed: the parent still uses it

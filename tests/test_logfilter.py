@@ -363,4 +363,5 @@ def test_defaults_alone_keep_the_request_fields(capture_lines):
     )
     with request_context(request_id="r3"):
         log.info("in")
-    assert stream.getvalue().splitlines() == ["r3 none in"]
+        log.info("extra", extra={"tenant": "from-extra", "request_id": "own"})
+    assert stream.getvalue().splitlines() == ["r3 none in", "own from-extra extra"]

@@ -1322,3 +1322,31 @@ def test_open_request_is_a_context_manager_that_closes_the_request():
         assert current_request() == ("r-open", "ada", {})
     assert opened is not None
     assert get_request_id() is None
+
+
+class _Mixin:
+    """A plain class beside a store class's bases."""
+
+    def describe(self) -> str:
+        return "mixed in"
+
+
+def test_a_store_class_may_mix_in_a_plain_class(unique_name):
+    class Mixed(_Mixin, ContextStore):
+        tenant: str | None = None
+
+    store = Mixed(unique_name)
+    assert store.describe() == "mixed in"
+    assert isinstance(store, ContextStore)
+    assert store.tenant is None
+
+
+def test_a_method_that_hides_a_field_names_the_store_class_past_a_mixin():
+    class Base(ContextStore):
+        tenant: str | None = None
+
+    with pytest.raises(TypeError, match=r"which is a field of its base class .*Base"):
+
+        class Hiding(_Mixin, Base):
+            def tenant(self) -> str:  # type: ignore[override]
+                return "x"

@@ -12,14 +12,14 @@ The interface is small and the same for both backends:
 
 * ``get()`` and ``set(values)`` read and publish the current values;
 * ``fresh`` is the values of a thread or context that never wrote, when
-  that is a constant (``None`` with a defaults factory), and
-  ``fresh_values()`` makes them;
+  that is a constant (``None`` with a defaults factory, which runs on the
+  first access in each thread or context);
 * ``reset_here()``, ``save_here()``, ``restore_here()`` and ``empty_here()``
   act on the current thread or context, for workers and test helpers;
-* ``on_capture(context)``, ``carried()``, ``values_in(context)`` and
-  ``seed(...)`` serve propagation, which never asks which backend it holds:
-  each backend says what capture must do with it (``acts_on_capture``,
-  ``carried_by_thread``).
+* ``values_in(context)`` and ``seed(...)`` serve propagation, which never
+  asks which backend it holds: each backend says what capture must do with
+  it, ``acts_on_capture`` (then capture calls its ``on_capture(context)``)
+  or ``carried_by_thread`` (then its ``carried()``).
 
 ``get`` and ``set`` are C-level callables wherever the backend can have
 them (a ContextVar's bound methods, a ``functools.partial`` of
@@ -99,22 +99,6 @@ class Scoped(dict[str, Any]):
         return new
 
 
-class _Initial:
-    """Makes the values of a fresh thread or context, once per thread or context."""
-
-    __slots__ = ("constant", "factory")
-
-    def __init__(self, constant: Values | None, factory: Callable[[], Values] | None) -> None:
-        self.constant = constant
-        self.factory = factory
-
-    def __call__(self) -> Values:
-        if self.factory is None:
-            assert self.constant is not None  # noqa: S101 (one of the two is set)
-            return self.constant
-        return self.factory()
-
-
 @final
 class ContextBackend:
     """A store's values in a :class:`contextvars.ContextVar` (backend ``"context"``)."""
@@ -126,7 +110,6 @@ class ContextBackend:
         "carried_by_thread",
         "definition",
         "fresh",
-        "fresh_values",
         "get",
         "name",
         "propagate",
@@ -153,10 +136,9 @@ class ContextBackend:
         self.acts_on_capture = not propagate
         self.carried_by_thread = False
         self.fresh = fresh
-        self.fresh_values: Callable[[], Values] = _Initial(fresh, factory)
         var_name = f"contextual:{name}"
         var: contextvars.ContextVar[Values | None]
-        if fresh is not None:
+        if factory is None:
             # Constant defaults: the ContextVar's own default serves every
             # context that never wrote, at the cost of a plain var.get().
             var = contextvars.ContextVar(var_name, default=fresh)
@@ -165,7 +147,7 @@ class ContextBackend:
             # A factory runs on first access in each context; None marks a
             # context where it hasn't run (see _get_or_init).
             var = contextvars.ContextVar(var_name, default=None)
-            self.get = functools.partial(_get_or_init, var, self.fresh_values)
+            self.get = functools.partial(_get_or_init, var, factory)
         self._var = var
         self.set = var.set
 
@@ -266,7 +248,6 @@ class ThreadBackend:
         "carried_by_thread",
         "definition",
         "fresh",
-        "fresh_values",
         "get",
         "local",
         "name",
@@ -301,13 +282,13 @@ class ThreadBackend:
         self.acts_on_capture = False
         self.carried_by_thread = propagate
         self.fresh = fresh
-        self.fresh_values: Callable[[], Values] = _Initial(fresh, factory)
         local = _Local(fresh)
-        local.initial = self.fresh_values
+        if factory is not None:
+            local.initial = factory
         # The threading.local itself: the DB helpers read the current
         # thread's values from it directly, on their fast path.
         self.local = local
-        if fresh is not None:
+        if factory is None:
             self.get = functools.partial(getattr, local, "values")
         else:
             self.get = functools.partial(_thread_values, local)
@@ -329,10 +310,6 @@ class ThreadBackend:
     def restore_here(self, saved: Values | None) -> None:
         """Put back what :meth:`save_here` returned."""
         self.set(saved)
-
-    def on_capture(self, context: contextvars.Context) -> None:
-        """Nothing to do: no Context holds a thread store's values."""
-        del context
 
     def carried(self) -> ThreadEntry:
         """Return what a snapshot keeps of this thread's values, for work run elsewhere.

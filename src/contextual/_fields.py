@@ -17,7 +17,6 @@ plugin.
 from __future__ import annotations
 
 import inspect
-import operator
 import typing
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
@@ -36,9 +35,6 @@ _T = TypeVar("_T")
 
 class _NoDefault:
     __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<no default>"
 
 
 NO_DEFAULT: Final = _NoDefault()
@@ -334,13 +330,22 @@ def _factory_for(value: object) -> str:
 
 
 def _field_property(key: str) -> property:
-    """The property that reads field ``key`` by attribute: ``store[key]``.
+    """The property that reads field ``key`` by attribute.
 
-    ``operator.itemgetter`` does the reading in C, so a field read costs the
-    item access and a property call, no Python frame of its own; a store
-    class's item access raises an error that is an AttributeError as well
-    as a KeyError, so an unset field reads like a missing attribute.
+    A plain Python getter: CPython 3.12 and later inline its call, and on
+    3.10 and 3.11 it still costs less than going through ``__getitem__``.
     """
-    return property(
-        operator.itemgetter(key), doc=f"The field {key!r}: the value of the key {key!r} here."
-    )
+
+    def read(self: Any) -> Any:
+        values = self._get()
+        try:
+            return values[key]
+        except KeyError:
+            msg = (
+                f"field {key!r} of {self!r} is not set in this context: it has no default "
+                "and was never written here, or it was deleted."
+            )
+            raise AttributeError(msg, name=key, obj=self) from None
+
+    read.__name__ = read.__qualname__ = key
+    return property(read, doc=f"The field {key!r}: the value of the key {key!r} here.")

@@ -28,7 +28,7 @@ from ._store import REGISTRY, backend_of, get_store
 from ._wire import CONTROL_CHARACTERS, FORMAT, has_control, holds_control
 
 if TYPE_CHECKING:
-    from ._backends import ThreadBackend, ThreadEntry
+    from ._backends import ContextBackend, ThreadBackend, ThreadEntry
     from ._store import ContextStore
 
 __all__ = ["ContextThread", "Snapshot", "capture"]
@@ -304,7 +304,7 @@ def capture() -> Snapshot:
     view = REGISTRY.view
     context = contextvars.copy_context()
     for ref in view.acts_on_capture:
-        backend = ref()
+        backend = cast("ContextBackend | None", ref())
         if backend is not None:
             # propagate=False context stores must not travel: in the copy
             # only, they start fresh.

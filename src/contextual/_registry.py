@@ -134,11 +134,7 @@ class Registry(Generic[_B, _S]):
 
     def _rebuild_view(self) -> None:
         """Recompute the view capture() reads. Call with _lock held."""
-        refs: list[weakref.ref[_B]] = []
-        for ref in self._refs.values():
-            backend = ref()
-            if backend is not None:
-                refs.append(ref)
+        refs = tuple(self._refs.values())
         self.view = View(
             tuple(r for r in refs if _role(r, "propagate")),
             tuple(r for r in refs if _role(r, "carried_by_thread")),

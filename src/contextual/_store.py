@@ -344,13 +344,7 @@ class _Store(MutableMapping[str, Any], metaclass=_StoreMeta):
             pass
         if not isinstance(key, str):
             raise key_type_error(key)
-        layout = self._layout
-        if layout is None:
-            raise KeyError(key)
-        # A store class reads its fields through this method (see
-        # _fields._field_property): the error must pass for an
-        # AttributeError there, and stays a KeyError here.
-        raise _NotSetError(self, key, layout)
+        raise KeyError(key)
 
     def get(self, key: str, default: Any = None) -> Any:
         """Return the value of ``key``, or ``default`` if it is not set.
@@ -827,30 +821,6 @@ class ContextStore(_Store):
 
 
 _plain_class = ContextStore
-
-
-class _NotSetError(KeyError, AttributeError):
-    """A key of a store class that is not set here: a KeyError and an AttributeError.
-
-    Raised by item access (a ``KeyError``, as a mapping must) and, through
-    the field's property, by attribute access (an ``AttributeError``, so
-    ``getattr(store, "tenant", None)`` and ``hasattr`` work).
-    """
-
-    def __init__(self, store: _Store, key: str, layout: Layout) -> None:
-        if key in layout.fields:
-            message = (
-                f"field {key!r} of {store!r} is not set in this context: it has no default "
-                "and was never written here, or it was deleted."
-            )
-        else:
-            message = f"{key!r} is not set in {store!r}"
-        super().__init__(message)
-        self.name = key
-        self.obj = store
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _adopt(store: _Store, impl: Backend) -> _Store:
