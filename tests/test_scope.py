@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
+import gc
+import pickle
 import threading
+import weakref
 
 import pytest
 
-from contextual import ContextualError, ScopeError, StoreScope
+from contextual import ContextStore, ContextualError, ScopeError, StoreScope
 
 
 def test_scope_sets_values_inside_and_restores_outside(store):
@@ -522,3 +526,54 @@ def test_a_key_named_self_can_be_scoped(store):
     with store.scope(self="value"):
         assert store["self"] == "value"
     assert "self" not in store
+
+
+def test_interleaved_calls_of_a_scope_decorated_coroutine_each_undo_their_own(make_store):
+    # Two calls of one decorated coroutine function on one thread's
+    # "thread" store: their entries interleave, and each call's exit must
+    # undo that call's entry, not the other's.
+    store = make_store("thread", defaults={"user": None})
+    a_wrote, b_wrote, a_exited = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen = {}
+
+    @store.scope(user="x")
+    async def call(name: str) -> None:
+        store[name] = name
+        if name == "a":
+            a_wrote.set()
+            await b_wrote.wait()
+        else:
+            b_wrote.set()
+            await a_exited.wait()
+            seen["b at its end"] = dict(store)
+
+    async def main() -> None:
+        first = asyncio.create_task(call("a"))
+        await a_wrote.wait()
+        second = asyncio.create_task(call("b"))
+        await first
+        a_exited.set()
+        await second
+
+    asyncio.run(main())
+    assert seen["b at its end"] == {"user": "x", "b": "b"}
+    assert dict(store) == {"user": None}
+
+
+def test_a_snapshot_taken_inside_a_scope_does_not_keep_the_store_alive(unique_name):
+    store = ContextStore(unique_name)
+    with store.scope(k=1):
+        snapshot = contextvars.copy_context()
+    ref = weakref.ref(store)
+    del store
+    gc.collect()
+    assert ref() is None
+    assert snapshot is not None
+
+
+def test_values_inside_a_scope_pickle_and_copy_as_plain_dicts(store):
+    with store.scope(k=1):
+        pickled = pickle.loads(pickle.dumps(store.snapshot().copy()))  # noqa: S301 (our own data)
+        for made in (pickled, copy.copy(store._get())):
+            assert made == {"k": 1}
+            assert type(made) is dict

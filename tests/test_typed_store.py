@@ -1162,7 +1162,6 @@ WRONG_FIELD_DEFAULT = TYPED_MODULE.replace(
 @pytest.fixture(scope="module")
 def mypy_output(tmp_path_factory):
     """Run mypy --strict once, in a directory of its own, over every file above."""
-    pytest.importorskip("mypy", reason="mypy comes with the lint extra")
     folder = tmp_path_factory.mktemp("mypy")
     files = {
         "clean.py": CLEAN,
@@ -1350,3 +1349,51 @@ def test_a_method_that_hides_a_field_names_the_store_class_past_a_mixin():
         class Hiding(_Mixin, Base):
             def tenant(self) -> str:  # type: ignore[override]
                 return "x"
+
+
+def test_capture_in_a_thread_that_never_ran_a_factory_leaves_it_as_it_was(
+    unique_name, run_in_new_thread
+):
+    class Worker(ContextStore, backend="thread"):
+        tags: list[str] = field(default_factory=list)
+
+    store = Worker(unique_name)
+
+    def caller() -> tuple[list[list[str]], list[str]]:
+        runs = [capture().run(_tag_in_place, store, f"t{n}") for n in range(3)]
+        return runs, store.tags
+
+    runs, in_caller = run_in_new_thread(caller)
+    assert runs == [["t0"], ["t1"], ["t2"]]
+    assert in_caller == []
+
+
+def test_a_store_class_may_not_derive_from_two_store_classes():
+    class First(ContextStore):
+        a: int = 1
+
+    class Second(ContextStore, backend="thread"):
+        b: int = 2
+
+    with pytest.raises(TypeError, match=r"derives from more than one store class .*First.*Second"):
+
+        class Both(First, Second):  # type: ignore[misc]
+            pass
+
+
+def _hook(*args: object) -> None:
+    del args
+
+
+@pytest.mark.parametrize("special", ["__setattr__", "__delattr__"])
+def test_a_store_class_may_not_define_its_own_attribute_hooks(special):
+    with pytest.raises(TypeError, match=rf"defines {special}, which a store class can't have"):
+        type("Hooked", (ContextStore,), {special: _hook})
+
+
+def test_a_field_named_like_a_mixin_method_is_refused_whatever_the_order():
+    for bases in ((_Mixin, ContextStore), (ContextStore, _Mixin)):
+        with pytest.raises(
+            TypeError, match=r"field 'describe' .* collides with a method of .*_Mixin"
+        ):
+            type("Clash", bases, {"__annotations__": {"describe": "str"}, "describe": "x"})

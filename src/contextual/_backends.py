@@ -61,26 +61,26 @@ EMPTY: Final[Values] = {}
 class Scoped(dict[str, Any]):
     """Values published inside a scope, with the record of the innermost scope entered.
 
-    ``found`` is what that scope found on entry, which its exit publishes
-    again; when that is a Scoped dict too, it carries the record of the
-    scope entered before, so the records chain back to the first scope
-    entered in this context or thread. That chain is what lets a scope that
-    exits out of order undo its own changes and nothing else (``_repair``),
-    and what tells an exit running in an unrelated context that there is
-    nothing there to undo.
+    The record is ``sets``, the dict of values that entry set, made afresh
+    for each entry, so that its identity tells one entry from another (and
+    holds nothing else alive: no store, no scope object); and ``found``,
+    what the entry found, which its exit publishes again. When ``found`` is
+    a Scoped dict too, it carries the record of the entry before, so the
+    records chain back to the first scope entered in this context or
+    thread. That chain is what lets a scope that exits out of order undo its
+    own changes and nothing else (``_repair``), and what tells an exit
+    running in an unrelated context that there is nothing there to undo.
 
     A write inside the scope copies the values with :meth:`copy`, which
     keeps the record; :meth:`emptied` does the same for ``clear()``.
     """
 
-    __slots__ = ("found", "scope", "sets")
+    __slots__ = ("found", "sets")
 
-    scope: object
-    """The scope object entered (a ``StoreScope``)."""
     sets: Values
-    """The values that scope sets."""
+    """The values the entry set: the dict itself, made for this entry."""
     found: Values
-    """The values it found on entry."""
+    """The values it found."""
 
     def copy(self) -> Scoped:
         """Return a copy that carries the same record."""
@@ -93,10 +93,14 @@ class Scoped(dict[str, Any]):
     def like(self, values: Values) -> Scoped:
         """Return a copy of ``values`` that carries this record."""
         new = Scoped(values)
-        new.scope = self.scope
         new.sets = self.sets
         new.found = self.found
         return new
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (for another process) or copied with copy.copy(), values
+        # are plain data: the record stays behind.
+        return (dict, (dict(self),))
 
 
 @final
@@ -318,12 +322,14 @@ class ThreadBackend:
         its own, and neither does the work (``None``): it runs the factory
         itself. The factory runs here first all the same, so that if it
         fails the capture fails, rather than send the work off without
-        values this thread should have had. The work starts outside every
+        values this thread should have had; what it made is dropped, so the
+        capture leaves this thread as it was. The work starts outside every
         scope of this thread.
         """
         values = self.peek()
         if values is None:
             self.get()
+            self.set(None)
         elif type(values) is Scoped:
             values = dict(values)
         return (self, self.local, values)

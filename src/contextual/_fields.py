@@ -151,16 +151,7 @@ def declare(
         included.
     """
     name = cls.__qualname__
-    for special in ("__init__", "__new__"):
-        if special in cls.__dict__:
-            msg = (
-                f"store class {name} defines {special}, which would run once, when the "
-                "store is created, not in each thread or context. Give fields defaults "
-                "instead, or a field(default_factory=...) for a value each thread or "
-                "context makes for itself; a store's name is passed when it is created: "
-                f"{name}('myapp.name')."
-            )
-            raise TypeError(msg)
+    _refuse_body(cls)
     inherited = _inherited(cls, base)
     backend, propagate = _options(name, options, inherited)
     constants = dict(inherited.constants if inherited else {})
@@ -193,6 +184,39 @@ def declare(
             constants[key] = declared.default
         type.__setattr__(cls, key, _field_property(key))
     return Layout(backend, propagate, constants, factories, frozenset(fields))
+
+
+def _refuse_body(cls: type) -> None:
+    """Refuse what a store class's bases or body may not have."""
+    name = cls.__qualname__
+    store_bases = [
+        b.__qualname__ for b in cls.__bases__ if isinstance(b.__dict__.get("_layout"), Layout)
+    ]
+    if len(store_bases) > 1:
+        msg = (
+            f"store class {name} derives from more than one store class "
+            f"({', '.join(store_bases)}): a store has one backend and one set of fields. "
+            "Derive from one, and declare the other's fields in it."
+        )
+        raise TypeError(msg)
+    for special in ("__init__", "__new__"):
+        if special in cls.__dict__:
+            msg = (
+                f"store class {name} defines {special}, which would run once, when the "
+                "store is created, not in each thread or context. Give fields defaults "
+                "instead, or a field(default_factory=...) for a value each thread or "
+                "context makes for itself; a store's name is passed when it is created: "
+                f"{name}('myapp.name')."
+            )
+            raise TypeError(msg)
+    for special in ("__setattr__", "__delattr__"):
+        if special in cls.__dict__:
+            msg = (
+                f"store class {name} defines {special}, which a store class can't have: "
+                "writing and deleting fields by attribute is the store's own. Use a method "
+                "or a property for behaviour of your own."
+            )
+            raise TypeError(msg)
 
 
 def _inherited(cls: type, base: type) -> Layout | None:
@@ -279,14 +303,14 @@ def _field_owner(cls: type, base: type, key: str) -> str:
 
 
 def _member_owner(cls: type, base: type, key: str) -> type | None:
-    """The store class between ``cls`` and ``base`` whose body defines ``key``, not as a field."""
+    """Return the base of ``cls`` (a mixin too) that defines ``key``, not as a field."""
     for parent in cls.__mro__[1:]:
-        if parent is base:
-            return None
+        if parent in base.__mro__:
+            continue
         layout = parent.__dict__.get("_layout")
         if key in parent.__dict__ and not (isinstance(layout, Layout) and key in layout.fields):
             return parent
-    return None  # pragma: no cover - every store class derives from base
+    return None
 
 
 def _defined_in_body(cls: type, key: str, value: object) -> bool:

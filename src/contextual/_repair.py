@@ -30,18 +30,18 @@ class _Missing:
 _MISSING: Final = _Missing()
 
 
-def find(values: Values, scope: object) -> tuple[list[Scoped], Scoped] | None:
-    """Find the record of ``scope`` in the chain that ``values`` carry.
+def find(values: Values, sets: Values) -> tuple[list[Scoped], Scoped] | None:
+    """Find the record of the entry that set ``sets`` in the chain that ``values`` carry.
 
     Returns:
-        ``(above, record)``: the records of the scopes entered after it and
+        ``(above, record)``: the records of the entries made after it and
         still active, innermost first, and its own record; or ``None`` if
-        ``scope`` is not active in this chain.
+        the entry is not active in this chain.
     """
     above: list[Scoped] = []
     current = values
     while type(current) is Scoped:
-        if current.scope is scope:
+        if current.sets is sets:
             return above, current
         above.append(current)
         current = current.found
@@ -81,7 +81,6 @@ def exit_out_of_order(backend: Backend, above: list[Scoped], record: Scoped) -> 
         found = undo(above_record.found, shadowed)
         below = below.like(found) if type(below) is Scoped else found
         rebuilt = Scoped()
-        rebuilt.scope = above_record.scope
         rebuilt.sets = above_record.sets
         rebuilt.found = below
         below = rebuilt

@@ -141,10 +141,12 @@ class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a func
         self._request_id = request_id
         self._user_id = user_id
         self._extra = extra
-        self._active = False
+        # While open: the values this entry set, by which the request
+        # store's record knows the entry.
+        self._active: dict[str, Any] | None = None
 
     def __enter__(self) -> RequestContext:
-        if self._active:
+        if self._active is not None:
             msg = (
                 "this request_context() is already open; it serves one 'with' block at "
                 "a time. Call request_context(...) once for each block."
@@ -156,11 +158,9 @@ class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a func
         extra = MappingProxyType(dict(self._extra)) if self._extra else _NO_EXTRA
         user_id = self._user_id
         request: RequestContext = _new_request(RequestContext, (request_id, user_id, extra))
-        # This object is the scope whose entry the request store records.
-        enter_scope(
-            _REQUESTS, self, {"request": request, "request_id": request_id, "user_id": user_id}
-        )
-        self._active = True
+        sets = {"request": request, "request_id": request_id, "user_id": user_id}
+        enter_scope(_REQUESTS, sets)
+        self._active = sets
         return request
 
     def __exit__(
@@ -169,11 +169,14 @@ class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a func
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._active:
-            msg = "request_context() was exited without being entered."
+        sets, self._active = self._active, None
+        if sets is None:
+            msg = (
+                "request_context() was exited without being entered. Use it as "
+                "'with request_context(...):' so entry and exit pair up."
+            )
             raise ScopeError(msg)
-        self._active = False
-        exit_scope(_REQUESTS, self)
+        exit_scope(_REQUESTS, sets)
 
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn``: every call opens its own request."""
@@ -185,7 +188,12 @@ class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a func
 class OpenRequest:
     """A request opened by :func:`open_request`: exiting it closes the request."""
 
-    __slots__ = ()
+    __slots__ = ("_sets",)
+
+    def __init__(self, request_id: str, user_id: Any) -> None:
+        request: RequestContext = _new_request(RequestContext, (request_id, user_id, _NO_EXTRA))
+        self._sets = {"request": request, "request_id": request_id, "user_id": user_id}
+        enter_scope(_REQUESTS, self._sets)
 
     def __enter__(self) -> OpenRequest:
         return self
@@ -196,10 +204,7 @@ class OpenRequest:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        exit_scope(_REQUESTS, self)
-
-
-_new_object: Final = object.__new__
+        exit_scope(_REQUESTS, self._sets)
 
 
 def open_request(request_id: str, user_id: Any = None) -> OpenRequest:
@@ -209,12 +214,7 @@ def open_request(request_id: str, user_id: Any = None) -> OpenRequest:
     the checks: ``request_id`` must be a non-empty str. Exit the result
     (``opened.__exit__(None, None, None)``) to close it.
     """
-    opened: OpenRequest = _new_object(OpenRequest)
-    request: RequestContext = _new_request(RequestContext, (request_id, user_id, _NO_EXTRA))
-    enter_scope(
-        _REQUESTS, opened, {"request": request, "request_id": request_id, "user_id": user_id}
-    )
-    return opened
+    return OpenRequest(request_id, user_id)
 
 
 def current_request() -> RequestContext | None:

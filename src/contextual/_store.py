@@ -73,7 +73,6 @@ __all__ = [
 BACKENDS: Final = ("context", "thread")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-_V = TypeVar("_V")
 _S = TypeVar("_S", bound="_Store")
 
 
@@ -527,7 +526,12 @@ class _Store(MutableMapping[str, Any], metaclass=_StoreMeta):
         scope exits while scopes entered after it are still active (two
         generators closed in the other order, two coroutines interleaving on
         a ``"thread"`` store), it undoes its own changes and leaves theirs,
-        and their exits later restore a state without its changes.
+        and their exits later restore a state without its changes. As a
+        decorator, each call enters a scope of its own, so interleaving
+        calls undo their own entries; one scope object entered twice in one
+        thread or task, though, can't tell its two entries apart, and its
+        exits undo the innermost first: make one ``store.scope(...)`` per
+        ``with`` block where exits may come out of order.
 
         An exit that runs in another context or thread (an async generator
         closed by another task) undoes the scope there if that context
@@ -926,7 +930,7 @@ class StoreScope(AsyncToo[_S]):
         found = impl.get()
         sets = self._values
         values = _new_scoped(found, **sets)
-        values.scope, values.sets, values.found = self, sets, found
+        values.sets, values.found = sets, found
         impl.set(values)
         # Only ever set to True, so concurrent entries can't disagree.
         self._entered = True
@@ -941,10 +945,10 @@ class StoreScope(AsyncToo[_S]):
         # exit_scope()'s common case, inlined: a frame less on every scope.
         impl = self._impl
         values = impl.get()
-        if type(values) is Scoped and values.scope is self:
+        if type(values) is Scoped and values.sets is self._values:
             impl.set(values.found)
             return
-        if not exit_scope(impl, self) and not self._entered:
+        if not exit_scope(impl, self._values) and not self._entered:
             msg = (
                 f"{self!r} was exited without being entered. Use it as "
                 "'with store.scope(...):' so entry and exit pair up."
@@ -954,23 +958,32 @@ class StoreScope(AsyncToo[_S]):
     def __call__(self, fn: _F) -> _F:
         """Decorate ``fn`` so that every call runs inside this scope."""
         # A scope object holds no per-entry state, so every call enters it.
-        return decorate(fn, functools.partial(_identity, self), what="scope()")
+        # Each call enters a scope of its own: two calls that interleave (two
+        # coroutines on one thread) must each undo their own entry.
+        return decorate(fn, self._again, what="scope()")
+
+    def _again(self) -> StoreScope[_S]:
+        """Return a new scope of the same store and values, for one entry."""
+        scope: StoreScope[_S] = _new_object(StoreScope)
+        scope._store, scope._impl, scope._values = self._store, self._impl, dict(self._values)
+        scope._entered = False
+        return scope
 
 
-def _identity(value: _V) -> _V:
-    return value
+def enter_scope(impl: Backend, sets: Values) -> None:
+    """Publish ``sets`` over the current values, recording the entry.
 
-
-def enter_scope(impl: Backend, scope: object, sets: Values) -> None:
-    """Publish ``sets`` over the current values, recording the entry of ``scope``."""
+    ``sets`` must be a dict made for this entry: its identity is what
+    :func:`exit_scope` finds the entry by.
+    """
     found = impl.get()
     values = _new_scoped(found, **sets)
-    values.scope, values.sets, values.found = scope, sets, found
+    values.sets, values.found = sets, found
     impl.set(values)
 
 
-def exit_scope(impl: Backend, scope: object) -> bool:
-    """Undo an entry of ``scope`` here; return whether it was active here.
+def exit_scope(impl: Backend, sets: Values) -> bool:
+    """Undo the entry that set ``sets`` here; return whether it was active here.
 
     An exit in a thread or context that never saw the scope (a generator
     finished elsewhere), or a second exit, finds nothing of the scope's to
@@ -978,13 +991,13 @@ def exit_scope(impl: Backend, scope: object) -> bool:
     """
     values = impl.get()
     try:
-        innermost = values.scope is scope  # type: ignore[attr-defined]
+        innermost = values.sets is sets  # type: ignore[attr-defined]
     except AttributeError:  # plain values: no scope is active here
         innermost = False
     if innermost:
         impl.set(values.found)  # type: ignore[attr-defined]
         return True
-    found = _repair.find(values, scope)
+    found = _repair.find(values, sets)
     if found is None:
         return False
     _repair.exit_out_of_order(impl, *found)
