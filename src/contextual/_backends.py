@@ -103,22 +103,25 @@ class Scoped(dict[str, Any]):
         return (dict, (dict(self),))
 
 
+class _Held:
+    """What every backend knows of its store: name, ``propagate``, definition, fresh values."""
+
+    __slots__ = ("__weakref__", "definition", "fresh", "name", "propagate")
+
+    def __init__(
+        self, name: str, propagate: bool, definition: object, fresh: Values | None
+    ) -> None:
+        self.name = name
+        self.propagate = propagate
+        self.definition = definition
+        self.fresh = fresh
+
+
 @final
-class ContextBackend:
+class ContextBackend(_Held):
     """A store's values in a :class:`contextvars.ContextVar` (backend ``"context"``)."""
 
-    __slots__ = (
-        "__weakref__",
-        "_var",
-        "acts_on_capture",
-        "carried_by_thread",
-        "definition",
-        "fresh",
-        "get",
-        "name",
-        "propagate",
-        "set",
-    )
+    __slots__ = ("_var", "acts_on_capture", "carried_by_thread", "get", "set")
     kind: ClassVar[BackendKind] = "context"
 
     get: Callable[[], Values]
@@ -132,14 +135,11 @@ class ContextBackend:
         fresh: Values | None,
         factory: Callable[[], Values] | None,
     ) -> None:
-        self.name = name
-        self.propagate = propagate
-        self.definition = definition
+        super().__init__(name, propagate, definition, fresh)
         # A copied Context carries this backend's values by itself; capture()
         # acts only for a store that must not travel.
         self.acts_on_capture = not propagate
         self.carried_by_thread = False
-        self.fresh = fresh
         var_name = f"contextual:{name}"
         var: contextvars.ContextVar[Values | None]
         if factory is None:
@@ -243,22 +243,10 @@ def _thread_values(local: _Local) -> Values:
 
 
 @final
-class ThreadBackend:
+class ThreadBackend(_Held):
     """A store's values in a :class:`threading.local` (backend ``"thread"``)."""
 
-    __slots__ = (
-        "__weakref__",
-        "acts_on_capture",
-        "carried_by_thread",
-        "definition",
-        "fresh",
-        "get",
-        "local",
-        "name",
-        "peek",
-        "propagate",
-        "set",
-    )
+    __slots__ = ("acts_on_capture", "carried_by_thread", "get", "local", "peek", "set")
     kind: ClassVar[BackendKind] = "thread"
 
     get: Callable[[], Values]
@@ -277,15 +265,12 @@ class ThreadBackend:
         fresh: Values | None,
         factory: Callable[[], Values] | None,
     ) -> None:
-        self.name = name
-        self.propagate = propagate
-        self.definition = definition
+        super().__init__(name, propagate, definition, fresh)
         # No Context carries a threading.local: capture() takes the values
         # of a propagating one itself (carried()); one that doesn't travel
         # needs nothing.
         self.acts_on_capture = False
         self.carried_by_thread = propagate
-        self.fresh = fresh
         local = _Local(fresh)
         if factory is not None:
             local.initial = factory
