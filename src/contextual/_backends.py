@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKEND_CLASSES",
     "EMPTY",
+    "MISSING",
     "Backend",
     "BackendKind",
     "ContextBackend",
@@ -52,6 +53,17 @@ __all__ = [
 
 BackendKind = Literal["context", "thread"]
 Values: TypeAlias = dict[str, Any]
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Final = _Missing()
+"""Stands for "no value" where ``None`` is a value: a missing key, an unset cell."""
 
 # Shared by every fresh thread and context of a store without defaults. Safe
 # to share because no dict a store publishes is ever mutated.

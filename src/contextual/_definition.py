@@ -16,7 +16,7 @@ from enum import Enum
 from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 from typing import Any, Final, TypeAlias, cast, final
 
-from ._backends import BackendKind, Values
+from ._backends import MISSING, BackendKind, Values
 
 __all__ = [
     "IMMUTABLE_VALUES",
@@ -33,13 +33,6 @@ __all__ = [
 Defaults: TypeAlias = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
 # Defaults once checked: a dict of values known to be immutable, or a factory.
 Checked: TypeAlias = Values | Callable[[], Mapping[str, Any]] | None
-
-
-class _Missing:
-    __slots__ = ()
-
-
-_MISSING: Final = _Missing()
 
 
 def key_type_error(key: object) -> TypeError:
@@ -303,7 +296,7 @@ def _cell_contents(cell: Any) -> object:
     try:
         return cell.cell_contents
     except ValueError:  # a variable not assigned yet: it may be by the time fn runs
-        return _MISSING
+        return MISSING
 
 
 def _code_shape(code: CodeType) -> CodeType:

@@ -199,24 +199,29 @@ def _refuse_body(cls: type) -> None:
             "Derive from one, and declare the other's fields in it."
         )
         raise TypeError(msg)
-    for special in ("__init__", "__new__"):
+    for special, why in _REFUSED_SPECIALS.items():
         if special in cls.__dict__:
-            msg = (
-                f"store class {name} defines {special}, which would run once, when the "
-                "store is created, not in each thread or context. Give fields defaults "
-                "instead, or a field(default_factory=...) for a value each thread or "
-                "context makes for itself; a store's name is passed when it is created: "
-                f"{name}('myapp.name')."
-            )
+            msg = f"store class {name} defines {special}, {why.format(name=name)}"
             raise TypeError(msg)
-    for special in ("__setattr__", "__delattr__"):
-        if special in cls.__dict__:
-            msg = (
-                f"store class {name} defines {special}, which a store class can't have: "
-                "writing and deleting fields by attribute is the store's own. Use a method "
-                "or a property for behaviour of your own."
-            )
-            raise TypeError(msg)
+
+
+_ONCE: Final = (
+    "which would run once, when the store is created, not in each thread or context. "
+    "Give fields defaults instead, or a field(default_factory=...) for a value each thread "
+    "or context makes for itself; a store's name is passed when it is created: "
+    "{name}('myapp.name')."
+)
+_OWN: Final = (
+    "which a store class can't have: writing and deleting fields by attribute is the "
+    "store's own. Use a method or a property for behaviour of your own."
+)
+# The special methods a store class's body may not define, and why.
+_REFUSED_SPECIALS: Final = {
+    "__init__": _ONCE,
+    "__new__": _ONCE,
+    "__setattr__": _OWN,
+    "__delattr__": _OWN,
+}
 
 
 def _inherited(cls: type, base: type) -> Layout | None:

@@ -13,21 +13,14 @@ their exits restore values without its changes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from ._backends import Scoped
+from ._backends import MISSING, Scoped
 
 if TYPE_CHECKING:
     from ._backends import Backend, Values
 
 __all__ = ["exit_out_of_order", "find"]
-
-
-class _Missing:
-    __slots__ = ()
-
-
-_MISSING: Final = _Missing()
 
 
 def find(values: Values, sets: Values) -> tuple[list[Scoped], Scoped] | None:
@@ -57,16 +50,16 @@ def exit_out_of_order(backend: Backend, above: list[Scoped], record: Scoped) -> 
     changed = [
         key
         for key in before.keys() | after.keys()
-        if before.get(key, _MISSING) is not after.get(key, _MISSING)
+        if before.get(key, MISSING) is not after.get(key, MISSING)
     ]
 
     def undo(values: Values, shadowed: set[str]) -> dict[str, object]:
         undone = dict(values)
         for key in changed:
-            if key in shadowed or values.get(key, _MISSING) is not after.get(key, _MISSING):
+            if key in shadowed or values.get(key, MISSING) is not after.get(key, MISSING):
                 continue  # changed again since: no longer this scope's
-            old = before.get(key, _MISSING)
-            if old is _MISSING:
+            old = before.get(key, MISSING)
+            if old is MISSING:
                 del undone[key]
             else:
                 undone[key] = old

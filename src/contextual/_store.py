@@ -42,7 +42,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast, final, overload
 
 from . import _repair
-from ._backends import BACKEND_CLASSES, EMPTY, Backend, BackendKind, Scoped, Values
+from ._backends import BACKEND_CLASSES, EMPTY, MISSING, Backend, BackendKind, Scoped, Values
 from ._decorate import AsyncToo, decorate
 from ._definition import (
     Checked,
@@ -74,16 +74,6 @@ BACKENDS: Final = ("context", "thread")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _S = TypeVar("_S", bound="_Store")
-
-
-class _Missing:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Final = _Missing()
 
 
 def _defaults_factory(factory: Callable[[], Mapping[str, Any]], name: str) -> Values:
@@ -420,7 +410,7 @@ class _Store(MutableMapping[str, Any], metaclass=_StoreMeta):
     @overload
     def pop(self, key: str, default: Any, /) -> Any: ...
 
-    def pop(self, key: str, default: Any = _MISSING, /) -> Any:
+    def pop(self, key: str, default: Any = MISSING, /) -> Any:
         """Remove ``key`` and return its value, or ``default`` if it is not set.
 
         Raises:
@@ -432,7 +422,7 @@ class _Store(MutableMapping[str, Any], metaclass=_StoreMeta):
             raise key_type_error(key)
         values = self._get()
         if key not in values:
-            if default is _MISSING:
+            if default is MISSING:
                 raise KeyError(key)
             return default
         values = values.copy()
