@@ -4,24 +4,22 @@ One store API over :mod:`contextvars` and :class:`threading.local`, scoped
 changes that always restore, and propagation of everything registered into
 threads, pools, asyncio and other processes.
 
-``import contextual`` imports the standard library only; integrations live in
-``contextual.integrations`` and are imported on demand.
+``import contextual`` imports the standard library only. The helpers that
+stand on it are modules of their own, :mod:`contextual.db` (a connection per
+thread, transactions) and :mod:`contextual.spinner`, and integrations live
+in ``contextual.integrations``: each is imported only when asked for.
 """
 
 import importlib as _importlib
 import typing as _typing
 
-from ._errors import (
-    CommitOutcomeUnknownError,
-    ContextualError,
-    ScopeError,
-    StoreDefaultsError,
-    TransactionError,
-)
-from ._fields import field
-from ._logfilter import ContextFilter
-from ._propagation import ContextThread, Snapshot, capture
-from ._request import (
+from ._core.errors import ContextualError, ScopeError, StoreDefaultsError
+from ._core.fields import field
+from ._core.publish import publish as _publish
+from ._core.store import BACKENDS, ContextStore, StoreScope, get_store, list_stores
+from ._propagation.snapshot import ContextThread, Snapshot, capture
+from ._request.logfilter import ContextFilter
+from ._request.request import (
     RequestContext,
     current_request,
     get_current_user,
@@ -29,42 +27,29 @@ from ._request import (
     new_request_id,
     request_context,
 )
-from ._spinner import Spinner, SpinnerHandler
-from ._store import BACKENDS, ContextStore, StoreScope, get_store, list_stores
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
-    from ._db import DBAPIConnection, ThreadLocalDB
-    from ._executors import (
+    from ._propagation.executors import (
         ContextExecutor,
         ContextProcessPoolExecutor,
         set_default_executor,
         to_thread,
     )
-    from ._transaction import Transaction, TransactionManager, TransactionState
 
 __all__ = [
     "BACKENDS",
-    "CommitOutcomeUnknownError",
     "ContextExecutor",
     "ContextFilter",
     "ContextProcessPoolExecutor",
     "ContextStore",
     "ContextThread",
     "ContextualError",
-    "DBAPIConnection",
     "RequestContext",
     "ScopeError",
     "Snapshot",
-    "Spinner",
-    "SpinnerHandler",
     "StoreDefaultsError",
     "StoreScope",
-    "ThreadLocalDB",
-    "Transaction",
-    "TransactionError",
-    "TransactionManager",
-    "TransactionState",
     "__version__",
     "capture",
     "current_request",
@@ -79,35 +64,44 @@ __all__ = [
     "to_thread",
 ]
 
-# Names whose modules import concurrent.futures, multiprocessing or asyncio
-# (40 ms and more), or sqlite3: loaded on first use, so that importing contextual stays
+# Names whose module imports concurrent.futures, multiprocessing and asyncio
+# (40 ms and more): loaded on first use, so that importing contextual stays
 # cheap for code that never needs them.
 _LAZY = {
-    "ContextExecutor": "._executors",
-    "ContextProcessPoolExecutor": "._executors",
-    "set_default_executor": "._executors",
-    "to_thread": "._executors",
-    "DBAPIConnection": "._db",
-    "ThreadLocalDB": "._db",
-    "Transaction": "._transaction",
-    "TransactionManager": "._transaction",
-    "TransactionState": "._transaction",
+    "ContextExecutor": "._propagation.executors",
+    "ContextProcessPoolExecutor": "._propagation.executors",
+    "set_default_executor": "._propagation.executors",
+    "to_thread": "._propagation.executors",
 }
 
-
-def _publish(obj: _typing.Any) -> _typing.Any:
-    # Public objects report the public module in reprs, tracebacks and docs.
-    if getattr(obj, "__module__", "").startswith("contextual._"):
-        obj.__module__ = __name__
-    return obj
+# Names that 0.1 exported here and that live in a helper module since 0.2:
+# the error says where, rather than only that the name is missing.
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "CommitOutcomeUnknownError",
+            "DBAPIConnection",
+            "ThreadLocalDB",
+            "Transaction",
+            "TransactionError",
+            "TransactionManager",
+            "TransactionState",
+        ),
+        "contextual.db",
+    ),
+    **dict.fromkeys(("Spinner", "SpinnerHandler"), "contextual.spinner"),
+}
 
 
 def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         msg = f"module {__name__!r} has no attribute {name!r}"
+        if name in _MOVED:
+            new = _MOVED[name]
+            msg += f"; since 0.2 it is imported from {new}: from {new} import {name}"
         raise AttributeError(msg, name=name, obj=None)
-    value = _publish(getattr(_importlib.import_module(module, __name__), name))
+    value = _publish(__name__, getattr(_importlib.import_module(module, __name__), name))
     globals()[name] = value
     return value
 
@@ -118,5 +112,5 @@ def __dir__() -> list[str]:
 
 for _name in __all__:
     if _name not in _LAZY:
-        _publish(globals()[_name])
+        _publish(__name__, globals()[_name])
 del _name

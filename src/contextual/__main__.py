@@ -16,15 +16,15 @@ from . import (
     ContextExecutor,
     ContextFilter,
     ContextStore,
-    Spinner,
-    ThreadLocalDB,
     __version__,
     get_request_id,
     request_context,
 )
+from .db import ThreadLocalDB
+from .spinner import Spinner
 
 if TYPE_CHECKING:
-    from . import Transaction
+    from .db import Transaction
 
 DESCRIPTION = """\
 A tour of contextual in about a second, printed to stdout:

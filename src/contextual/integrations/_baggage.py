@@ -16,7 +16,7 @@ doesn't fit or can't be encoded is left out. When the members a header
 already had and ours don't fit together, ours are kept and the others are
 dropped: this service answers for its own. An incoming value that decodes
 to a control or format character is refused (it would forge log lines; see
-``contextual._wire`` for the rule). Each kind
+``contextual._propagation.wire`` for the rule). Each kind
 of problem is
 reported once per process (see ``_headers.report_once``). Functions here
 return the problems instead of logging them, so that the middleware can log
@@ -29,13 +29,14 @@ import re
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote
 
-from contextual._wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES, has_control
-from contextual.integrations._carrier import REQUEST_ID_KEY, REQUEST_STORE_NAME
+from contextual._propagation.wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES, has_control
+
+from ._carrier import REQUEST_ID_KEY, REQUEST_STORE_NAME
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from contextual.integrations._carrier import AllowList
+    from ._carrier import AllowList
 
 __all__ = [
     "HEADER",

@@ -12,9 +12,9 @@ import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, final
 
-from contextual._propagation import capture
-from contextual._request import REQUEST_STORE
-from contextual._store import get_store
+from contextual._core.store import get_store
+from contextual._propagation.snapshot import capture
+from contextual._request.request import REQUEST_STORE
 
 __all__ = [
     "REQUEST_ID_KEY",

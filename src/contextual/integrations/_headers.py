@@ -17,16 +17,17 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeAlias, TypeVar, final
 
-from contextual._fork import renew_locks_after_fork
-from contextual._request import new_request_id, open_request
-from contextual.integrations._baggage import read, split_user
-from contextual.integrations._carrier import applied
+from contextual._core.fork import renew_locks_after_fork
+from contextual._request.request import new_request_id, open_request
+
+from ._baggage import read, split_user
+from ._carrier import applied
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from contextual.integrations._baggage import Problem
-    from contextual.integrations._carrier import AllowList
+    from ._baggage import Problem
+    from ._carrier import AllowList
 
 __all__ = [
     "DEFAULT_HEADER",

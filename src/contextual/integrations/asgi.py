@@ -13,9 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias, final
 
-from contextual._request import new_request_id
-from contextual.integrations._carrier import AllowList
-from contextual.integrations._headers import DEFAULT_HEADER, RequestOpener, replace_header
+from contextual._request.request import new_request_id
+
+from ._carrier import AllowList
+from ._headers import DEFAULT_HEADER, RequestOpener, replace_header
 
 __all__ = ["RequestContextMiddleware"]
 

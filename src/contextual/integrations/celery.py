@@ -30,26 +30,27 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, NamedTuple, Protocol, TypeAlias, cast, final
 
-from contextual._fork import renew_locks_after_fork
-from contextual._propagation import Snapshot, capture
-from contextual._request import RequestContext, get_request_id
-from contextual._store import propagating_stores
-from contextual._transaction import TransactionManager
-from contextual._wire import (
+from contextual._core.fork import renew_locks_after_fork
+from contextual._core.store import propagating_stores
+from contextual._propagation.snapshot import Snapshot, capture
+from contextual._propagation.wire import (
     CONTROL_CHARACTERS,
     FORMAT,
     MAX_BYTES,
     MAX_VALUE_BYTES,
     holds_control,
 )
-from contextual.integrations._carrier import (
+from contextual._request.request import RequestContext, get_request_id
+from contextual.db import TransactionManager
+
+from ._carrier import (
     REQUEST_ID_KEY,
     REQUEST_STORE_NAME,
     AllowList,
     AllowSpec,
     applied,
 )
-from contextual.integrations._headers import (
+from ._headers import (
     LOGGED_CHARS,
     accepts_request_id,
     check_callable,
@@ -191,7 +192,7 @@ def install(
     :data:`HEADER` is sent as given, unchecked.
 
     **Byte limits.** The same as for context over HTTP
-    (``contextual._wire.MAX_VALUE_BYTES`` and ``MAX_BYTES``): one key and
+    (``contextual._propagation.wire.MAX_VALUE_BYTES`` and ``MAX_BYTES``): one key and
     its value may take at most 4096 bytes, and the entries of one message
     8192 bytes in all. An entry's size is the length of its key plus that
     of its value, each encoded as compact JSON in UTF-8
@@ -447,10 +448,10 @@ def _within_limits(
     characters as they are (``json.dumps(x, ensure_ascii=False,
     separators=(",", ":")).encode()``), whatever serializer the messages
     use: ``"k": "v"`` takes 6 bytes; store names are not counted. An entry
-    over :data:`contextual._wire.MAX_VALUE_BYTES` is left out; the others
+    over :data:`contextual._propagation.wire.MAX_VALUE_BYTES` is left out; the others
     count, the request store's first, then the rest in order, and from the
     first one that would take the total past
-    :data:`contextual._wire.MAX_BYTES` on, every entry is left out.
+    :data:`contextual._propagation.wire.MAX_BYTES` on, every entry is left out.
 
     Args:
         stores: Plain data only (``_is_plain``): JSON can encode it.
@@ -549,7 +550,7 @@ def _checked_values(
 ) -> dict[str, dict[str, Any]]:
     """``stores`` without the entries that break the character rule or are not plain data.
 
-    The character rule is :func:`contextual._wire.holds_control`'s; plain
+    The character rule is :func:`contextual._propagation.wire.holds_control`'s; plain
     data is what publishers send (see :func:`_is_plain`), and what the
     byte limits can measure.
     """

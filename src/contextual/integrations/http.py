@@ -52,15 +52,16 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, final
 
-from contextual._request import RequestContext, request_context
-from contextual.integrations._baggage import HEADER, read, split_user, write
-from contextual.integrations._carrier import (
+from contextual._request.request import RequestContext, request_context
+
+from ._baggage import HEADER, read, split_user, write
+from ._carrier import (
     REQUEST_ID_KEY,
     REQUEST_STORE_NAME,
     AllowList,
 )
-from contextual.integrations._carrier import applied as _applied
-from contextual.integrations._headers import (
+from ._carrier import applied as _applied
+from ._headers import (
     DEFAULT_HEADER,
     accepts_request_id,
     check_callable,
@@ -70,7 +71,7 @@ from contextual.integrations._headers import (
 )
 
 if TYPE_CHECKING:
-    from contextual.integrations._baggage import Problem
+    from ._baggage import Problem
 
 __all__ = ["CarriedContext", "extract", "inject", "install_httpx", "install_requests"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from contextual._logfilter import FieldCollector, _StoreSpec
+from contextual._request.logfilter import FieldCollector, _StoreSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, MutableMapping

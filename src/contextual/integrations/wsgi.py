@@ -14,14 +14,15 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final
 
-from contextual._request import new_request_id
-from contextual.integrations._carrier import AllowList
-from contextual.integrations._headers import DEFAULT_HEADER, RequestOpener, replace_header
+from contextual._request.request import new_request_id
+
+from ._carrier import AllowList
+from ._headers import DEFAULT_HEADER, RequestOpener, replace_header
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from contextual.integrations._headers import Opened
+    from ._headers import Opened
 
 __all__ = ["RequestContextMiddleware"]
 

@@ -23,7 +23,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final
 
-from ._fork import renew_locks_after_fork
+from .fork import renew_locks_after_fork
 
 if TYPE_CHECKING:
     from collections.abc import Callable

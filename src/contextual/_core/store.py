@@ -11,12 +11,12 @@ dict and publishes it. That single rule gives the semantics users rely on:
   hold can't change underneath them;
 * a scope restores by publishing the values it saw on entry again.
 
-Inside a scope the values are a :class:`~contextual._backends.Scoped`
+Inside a scope the values are a :class:`~contextual._core.backends.Scoped`
 dict, which carries the record of the innermost scope entered: the scope,
 what it sets, and the values it found, which carry the record of the scope
 before, back to the first. The chain is what lets a scope that exits out of
 order (two generators closed in the other order, two tasks on one thread)
-undo its own changes and nothing else (``_repair``), and what tells an exit
+undo its own changes and nothing else (``repair``), and what tells an exit
 running in an unrelated context that there is nothing there to undo.
 
 The store, its scopes, propagation, logging, the test helpers, the
@@ -41,10 +41,10 @@ from collections.abc import (
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast, final, overload
 
-from . import _repair
-from ._backends import BACKEND_CLASSES, EMPTY, MISSING, Backend, BackendKind, Scoped, Values
-from ._decorate import AsyncToo, decorate
-from ._definition import (
+from . import repair
+from .backends import BACKEND_CLASSES, EMPTY, MISSING, Backend, BackendKind, Scoped, Values
+from .decorate import AsyncToo, decorate
+from .definition import (
     Checked,
     Defaults,
     StoreDefinition,
@@ -52,9 +52,9 @@ from ._definition import (
     checked_values,
     key_type_error,
 )
-from ._errors import ScopeError, StoreDefaultsError
-from ._fields import Layout, declare
-from ._registry import Registry
+from .errors import ScopeError, StoreDefaultsError
+from .fields import Layout, declare
+from .registry import Registry
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -987,10 +987,10 @@ def exit_scope(impl: Backend, sets: Values) -> bool:
     if innermost:
         impl.set(values.found)  # type: ignore[attr-defined]
         return True
-    found = _repair.find(values, sets)
+    found = repair.find(values, sets)
     if found is None:
         return False
-    _repair.exit_out_of_order(impl, *found)
+    repair.exit_out_of_order(impl, *found)
     return True
 
 

@@ -18,9 +18,11 @@ from typing import (
     final,
 )
 
-from ._decorate import AsyncToo, decorate
-from ._errors import CommitOutcomeUnknownError, ScopeError, TransactionError
-from ._fork import renew_locks_after_fork
+from contextual._core.decorate import AsyncToo, decorate
+from contextual._core.errors import ScopeError
+from contextual._core.fork import renew_locks_after_fork
+
+from ._errors import CommitOutcomeUnknownError, TransactionError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -117,15 +119,7 @@ class _DatabaseLink:
     hence ``Any`` for them here.
     """
 
-    __slots__ = (
-        "close_if_retired",
-        "current",
-        "database",
-        "local",
-        "prepared",
-        "run",
-        "transactions",
-    )
+    __slots__ = ("close_if_retired", "current", "database", "run", "slot", "transactions")
 
     # The database itself, and its own manager.
     database: _Database
@@ -133,29 +127,25 @@ class _DatabaseLink:
     # The current transaction of each thread and task: every manager of the
     # database shares it.
     current: contextvars.ContextVar[Transaction | None]
-    # The database's thread store's threading.local: this thread's slot is
-    # ``local.values.get("slot")``.
-    local: Any
-    # Return this thread's ``slot`` checked and open, or a new one (``slot`` None).
-    prepared: Callable[[Any], _ConnectionSlot]
+    # This thread's slot of the database, checked and open (a new one if
+    # the thread had none).
+    slot: Callable[[], _ConnectionSlot]
     # Run a transaction-control statement on ``slot``.
     run: Callable[[Any, str], None]
     # Close ``slot``'s connection if another thread retired it.
     close_if_retired: Callable[[Any], None]
 
-    # operations: the database's prepared, run and close_if_retired, in that order.
+    # operations: the database's slot, run and close_if_retired, in that order.
     def __init__(
         self,
         database: _Database,
         name: str,
-        local: Any,
         operations: tuple[
-            Callable[[Any], _ConnectionSlot], Callable[[Any, str], None], Callable[[Any], None]
+            Callable[[], _ConnectionSlot], Callable[[Any, str], None], Callable[[Any], None]
         ],
     ) -> None:
         self.database = database
-        self.local = local
-        self.prepared, self.run, self.close_if_retired = operations
+        self.slot, self.run, self.close_if_retired = operations
         self.current = contextvars.ContextVar(f"{name}.transaction", default=None)
         self.transactions = TransactionManager(self)
 
@@ -521,10 +511,7 @@ class Transaction(AsyncToo["Transaction"]):
         self._owner = owner
         link = self._link
         if link is not None:
-            # ThreadLocalDB._slot(), inlined: the store-coupled read of this thread's slot.
-            slot = link.local.values.get("slot")
-            if slot is None or not slot.ready.live:
-                slot = link.prepared(slot)
+            slot = link.slot()
             if parent is None:
                 if slot.transaction is not None:
                     raise self._connection_taken(link.database, slot.transaction, owner)
@@ -593,18 +580,7 @@ class Transaction(AsyncToo["Transaction"]):
                 slot.transaction = None  # still ready, as on entry
             else:
                 slot.enter(parent, self._owner)
-            if exc_type is None and not slot.failed and parent is None and slot.ready.live:
-                # The common case, inlined: an outermost commit on an open
-                # sqlite3 connection of the current generation.
-                try:
-                    slot.cursor.execute("COMMIT")
-                except BaseException as error:  # noqa: BLE001 (_commit_failed re-raises it)
-                    self._commit_failed(error, broken_before=False)
-                self.state = "committed"
-                if self._commit_hooks:
-                    _run_hooks(self._commit_hooks, "on_commit")
-            else:
-                self._end(exc_type)
+            self._end(exc_type)
         finally:
             # A Transaction, or a traceback through here, kept after the block
             # must not keep the connection alive past its thread.
@@ -639,8 +615,13 @@ class Transaction(AsyncToo["Transaction"]):
         if slot is not None and link is not None:
             broken = False
             try:
-                broken = slot.lost_before_commit()
-                link.run(slot, "COMMIT")
+                if slot.ready.live:
+                    # Nothing to check first (an open sqlite3 connection of
+                    # the current generation): straight to the cursor.
+                    slot.cursor.execute("COMMIT")
+                else:
+                    broken = slot.lost_before_commit()
+                    link.run(slot, "COMMIT")
             except BaseException as error:  # noqa: BLE001 (_commit_failed re-raises it)
                 # A traceback the caller keeps holds this frame: it must not
                 # keep the connection open after its thread exits.

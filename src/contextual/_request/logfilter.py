@@ -12,11 +12,12 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from ._request import REQUEST_STORE
-from ._store import ContextStore, backend_of, get_store
+from contextual._core.store import ContextStore, backend_of, get_store
+
+from .request import REQUEST_STORE
 
 if TYPE_CHECKING:
-    from ._backends import Values
+    from contextual._core.backends import Values
 
 __all__ = ["RESERVED_ATTRIBUTES", "ContextFilter", "FieldCollector"]
 

@@ -12,9 +12,10 @@ import pickle
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
-from ._propagation import Snapshot, _check_characters, _in_empty_context, capture
-from ._store import backend_of, list_stores
-from ._wire import FORMAT, MAX_BYTES, MAX_VALUE_BYTES
+from contextual._core.store import backend_of, list_stores
+
+from .snapshot import Snapshot, _check_characters, _in_empty_context, capture
+from .wire import FORMAT, MAX_BYTES, MAX_VALUE_BYTES
 
 if TYPE_CHECKING:
     import asyncio

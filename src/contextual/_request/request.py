@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, NamedTuple, TypeVar, final
 
-from ._decorate import AsyncToo, decorate
-from ._errors import ScopeError
-from ._store import ContextStore, backend_of, enter_scope, exit_scope
+from contextual._core.decorate import AsyncToo, decorate
+from contextual._core.errors import ScopeError
+from contextual._core.store import ContextStore, backend_of, enter_scope, exit_scope
 
 __all__ = [
     "REQUEST_STORE",

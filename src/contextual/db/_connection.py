@@ -12,8 +12,10 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast, final
 
+from contextual._core.fork import after_fork_in_child
+from contextual._core.store import ContextStore, backend_of
+
 from ._errors import TransactionError
-from ._store import ContextStore, backend_of
 from ._transaction import (
     Transaction,
     TransactionManager,
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from ._backends import ThreadBackend
+    from contextual._core.backends import ThreadBackend
 
 __all__ = ["DBAPIConnection", "ThreadLocalDB"]
 
@@ -495,8 +497,8 @@ class ThreadLocalDB:
         )
         # The store's threading.local, read directly on the fast path.
         self._local = cast("ThreadBackend", backend_of(self._store)).local
-        operations = (self._prepared, self._run, self._close_if_retired)
-        self._link = _DatabaseLink(self, self._store.name, self._local, operations)
+        operations = (self._slot, self._run, self._close_if_retired)
+        self._link = _DatabaseLink(self, self._store.name, operations)
         self.transactions = self._link.transactions
         with _dbs_lock:
             _fork_hooks[:] = [hook for hook in _fork_hooks if hook() is not None]
@@ -793,7 +795,7 @@ class ThreadLocalDB:
 
     # -- used by transactions ------------------------------------------------
     # Through the _transaction._DatabaseLink this object hands them: its
-    # _local, and _prepared, _close_if_retired and _run.
+    # _slot, _close_if_retired and _run.
 
     def _run(self, slot: _Slot, sql: str) -> None:
         """Run a transaction-control statement on ``slot``."""
@@ -901,7 +903,8 @@ def _closed_in_transaction(slot: _Slot) -> TransactionError:
     return TransactionError(msg)
 
 
-def _after_fork_in_child() -> None:
+@after_fork_in_child
+def _forget_after_fork() -> None:
     global _dbs_lock  # noqa: PLW0603
     # Another thread of the parent may have held any of these locks when it
     # forked; in the child that thread no longer exists to release them.
@@ -910,7 +913,3 @@ def _after_fork_in_child() -> None:
         forget = hook()
         if forget is not None:
             forget()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
-    os.register_at_fork(after_in_child=_after_fork_in_child)

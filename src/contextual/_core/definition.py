@@ -16,7 +16,7 @@ from enum import Enum
 from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 from typing import Any, Final, TypeAlias, cast, final
 
-from ._backends import MISSING, BackendKind, Values
+from .backends import MISSING, BackendKind, Values
 
 __all__ = [
     "IMMUTABLE_VALUES",

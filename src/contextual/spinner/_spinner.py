@@ -15,19 +15,20 @@ import codecs
 import contextvars
 import functools
 import io
-import itertools
 import logging
 import numbers
 import os
 import sys
 import threading
 import time
-import unicodedata
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, TypeVar
 
-from ._decorate import AsyncToo, decorate
+from contextual._core.decorate import AsyncToo, decorate
+from contextual._core.fork import after_fork_in_child
+
+from ._textwidth import cut, one_line, width
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -63,10 +64,6 @@ _ASCII_MARKS: Final = ("OK", "FAIL", "...")
 # apart: a loop that sets the text thousands of times a second must not write
 # thousands of lines to the terminal.
 _TEXT_GAP: Final = 0.1
-
-# Line breaks, tabs, escapes and the other C0 and C1 controls would move the
-# cursor off the spinner's line or throw out its width: they print as spaces.
-_CONTROLS: Final = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], " ")
 
 # The clock of start times, elapsed times and frames; a name of this module,
 # so that a test can set it without changing time.monotonic for everyone.
@@ -593,8 +590,8 @@ class _Run:
         for frame in self.frames:
             # One column short of the width: a line that fills the last
             # column makes some terminals wrap, and "\r" then misses it.
-            room = columns - 1 - _width(frame) - 1
-            shown = _cut(text, room, self.marks[2])
+            room = columns - 1 - width(frame) - 1
+            shown = cut(text, room, self.marks[2])
             coloured = f"{_CYAN}{frame}{_RESET}" if self.colour else frame
             body = f"{coloured} {shown}" if shown else coloured
             lines.append(f"\r{body}{_ERASE_TO_END}")
@@ -609,7 +606,7 @@ class _Run:
         return f"{mark} {text} ({elapsed})\n" if text else f"{mark} ({elapsed})\n"
 
     def printable(self, text: str) -> str:
-        text = text.translate(_CONTROLS)
+        text = one_line(text)
         encoding = self.encoding
         if encoding is not None and not _can_encode(text, encoding):
             text = text.encode(encoding, "replace").decode(encoding)
@@ -744,6 +741,7 @@ def _end_all() -> None:
         spinner.stop()
 
 
+@after_fork_in_child
 def _forget_after_fork() -> None:
     # The child has none of the parent's spinner threads, and a lock may have
     # been held by one of them when the parent forked. The parent's spinners
@@ -753,10 +751,6 @@ def _forget_after_fork() -> None:
     _LOCK = threading.RLock()
     _RUNNING = weakref.WeakSet()
     _GATES = weakref.WeakValueDictionary()
-
-
-if sys.platform != "win32":  # pragma: no branch (Windows has no fork)
-    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 # -- checks ------------------------------------------------------------------------
@@ -915,34 +909,6 @@ def _columns(fd: int | None) -> int:
     except ValueError:
         columns = 0
     return columns if columns > 0 else 80
-
-
-# -- text --------------------------------------------------------------------------
-
-
-def _char_width(char: str) -> int:
-    if unicodedata.combining(char):
-        return 0
-    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
-
-
-def _width(text: str) -> int:
-    """Return how many terminal columns ``text`` takes (wide East Asian characters: 2)."""
-    return len(text) if text.isascii() else sum(map(_char_width, text))
-
-
-def _cut(text: str, room: int, ellipsis: str) -> str:
-    """Return ``text`` cut to ``room`` columns, ending with ``ellipsis`` if it was cut."""
-    if _width(text) <= room:
-        return text
-    room -= _width(ellipsis)
-    if room < 0:
-        return ""
-    # The longest start of the text that fits; a combining mark stays with
-    # the character before it, since it takes no column.
-    used = itertools.accumulate(map(_char_width, text))
-    kept = sum(1 for _ in itertools.takewhile(lambda total: total <= room, used))
-    return text[:kept] + ellipsis
 
 
 def _format_elapsed(seconds: float) -> str:

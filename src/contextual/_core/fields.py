@@ -21,12 +21,12 @@ import typing
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
 
-from ._definition import IMMUTABLE_VALUES, known_immutable, rebuilt
+from .definition import IMMUTABLE_VALUES, known_immutable, rebuilt
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from ._backends import BackendKind, Values
+    from .backends import BackendKind, Values
 
 __all__ = ["Field", "Layout", "declare", "field"]
 

@@ -23,13 +23,14 @@ import threading
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, final
 
-from ._backends import run_with_threads
-from ._store import REGISTRY, backend_of, get_store
-from ._wire import CONTROL_CHARACTERS, FORMAT, has_control, holds_control
+from contextual._core.backends import run_with_threads
+from contextual._core.store import REGISTRY, backend_of, get_store
+
+from .wire import CONTROL_CHARACTERS, FORMAT, has_control, holds_control
 
 if TYPE_CHECKING:
-    from ._backends import ContextBackend, ThreadBackend, ThreadEntry
-    from ._store import ContextStore
+    from contextual._core.backends import ContextBackend, ThreadBackend, ThreadEntry
+    from contextual._core.store import ContextStore
 
 __all__ = ["ContextThread", "Snapshot", "capture"]
 

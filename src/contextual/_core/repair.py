@@ -7,7 +7,7 @@ closed in the other order, or two coroutines interleaving on one thread's
 would wipe the changes of the scopes entered after it, and their later exits
 would bring back this scope's values. :func:`exit_out_of_order` undoes this
 scope's own changes and nothing else, and rewrites the records of the
-scopes entered after it (see :class:`~contextual._backends.Scoped`) so that
+scopes entered after it (see :class:`~contextual._core.backends.Scoped`) so that
 their exits restore values without its changes.
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._backends import MISSING, Scoped
+from .backends import MISSING, Scoped
 
 if TYPE_CHECKING:
-    from ._backends import Backend, Values
+    from .backends import Backend, Values
 
 __all__ = ["exit_out_of_order", "find"]
 

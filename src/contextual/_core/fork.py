@@ -1,0 +1,62 @@
+"""One after-fork mechanism: what each module renews in a forked child.
+
+A forked child has one thread, the one that called ``os.fork()``. A lock
+that another thread of the parent held at that moment stays held forever
+in the child, and per-thread resources of the parent (connections, spinner
+threads) are not the child's. Every module that keeps such state registers
+here, once, at import: :func:`after_fork_in_child` for what it must reset,
+:func:`renew_locks_after_fork` for its module-level locks. One
+``os.register_at_fork`` hook runs them all, in the order they registered.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["after_fork_in_child", "renew_locks_after_fork"]
+
+_H = TypeVar("_H", bound="Callable[[], None]")
+
+_hooks: list[Callable[[], None]] = []
+_hooks_lock = threading.Lock()
+
+
+def after_fork_in_child(hook: _H) -> _H:
+    """Run ``hook`` in every child this process forks, right after the fork.
+
+    Use as a decorator on a module-level function. Hooks run in the order
+    they were registered, in the child only; one that raises is not caught
+    (``os.register_at_fork`` prints it), so keep hooks to rebinding state.
+    """
+    with _hooks_lock:
+        _hooks.append(hook)
+    return hook
+
+
+def renew_locks_after_fork(namespace: dict[str, Any], *names: str) -> None:
+    """After each ``os.fork()``, bind a new :class:`threading.Lock` to each of ``names``.
+
+    Pass the module's ``globals()``: code that reads the lock through the
+    module global gets the new one in the child.
+    """
+
+    @after_fork_in_child
+    def renew() -> None:  # pragma: no cover - runs in forked children only
+        for name in names:
+            namespace[name] = threading.Lock()
+
+
+def _run_hooks() -> None:  # pragma: no cover - runs in forked children only
+    global _hooks_lock  # noqa: PLW0603 (the parent's may have been held at the fork)
+    _hooks_lock = threading.Lock()
+    for hook in _hooks:
+        hook()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)
+    os.register_at_fork(after_in_child=_run_hooks)
