@@ -1,4 +1,4 @@
-"""Spinner benchmark: contextual.Spinner against yaspin, halo and rich's status.
+"""Spinner benchmark: contextual.spinner.Spinner against yaspin, halo and rich's status.
 
 Usage::
 
@@ -176,11 +176,11 @@ class _Adapter:
         if self.name == "bare-loop":
             self.make = _BareLoop
         elif self.name == "contextual":
-            from contextual import Spinner  # noqa: PLC0415
+            from contextual.spinner import Spinner  # noqa: PLC0415
 
             self.make = lambda: Spinner(TEXT, interval=INTERVAL)
         elif self.name == "ctx-enabled":
-            from contextual import Spinner  # noqa: PLC0415
+            from contextual.spinner import Spinner  # noqa: PLC0415
 
             self.make = lambda: Spinner(TEXT, interval=INTERVAL, enabled=True)
         elif self.name == "yaspin":
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         child(name, task, float(seconds), int(stops), int(result_fd))
         return 0
     parser = argparse.ArgumentParser(
-        description="Compare contextual.Spinner with yaspin, halo and rich's status."
+        description="Compare contextual.spinner.Spinner with yaspin, halo and rich's status."
     )
     parser.add_argument(
         "--quick",

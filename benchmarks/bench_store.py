@@ -417,7 +417,9 @@ class _Database:
     def __init__(self) -> None:
         self.folder = tempfile.mkdtemp(prefix="contextual-bench-")
         self.path = os.path.join(self.folder, "bench.sqlite3")  # noqa: PTH118 (sqlite3 takes str)
-        self.db = contextual.ThreadLocalDB(self.path, setup=self.configure)
+        from contextual.db import ThreadLocalDB  # noqa: PLC0415 (only these workers)
+
+        self.db = ThreadLocalDB(self.path, setup=self.configure)
         self.db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
         self.db.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"value {i}") for i in range(100)])
         self.raw: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None)

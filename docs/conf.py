@@ -11,6 +11,7 @@ standard-library names to docs.python.org instead (this needs network access).
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -141,17 +142,24 @@ html_static_path = ["_static"]
 _logger = logging.getLogger(__name__)
 
 
+# The public modules whose __all__ the reference must cover in full.
+_PUBLIC_MODULES = ("contextual", "contextual.db", "contextual.spinner")
+
+
 def _check_public_names(app: Sphinx, env: BuildEnvironment) -> None:
-    """Warn about each name in ``contextual.__all__`` that no page documents."""
+    """Warn about each name in a public module's ``__all__`` that no page documents."""
     del app
     documented = env.get_domain("py").objects
-    for name in contextual.__all__:
-        if f"contextual.{name}" not in documented:
-            _logger.warning(
-                "contextual.%s is in contextual.__all__ but not documented; "
-                "add it to docs/reference.md.",
-                name,
-            )
+    for module_name in _PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            if f"{module_name}.{name}" not in documented:
+                _logger.warning(
+                    "%s.%s is in %s.__all__ but not documented; add it to docs/reference.md.",
+                    module_name,
+                    name,
+                    module_name,
+                )
 
 
 def _drop_type_docstring(  # noqa: PLR0913, PLR0917 (the event's signature)

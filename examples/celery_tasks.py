@@ -44,11 +44,11 @@ import contextual
 from contextual import (
     ContextFilter,
     ContextStore,
-    TransactionManager,
     get_current_user,
     get_request_id,
     request_context,
 )
+from contextual.db import TransactionManager
 from contextual.integrations.celery import enqueue_on_commit, install
 
 URL_VARIABLE = "CONTEXTUAL_EXAMPLE_REDIS_URL"

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from contextual import ThreadLocalDB
+from contextual.db import ThreadLocalDB
 
 
 class CardDeclinedError(Exception):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 
-from contextual import Spinner
+from contextual.spinner import Spinner
 
 
 def slow(seconds: float) -> int:

@@ -20,10 +20,10 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from contextual import TransactionError, TransactionManager
+from contextual.db import TransactionError, TransactionManager
 
 if TYPE_CHECKING:
-    from contextual import Transaction
+    from contextual.db import Transaction
 
 tm = TransactionManager()
 

@@ -365,7 +365,7 @@ class ThreadLocalDB:
 
     Each thread that touches ``db`` gets a connection of its own, which no
     other thread ever receives: the connection lives in a ``"thread"``
-    :class:`ContextStore` with ``propagate=False``, so it stays behind when
+    :class:`~contextual.ContextStore` with ``propagate=False``, so it stays behind when
     work moves to a pool worker, a new thread or another process, where
     ``db`` opens that thread's own. Tasks of one event loop share their
     thread's connection (see :meth:`transaction` for what that means for

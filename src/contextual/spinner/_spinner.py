@@ -203,7 +203,7 @@ class Spinner(AsyncToo["Spinner"]):
         Outside a terminal, as in a CI log, a spinner writes two lines:
 
         >>> import sys
-        >>> from contextual import Spinner
+        >>> from contextual.spinner import Spinner
         >>> with Spinner("Loading", stream=sys.stdout):
         ...     pass  # the work
         Loading
