@@ -53,7 +53,7 @@ from contextual._wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES
 from contextual.integrations import celery as integration
 from contextual.integrations.celery import HEADER, enqueue_on_commit, install
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 SESSION = uuid.uuid4().hex[:10]
 ALLOW = {"tests.celery.tenant": True, "contextual.request": ["user_id"]}
 # What the stores hold in a worker between tasks.

@@ -40,7 +40,7 @@ CYAN, GREEN, RED, RESET = "\x1b[36m", "\x1b[32m", "\x1b[31m", "\x1b[0m"
 DOTS = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 ELAPSED = r"\(\d+\.\ds\)"
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 EXAMPLE = TESTS.parent / "examples" / "spinner_supervisor.py"
 
 
