@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from _servers import redis_url
 from contextual.__main__ import main
+from support.servers import redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
