@@ -10,6 +10,10 @@ import pytest
 
 from contextual import ContextStore
 
+# support.server_skips: one summary line for the tests skipped for lack of a
+# server; pytester: the tests of that plugin run pytest on files of their own.
+pytest_plugins = ["pytester", "support.server_skips"]
+
 _counter = itertools.count()
 
 BACKENDS = ["context", "thread"]

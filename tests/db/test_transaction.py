@@ -11,7 +11,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from _db_support import Database, database, postgres, sqlite
 from contextual import (
     ContextExecutor,
     ScopeError,
@@ -19,6 +18,7 @@ from contextual import (
     TransactionError,
     TransactionManager,
 )
+from support.db import Database, database, postgres, sqlite
 
 __all__ = ["database", "postgres", "sqlite"]  # the fixtures, imported for pytest
 

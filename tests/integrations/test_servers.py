@@ -22,9 +22,11 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from _http_servers import running_asgi, running_wsgi
-from _middleware_support import FRESH_ID, WARNINGS_LOGGER, ContextRecorder, recording, shown_in_log
-from _server_apps import (
+from contextual import ContextExecutor
+from contextual.integrations import asgi, wsgi
+from support.http_servers import running_asgi, running_wsgi
+from support.middleware import FRESH_ID, WARNINGS_LOGGER, ContextRecorder, recording, shown_in_log
+from support.server_apps import (
     ASGI_LINES,
     LOGGER,
     WSGI_LINES,
@@ -34,8 +36,6 @@ from _server_apps import (
     user_from_environ,
     user_from_scope,
 )
-from contextual import ContextExecutor
-from contextual.integrations import asgi, wsgi
 
 REQUESTS = 500
 CONCURRENCY = 50

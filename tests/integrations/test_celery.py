@@ -35,8 +35,6 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.signals import after_task_publish
 from kombu.exceptions import OperationalError
 
-import _celery_app as tasks
-from _servers import redis_url
 from contextual import (
     ContextExecutor,
     ContextFilter,
@@ -52,8 +50,10 @@ from contextual import (
 from contextual._wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES
 from contextual.integrations import celery as integration
 from contextual.integrations.celery import HEADER, enqueue_on_commit, install
+from support import celery_app as tasks
+from support.servers import redis_url
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 SESSION = uuid.uuid4().hex[:10]
 ALLOW = {"tests.celery.tenant": True, "contextual.request": ["user_id"]}
 # What the stores hold in a worker between tasks.
@@ -1202,7 +1202,7 @@ def worker(
     }
     env.pop("COVERAGE_PROCESS_START", None)
     command = [
-        sys.executable, "-m", "celery", "-A", "_celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "support.celery_app", "worker",
         f"--pool={pool}", f"--concurrency={2 if pool == 'prefork' else 3}",
         f"--queues={queue}", f"--hostname={pool}-{SESSION}@%h",
         "--loglevel=INFO", f"--logfile={directory / 'worker.log'}",

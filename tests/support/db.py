@@ -26,8 +26,8 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
-from _servers import postgres_dsn
 from contextual import ThreadLocalDB
+from support.servers import postgres_dsn
 
 if TYPE_CHECKING:
     from typing_extensions import Self

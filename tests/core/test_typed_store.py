@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 
 import pytest
 
-import _typed_support as support
 from contextual import (
     ContextExecutor,
     ContextProcessPoolExecutor,
@@ -38,6 +37,7 @@ from contextual import (
     list_stores,
 )
 from contextual._request import open_request
+from support import typed as support
 
 FIELDS = ("tenant", "user_id", "tags", "trace_id")
 

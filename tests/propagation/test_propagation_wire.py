@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-import _process_support as support
 from contextual import ContextProcessPoolExecutor, Snapshot, capture, request_context
 from contextual._executors import _run_from_payload
 from contextual._wire import CONTROL_CHARACTERS, FORMAT, MAX_BYTES, MAX_VALUE_BYTES
+from support import process as support
 
 START_METHOD = next(
     m for m in ("spawn", "forkserver", "fork") if m in multiprocessing.get_all_start_methods()

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from _servers import redis_url
 from contextual.__main__ import main
+from support.servers import redis_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 # Under pytest's timeout, so that a stuck script fails with what it printed
 # rather than with the test, and over the examples' own 20 s.
@@ -230,7 +230,7 @@ NEEDS_A_SERVER = {
 }
 
 # Examples whose output depends on time or on a terminal: their own tests run them.
-TESTED_ELSEWHERE = {"spinner_supervisor.py": "tests/test_spinner.py"}
+TESTED_ELSEWHERE = {"spinner_supervisor.py": "tests/spinner/test_spinner.py"}
 
 # Examples that print the fresh request IDs they make: new on every run.
 PRINTS_FRESH_IDS = {"wsgi_server.py", "asgi_server.py"}

@@ -19,7 +19,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from _db_support import Database, database, postgres, postgres_dsn, sqlite, wait_for
 from contextual import (
     ContextExecutor,
     ContextThread,
@@ -29,6 +28,7 @@ from contextual import (
     list_stores,
     request_context,
 )
+from support.db import Database, database, postgres, postgres_dsn, sqlite, wait_for
 
 __all__ = ["database", "postgres", "sqlite"]  # the fixtures, imported for pytest
 

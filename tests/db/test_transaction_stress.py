@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from _db_support import Database, database
 from contextual import ThreadLocalDB
+from support.db import Database, database
 
 __all__ = ["database"]  # the fixture, imported for pytest
 

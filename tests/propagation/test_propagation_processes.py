@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-import _process_support as support
 from contextual import ContextProcessPoolExecutor, Snapshot, capture
 from contextual._executors import _run_from_payload, _start_worker
+from support import process as support
 
 START_METHODS = [
     m for m in ("spawn", "forkserver", "fork") if m in multiprocessing.get_all_start_methods()

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "src" / "contextual"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "contextual"
 
 
 class Import(NamedTuple):

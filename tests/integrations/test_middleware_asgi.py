@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from _middleware_support import FRESH_ID, WARNINGS_LOGGER, recording, shown_in_log
 from contextual import ContextExecutor, get_current_user, get_request_id
 from contextual.integrations.asgi import RequestContextMiddleware
+from support.middleware import FRESH_ID, WARNINGS_LOGGER, recording, shown_in_log
 
 Message = dict[str, Any]
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-import _process_support as support
 import contextual
 from contextual import (
     ContextExecutor,
@@ -30,6 +29,7 @@ from contextual import (
     StoreDefaultsError,
     capture,
 )
+from support import process as support
 
 START_METHOD = next(
     m for m in ("spawn", "forkserver", "fork") if m in multiprocessing.get_all_start_methods()

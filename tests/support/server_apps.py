@@ -1,4 +1,4 @@
-"""The apps that tests/test_servers.py runs under real servers.
+"""The apps that tests/integrations/test_servers.py runs under real servers.
 
 Each handler logs several lines on ``tests.server_apps``, naming the token
 the client sent in ``X-Token``; the test knows which request ID and user

@@ -1,6 +1,6 @@
 """The Celery app of the Celery tests: the test process publishes with it, the worker runs it.
 
-The worker subprocess imports this module (``celery -A _celery_app worker``
+The worker subprocess imports this module (``celery -A support.celery_app worker``
 with ``tests/`` on ``PYTHONPATH``), so it sees the same stores, tasks and
 ``install()`` call as the test process. Every task appends what it saw to a
 JSON-lines file (``CONTEXTUAL_TEST_CELERY_SEEN``), and so does a

@@ -1,4 +1,4 @@
-"""The two services of tests/test_http_services.py: A calls B over loopback with httpx.
+"""The two services of test_http_services.py: A calls B over loopback with httpx.
 
 Service A (ASGI) opens each request with the ID and user its client sent,
 sets a tenant and a role in stores of its own, and calls service B with an
@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
-from _http_servers import serve_lifespan
 from contextual import ContextStore, get_current_user, get_request_id
 from contextual.integrations import asgi, wsgi
 from contextual.integrations.http import install_httpx
+from support.http_servers import serve_lifespan
 
 A_LOGGER = "tests.http_services.a"
 B_LOGGER = "tests.http_services.b"

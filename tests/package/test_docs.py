@@ -13,7 +13,7 @@ import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 FIGURE = DOCS / "_static" / "snapshot-flow.svg"
 SVG = "{http://www.w3.org/2000/svg}"
 

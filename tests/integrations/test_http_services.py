@@ -21,8 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from _http_servers import TIMEOUT, forget_reports, running_asgi, running_wsgi
-from _http_service_apps import (
+from contextual import ContextExecutor, ContextStore, get_current_user, get_request_id
+from contextual.integrations import asgi, wsgi
+from support.http_servers import TIMEOUT, forget_reports, running_asgi, running_wsgi
+from support.http_service_apps import (
     A_LOGGER,
     B_LINES,
     B_LOGGER,
@@ -32,9 +34,7 @@ from _http_service_apps import (
     ServiceB,
     service_a,
 )
-from _middleware_support import FRESH_ID, WARNINGS_LOGGER, ContextRecorder, recording
-from contextual import ContextExecutor, ContextStore, get_current_user, get_request_id
-from contextual.integrations import asgi, wsgi
+from support.middleware import FRESH_ID, WARNINGS_LOGGER, ContextRecorder, recording
 
 CONCURRENCY = 10
 

@@ -12,7 +12,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from _db_support import (
+from contextual import (
+    CommitOutcomeUnknownError,
+    ScopeError,
+    ThreadLocalDB,
+    Transaction,
+    TransactionError,
+    TransactionManager,
+)
+from support.db import (
     Database,
     Intercept,
     Intercepted,
@@ -22,15 +30,7 @@ from _db_support import (
     sqlite,
     wait_for,
 )
-from _servers import postgres_dsn
-from contextual import (
-    CommitOutcomeUnknownError,
-    ScopeError,
-    ThreadLocalDB,
-    Transaction,
-    TransactionError,
-    TransactionManager,
-)
+from support.servers import postgres_dsn
 
 __all__ = ["database", "postgres", "sqlite"]  # the fixtures, imported for pytest
 

@@ -3,7 +3,8 @@
 Each server's address comes from an environment variable that ``.ci/run``
 exports (``.ci/start-postgres`` and ``.ci/start-redis`` print them). Without
 it, the tests that need the server skip, unless ``CONTEXTUAL_REQUIRE_SERVERS``
-is set, as in CI, where a missing server fails them instead.
+is set, as in CI, where a missing server fails them instead. The skips are
+summed up in one line of the short test summary (support.server_skips).
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ POSTGRES_VARIABLE = "CONTEXTUAL_TEST_POSTGRES_DSN"
 REDIS_VARIABLE = "CONTEXTUAL_TEST_REDIS_URL"
 REQUIRE_VARIABLE = "CONTEXTUAL_REQUIRE_SERVERS"
 
+#: Each server: the variable that gives its address, the script that starts one.
+SERVERS = {
+    "PostgreSQL": (POSTGRES_VARIABLE, ".ci/start-postgres"),
+    "Redis": (REDIS_VARIABLE, ".ci/start-redis"),
+}
 
-def _address(variable: str, server: str, script: str) -> str:
+
+def _address(server: str) -> str:
+    variable, script = SERVERS[server]
     found = os.environ.get(variable)
     if found:
         return found
@@ -29,9 +37,9 @@ def _address(variable: str, server: str, script: str) -> str:
 
 def postgres_dsn() -> str:
     """The test PostgreSQL server's DSN; skips (fails in CI) when there is none."""
-    return _address(POSTGRES_VARIABLE, "PostgreSQL", ".ci/start-postgres")
+    return _address("PostgreSQL")
 
 
 def redis_url() -> str:
     """The test Redis server's URL; skips (fails in CI) when there is none."""
-    return _address(REDIS_VARIABLE, "Redis", ".ci/start-redis")
+    return _address("Redis")

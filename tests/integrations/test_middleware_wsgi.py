@@ -12,7 +12,6 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
-from _middleware_support import FRESH_ID, WARNINGS_LOGGER, recording, shown_in_log
 from contextual import (
     ContextExecutor,
     current_request,
@@ -21,6 +20,7 @@ from contextual import (
     request_context,
 )
 from contextual.integrations.wsgi import RequestContextMiddleware
+from support.middleware import FRESH_ID, WARNINGS_LOGGER, recording, shown_in_log
 
 Headers = list[tuple[str, str]]
 

@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 
-from _http_servers import forget_reports
-from _middleware_support import FRESH_ID, WARNINGS_LOGGER, ContextRecorder, recording
 from contextual import ContextStore, get_current_user, get_request_id, request_context
 from contextual.integrations import _baggage
 from contextual.integrations.http import CarriedContext, extract, inject
+from support.http_servers import forget_reports
+from support.middleware import FRESH_ID, WARNINGS_LOGGER, ContextRecorder, recording
 
 USER = {"contextual.request": ["user_id"]}
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

@@ -19,10 +19,10 @@ import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
 from urllib3.util.retry import Retry
 
-from _http_servers import TIMEOUT, forget_reports, running_asgi, serve_lifespan
-from _middleware_support import WARNINGS_LOGGER, recording
 from contextual import ContextStore, request_context
 from contextual.integrations.http import install_httpx, install_requests
+from support.http_servers import TIMEOUT, forget_reports, running_asgi, serve_lifespan
+from support.middleware import WARNINGS_LOGGER, recording
 
 USER = {"contextual.request": ["user_id"]}
 TENANT = ContextStore("tests.http_clients.tenant", defaults={"tenant": None})

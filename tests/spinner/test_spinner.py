@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from _spinner_support import Failing
 from contextual import Spinner, SpinnerHandler, _spinner, get_request_id, request_context
+from support.spinner import Failing
 
 HIDE = "\x1b[?25l"
 SHOW = "\x1b[?25h"
@@ -40,7 +40,7 @@ CYAN, GREEN, RED, RESET = "\x1b[36m", "\x1b[32m", "\x1b[31m", "\x1b[0m"
 DOTS = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 ELAPSED = r"\(\d+\.\ds\)"
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 EXAMPLE = TESTS.parent / "examples" / "spinner_supervisor.py"
 
 
@@ -849,7 +849,7 @@ def test_a_handler_logs_above_a_spinner_whose_stream_raises(terminal):
 def test_a_spinner_whose_stream_raises_leaves_the_exit_quiet():
     code = """if True:
         import io
-        from _spinner_support import Failing
+        from support.spinner import Failing
         from contextual import Spinner
         stream = Failing(io.StringIO(), after=1)  # the first frame only
         Spinner("Left running", stream=stream, enabled=True, interval=3600).start()
