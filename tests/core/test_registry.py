@@ -13,7 +13,8 @@ import threading
 import pytest
 
 import contextual
-from contextual import ContextStore, _store, capture, get_store, list_stores
+from contextual import ContextStore, capture, get_store, list_stores
+from contextual._core import store as _store
 
 
 def assert_redefined(old: ContextStore, new: ContextStore) -> None:

@@ -36,7 +36,7 @@ from contextual import (
     get_store,
     list_stores,
 )
-from contextual._request import open_request
+from contextual._request.request import open_request
 from support import typed as support
 
 FIELDS = ("tenant", "user_id", "tags", "trace_id")

@@ -19,15 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from contextual import (
-    ContextExecutor,
-    ContextThread,
-    ThreadLocalDB,
-    TransactionError,
-    _db,
-    list_stores,
-    request_context,
-)
+from contextual import ContextExecutor, ContextThread, list_stores, request_context
+from contextual.db import ThreadLocalDB, TransactionError
+from contextual.db import _connection as _db
 from support.db import Database, database, postgres, postgres_dsn, sqlite, wait_for
 
 __all__ = ["database", "postgres", "sqlite"]  # the fixtures, imported for pytest
@@ -278,7 +272,7 @@ def test_a_connection_is_closed_when_its_thread_exits(database: Database) -> Non
 def test_thread_exit_closes_without_a_resource_warning(tmp_path: Path) -> None:
     script = f"""
         import threading
-        from contextual import ThreadLocalDB
+        from contextual.db import ThreadLocalDB
         db = ThreadLocalDB({str(tmp_path / "db.sqlite3")!r})
         threads = [threading.Thread(target=db.execute, args=("SELECT 1",)) for _ in range(4)]
         for t in threads: t.start()
@@ -537,7 +531,7 @@ def test_a_forked_child_never_uses_the_parents_connection(database: Database) ->
         who = "db.execute('SELECT pg_backend_pid()')[0][0]"
     script = f"""
         import os, sys
-        from contextual import ThreadLocalDB
+        from contextual.db import ThreadLocalDB
         {setup}
         {ident}
         parent = {who}
@@ -784,7 +778,7 @@ def test_after_a_fork_the_child_sets_every_inherited_connection_aside(
     monkeypatch.setattr(
         _db, "_fork_hooks", [dead, weakref.WeakMethod(db._forget_connections_after_fork)]
     )
-    _db._after_fork_in_child()
+    _db._forget_after_fork()
     try:
         assert parents in _db._inherited  # kept, not closed: the parent still uses it
         assert db.open_connections == 0
@@ -837,7 +831,7 @@ def test_a_forked_child_leaves_the_connections_of_the_parents_other_threads_alon
         who = "db.execute('SELECT pg_backend_pid()')[0][0]"
     script = f"""
         import os, sys, threading
-        from contextual import ThreadLocalDB
+        from contextual.db import ThreadLocalDB
         {setup}
         opened, forked, seen = threading.Event(), threading.Event(), []
         def worker():

@@ -11,13 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from contextual import (
-    ContextExecutor,
-    ScopeError,
-    Transaction,
-    TransactionError,
-    TransactionManager,
-)
+from contextual import ContextExecutor, ScopeError
+from contextual.db import Transaction, TransactionError, TransactionManager
 from support.db import Database, database, postgres, sqlite
 
 __all__ = ["database", "postgres", "sqlite"]  # the fixtures, imported for pytest

@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from contextual import (
+from contextual import ScopeError
+from contextual.db import (
     CommitOutcomeUnknownError,
-    ScopeError,
     ThreadLocalDB,
     Transaction,
     TransactionError,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from contextual import ThreadLocalDB
+from contextual.db import ThreadLocalDB
 from support.db import Database, database
 
 __all__ = ["database"]  # the fixture, imported for pytest

@@ -39,15 +39,13 @@ from contextual import (
     ContextExecutor,
     ContextFilter,
     ContextStore,
-    ThreadLocalDB,
-    TransactionError,
-    TransactionManager,
     current_request,
     get_current_user,
     get_request_id,
     request_context,
 )
-from contextual._wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES
+from contextual._propagation.wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES
+from contextual.db import ThreadLocalDB, TransactionError, TransactionManager
 from contextual.integrations import celery as integration
 from contextual.integrations.celery import HEADER, enqueue_on_commit, install
 from support import celery_app as tasks

@@ -647,7 +647,7 @@ def test_applied_opens_the_carried_request_and_sets_the_stores():
 
 
 def test_applied_sets_other_keys_of_the_request_store():
-    from contextual._request import REQUEST_STORE  # noqa: PLC0415
+    from contextual._request.request import REQUEST_STORE  # noqa: PLC0415
 
     carried = CarriedContext("r-11", {"contextual.request": {"user_id": "ada", "locale": "fr"}})
     with carried.applied():

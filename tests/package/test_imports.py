@@ -151,11 +151,11 @@ def test_the_graph_covers_every_module_and_sees_known_imports():
     assert set(graph) == {"contextual", *(module.name for module in listed)}
     edges = {(i.source, i.target) for imports in graph.values() for i in imports}
     assert {
-        ("contextual._db", "contextual._transaction"),  # from ._transaction import ...
-        ("contextual._store", "contextual._registry"),  # from . import _registry
-        ("contextual", "contextual._db"),  # if TYPE_CHECKING: from ._db import ...
+        ("contextual.db._connection", "contextual.db._transaction"),  # from ._transaction import
+        ("contextual._core.store", "contextual._core.repair"),  # from . import repair
+        ("contextual", "contextual._propagation.executors"),  # if TYPE_CHECKING: from ...
         ("contextual.integrations", "contextual.integrations._carrier"),  # in __init__.py
-        ("contextual.integrations.http", "contextual._request"),  # from contextual._request
+        ("contextual.integrations.http", "contextual._request.request"),  # absolute import
         ("contextual.__main__", "contextual"),  # from . import names of the package
     } <= edges
 
@@ -257,3 +257,71 @@ def test_the_check_passes_a_package_without_cycles(tmp_path):
         },
     )
     assert check(package) == []
+
+
+# -- the layers -------------------------------------------------------------------
+
+# The layers of DESIGN.md, lowest first, as the folders of the package: a
+# module imports modules of its own folder and of the layers below only.
+LAYERS = (
+    ("core", ("contextual._core",)),
+    ("request context and logging", ("contextual._request",)),
+    ("propagation", ("contextual._propagation",)),
+    ("top level", ("contextual",)),
+    ("helpers", ("contextual.db", "contextual.spinner", "contextual.testing")),
+    ("integrations and the demo", ("contextual.integrations", "contextual.__main__")),
+)
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """The rank of ``module``'s layer and the folder (or module) it belongs to there."""
+    best: tuple[int, str] | None = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (
+                best is None or len(prefix) > len(best[1])
+            ):
+                best = (rank, prefix)
+    assert best is not None, module
+    return best
+
+
+def layer_violations(graph: dict[str, list[Import]]) -> list[str]:
+    """Each import of a higher layer, or of a sibling helper, as ``source -> target: line``."""
+    found = []
+    for imports in graph.values():
+        for i in imports:
+            (source_rank, source_home), (target_rank, target_home) = (
+                layer_of(i.source),
+                layer_of(i.target),
+            )
+            upward = target_rank > source_rank
+            sideways = target_rank == source_rank and source_home != target_home
+            if upward or sideways:
+                found.append(f"{i.source} -> {i.target}: line {i.line}")
+    return found
+
+
+def test_each_layer_imports_only_itself_and_the_layers_below():
+    found = layer_violations(import_graph(PACKAGE))
+    assert not found, (
+        "imports against the layers of DESIGN.md (a layer uses only the layers below it; "
+        "sibling helpers don't use each other):\n" + "\n".join(found)
+    )
+
+
+def test_every_module_has_a_layer():
+    for module in import_graph(PACKAGE):
+        layer_of(module)  # asserts
+
+
+def test_the_layer_check_finds_an_upward_and_a_sideways_import():
+    graph = {
+        "contextual._core.store": [Import("contextual._core.store", "contextual.db._x", 3)],
+        "contextual.db._x": [Import("contextual.db._x", "contextual.spinner._y", 7)],
+        "contextual.spinner._y": [Import("contextual.spinner._y", "contextual._core.store", 1)],
+    }
+    assert layer_violations(graph) == [
+        "contextual._core.store -> contextual.db._x: line 3",
+        "contextual.db._x -> contextual.spinner._y: line 7",
+    ]

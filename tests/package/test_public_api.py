@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import subprocess
 import sys
@@ -62,8 +63,9 @@ def test_import_pulls_in_the_standard_library_only():
     foreign = [m for m in out if m.split(".")[0] not in stdlib and m.split(".")[0] != "contextual"]
     assert foreign == []
     assert not any(m.startswith("contextual.integrations") for m in out)
-    # Nor the helpers built on the package: the DB layer and the test helpers.
-    assert {"contextual._db", "contextual._transaction", "contextual.testing"}.isdisjoint(out)
+    # Nor the helpers built on the package: the DB layer, the spinner, the test helpers.
+    assert not any(m.startswith(("contextual.db", "contextual.spinner")) for m in out)
+    assert "contextual.testing" not in out
     # The heavy modules load on first use of the names that need them.
     assert {"asyncio", "concurrent.futures", "multiprocessing", "sqlite3"}.isdisjoint(out)
 
@@ -85,3 +87,48 @@ def test_lazy_names_load_on_first_use_and_unknown_names_fail():
 
 def test_package_is_typed():
     assert files("contextual").joinpath("py.typed").is_file()
+
+
+MOVED = {
+    "contextual.db": [
+        "CommitOutcomeUnknownError",
+        "DBAPIConnection",
+        "ThreadLocalDB",
+        "Transaction",
+        "TransactionError",
+        "TransactionManager",
+        "TransactionState",
+    ],
+    "contextual.spinner": ["Spinner", "SpinnerHandler"],
+}
+
+
+@pytest.mark.parametrize(("module", "name"), [(m, n) for m, ns in MOVED.items() for n in ns])
+def test_a_name_moved_to_a_helper_module_says_where_it_went(module, name):
+    assert name not in contextual.__all__
+    assert name not in dir(contextual)
+    with pytest.raises(AttributeError, match=rf"from {module} import {name}$"):
+        getattr(contextual, name)
+
+
+@pytest.mark.parametrize("module", sorted(MOVED))
+def test_the_helper_modules_export_the_moved_names_under_their_own_name(module):
+    helper = importlib.import_module(module)
+    assert helper.__all__ == sorted(MOVED[module])
+    for name in helper.__all__:
+        obj = getattr(helper, name)
+        if inspect.isclass(obj):
+            assert obj.__module__ == module, name
+            assert "versionadded" in (obj.__doc__ or ""), name
+
+
+def test_importing_a_helper_module_loads_the_package_and_not_the_other_helper():
+    code = (
+        "import sys, contextual.spinner; "
+        "print(sorted(m for m in sys.modules if m.startswith('contextual.db')), "
+        "'sqlite3' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[] False"

@@ -44,15 +44,15 @@ print(os.waitstatus_to_exitcode(status))
 
 CASES = {
     "store registry": (
-        "contextual._registry",
+        "contextual._core.registry",
         "_lock",
         "from contextual import ContextStore",
         'ContextStore("made.in.the.child")',
     ),
     "transaction hooks": (
-        "contextual._transaction",
+        "contextual.db._transaction",
         "_hooks_lock",
-        "from contextual import TransactionManager",
+        "from contextual.db import TransactionManager",
         "with TransactionManager().transaction() as txn:\n    txn.on_commit(lambda: None)",
     ),
     "header problem reports": (

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from contextual import ContextProcessPoolExecutor, Snapshot, capture
-from contextual._executors import _run_from_payload, _start_worker
+from contextual._propagation.executors import _run_from_payload, _start_worker
 from support import process as support
 
 START_METHODS = [

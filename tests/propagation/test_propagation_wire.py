@@ -1,4 +1,4 @@
-"""Context that crosses a process boundary obeys the wire rules of contextual._wire.
+"""Context that crosses a process boundary obeys the wire rules of contextual._propagation.wire.
 
 Snapshot.from_dict() is the door for data from another process; the
 ContextProcessPoolExecutor checks what it sends, in the caller, before
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from contextual import ContextProcessPoolExecutor, Snapshot, capture, request_context
-from contextual._executors import _run_from_payload
-from contextual._wire import CONTROL_CHARACTERS, FORMAT, MAX_BYTES, MAX_VALUE_BYTES
+from contextual._propagation.executors import _run_from_payload
+from contextual._propagation.wire import CONTROL_CHARACTERS, FORMAT, MAX_BYTES, MAX_VALUE_BYTES
 from support import process as support
 
 START_METHOD = next(

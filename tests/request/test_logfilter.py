@@ -17,7 +17,7 @@ from loguru import logger as loguru_logger
 from pythonjsonlogger.json import JsonFormatter
 
 from contextual import ContextExecutor, ContextFilter, request_context
-from contextual._logfilter import RESERVED_ATTRIBUTES
+from contextual._request.logfilter import RESERVED_ATTRIBUTES
 from contextual.integrations.loguru import patch_context
 from contextual.integrations.structlog import add_context
 

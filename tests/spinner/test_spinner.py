@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from contextual import Spinner, SpinnerHandler, _spinner, get_request_id, request_context
+from contextual import get_request_id, request_context
+from contextual.spinner import Spinner, SpinnerHandler, _spinner
 from support.spinner import Failing
 
 HIDE = "\x1b[?25l"
@@ -448,7 +449,7 @@ def test_sigint_in_a_process_on_a_terminal_shows_the_cursor_and_ends_the_thread(
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         import threading
-        from contextual import Spinner
+        from contextual.spinner import Spinner
         try:
             with Spinner("Working", interval=0.01):
                 print("ready", flush=True)
@@ -468,7 +469,7 @@ def test_sigint_in_a_process_on_a_terminal_shows_the_cursor_and_ends_the_thread(
 
 
 def test_a_spinner_never_stopped_shows_the_cursor_at_exit():
-    code = "from contextual import Spinner; Spinner('Left running', interval=3600).start()"
+    code = "from contextual.spinner import Spinner; Spinner('Left running', interval=3600).start()"
     returncode, _, out = run_on_terminal(["-c", code])
     assert returncode == 0
     assert out == HIDE + frame("⠋", "Left running") + ERASE + SHOW
@@ -477,7 +478,7 @@ def test_a_spinner_never_stopped_shows_the_cursor_at_exit():
 def test_one_exit_hook_serves_every_spinner():
     code = """if True:
         import atexit, io
-        from contextual import Spinner
+        from contextual.spinner import Spinner
         before = atexit._ncallbacks()
         spinners = [Spinner(stream=io.StringIO()).start() for _ in range(5)]
         print(atexit._ncallbacks() - before)
@@ -850,7 +851,7 @@ def test_a_spinner_whose_stream_raises_leaves_the_exit_quiet():
     code = """if True:
         import io
         from support.spinner import Failing
-        from contextual import Spinner
+        from contextual.spinner import Spinner
         stream = Failing(io.StringIO(), after=1)  # the first frame only
         Spinner("Left running", stream=stream, enabled=True, interval=3600).start()
     """

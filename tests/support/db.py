@@ -26,7 +26,7 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
-from contextual import ThreadLocalDB
+from contextual.db import ThreadLocalDB
 from support.servers import postgres_dsn
 
 if TYPE_CHECKING:
