@@ -587,7 +587,7 @@ def test_the_module_exports_the_middleware_alone_documented():
     [("r-1", True), ("a" * 128, True), ("a" * 129, False), ("", False), ("r\n1", False)],
 )
 def test_the_default_check_as_a_function(value, valid):
-    from contextual.integrations._headers import is_valid_request_id  # noqa: PLC0415
+    from contextual._propagation.wire import is_valid_request_id  # noqa: PLC0415
 
     assert is_valid_request_id(value) is valid
 

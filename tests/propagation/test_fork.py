@@ -56,10 +56,10 @@ CASES = {
         "with TransactionManager().transaction() as txn:\n    txn.on_commit(lambda: None)",
     ),
     "header problem reports": (
-        "contextual.integrations._headers",
+        "contextual._propagation.wire",
         "_reported_lock",
         "from contextual.integrations._headers import report_once",
-        'report_once([("child", "a problem in %s", ("the child",))])',
+        'report_once([("child", "a problem in the child")])',
     ),
     "celery installs": (
         "contextual.integrations.celery",
@@ -68,8 +68,8 @@ CASES = {
         'install(Celery("child"))',
     ),
     "celery problem reports": (
-        "contextual.integrations.celery",
-        "_report_lock",
+        "contextual._propagation.wire",
+        "_reported_lock",
         "from contextual.integrations import celery",
         'celery._report_unsendable("store", "key", object(), "task")',
     ),

@@ -27,8 +27,7 @@ TIMEOUT = 20.0
 
 def forget_reports() -> None:
     """Forget which kinds of problems were reported, so they are reported again."""
-    with _headers._reported_lock:
-        _headers._reported.clear()
+    _headers._reported.clear()
 
 
 async def serve_lifespan(receive: Any, send: Any) -> None:

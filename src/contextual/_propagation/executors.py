@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from contextual._core.store import backend_of, list_stores
 
-from .snapshot import Snapshot, _check_characters, _in_empty_context, capture
-from .wire import FORMAT, MAX_BYTES, MAX_VALUE_BYTES
+from .snapshot import Snapshot, _in_empty_context, capture
+from .wire import MAX_BYTES, MAX_VALUE_BYTES, check_characters, envelope, within_limits
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable, Iterable, Iterator
+
+    from .wire import Dropped
 
 __all__ = [
     "ContextExecutor",
@@ -203,47 +205,65 @@ def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any
 
 
 def _payload(stores: dict[str, dict[str, Any]]) -> dict[str, bytes]:
-    """Check the carried stores and pickle each one's values apart, to name any at fault."""
+    """Check the carried stores and pickle each one's values apart, to name any at fault.
+
+    Raises:
+        TypeError: A value can't be pickled.
+        ValueError: A name, key or value breaks the character rule, or the
+            stores are over the limits of :func:`~.wire.within_limits`,
+            each entry measured pickled.
+    """
     if not stores:
         return {}
-    _check_characters(stores)
+    check_characters(stores)
     payload: dict[str, bytes] = {}
-    total = 0
     for name, values in stores.items():
         try:
             pickled = pickle.dumps(values)
         except Exception:  # noqa: BLE001 (find the value at fault below)
             _raise_unpicklable(name, values)
-        if len(pickled) > MAX_VALUE_BYTES:
-            # Only then can one value be over its limit: pickling key by key
-            # costs a submit nothing in the usual case.
-            _check_value_sizes(name, values)
         payload[name] = pickled
-        total += len(pickled)
-    if total > MAX_BYTES:
-        _raise_too_large(stores, total)
+    if not _surely_within_limits(stores, payload):
+        _, dropped = within_limits(stores, _pickled_size)
+        if dropped:
+            _raise_over_limits(stores, dropped)
     return payload
 
 
+def _surely_within_limits(stores: dict[str, dict[str, Any]], payload: dict[str, bytes]) -> bool:
+    """Tell, from the stores' pickles alone, that :func:`~.wire.within_limits` would drop nothing.
+
+    The pickle of one item of a dict is never longer than the pickle of
+    the whole dict (a subset of the same objects, the same framing), so a
+    store's pickle bounds each of its entries. When those bounds keep every
+    entry within the limits, measuring the entries one by one, which would
+    double the cost of a submit's checks, tells nothing more.
+    """
+    bound = 0
+    for name, pickled in payload.items():
+        if len(pickled) > MAX_VALUE_BYTES:
+            return False
+        bound += len(pickled) * len(stores[name])
+    return bound <= MAX_BYTES
+
+
 def _pickled_size(key: str, value: object) -> int:
+    """Measure one carried key and its value as a process pool sends them: pickled."""
     return len(pickle.dumps({key: value}))
 
 
-def _check_value_sizes(name: str, values: dict[str, Any]) -> None:
-    for key, value in values.items():
-        size = _pickled_size(key, value)
-        if size > MAX_VALUE_BYTES:
+def _raise_over_limits(stores: dict[str, dict[str, Any]], dropped: list[Dropped]) -> NoReturn:
+    """Refuse the submit: a pool sends all of the context or none of it."""
+    for entry in dropped:
+        if entry.limit == "value":
             msg = (
-                f"store {name!a} key {key!a} takes {size} bytes pickled, over the "
-                f"limit of {MAX_VALUE_BYTES} bytes for one carried key and value, so nothing "
-                "was sent to the worker process. Carry an ID and look the data up in the "
-                "worker, pass large data as an argument of the task, or create the store with "
-                "propagate=False so that it stays in this process."
+                f"store {entry.store!a} key {entry.key!a} takes {entry.size} bytes pickled, "
+                f"over the limit of {MAX_VALUE_BYTES} bytes for one carried key and value, so "
+                "nothing was sent to the worker process. Carry an ID and look the data up in "
+                "the worker, pass large data as an argument of the task, or create the store "
+                "with propagate=False so that it stays in this process."
             )
             raise ValueError(msg)
-
-
-def _raise_too_large(stores: dict[str, dict[str, Any]], total: int) -> NoReturn:
     sizes = sorted(
         (
             (_pickled_size(key, value), name, key)
@@ -252,6 +272,7 @@ def _raise_too_large(stores: dict[str, dict[str, Any]], total: int) -> NoReturn:
         ),
         reverse=True,
     )
+    total = sum(size for size, _, _ in sizes)
     largest = ", ".join(
         f"store {name!a} key {key!a} ({size} bytes)" for size, name, key in sizes[:3]
     )
@@ -296,5 +317,5 @@ def _run_from_payload(
                 "top level of a module the worker can import."
             )
             raise TypeError(msg) from exc
-    snapshot = Snapshot.from_dict({"format": FORMAT, "stores": stores}, missing="ignore")
+    snapshot = Snapshot.from_dict(envelope(stores), missing="ignore")
     return snapshot.run(fn, *args, **kwargs)

@@ -20,15 +20,16 @@ import contextvars
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, final
 
 from contextual._core.backends import run_with_threads
 from contextual._core.store import REGISTRY, backend_of, get_store
 
-from .wire import CONTROL_CHARACTERS, FORMAT, has_control, holds_control
+from .wire import check_characters, envelope, open_envelope
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Generator, Mapping
+
     from contextual._core.backends import ContextBackend, ThreadBackend, ThreadEntry
     from contextual._core.store import ContextStore
 
@@ -195,7 +196,7 @@ class Snapshot:
         for backend, _, values in self._threads:
             if values is not None and values is not backend.fresh:
                 stores[backend.name] = dict(values)
-        return {"format": FORMAT, "stores": stores}
+        return envelope(stores)
 
     def _around(self, coro: Coroutine[Any, Any, _T]) -> _InSnapshot:
         """Return an awaitable that runs ``coro`` in a fresh copy of this snapshot."""
@@ -245,7 +246,8 @@ class Snapshot:
         if missing not in ("raise", "ignore"):
             msg = f"missing must be 'raise' or 'ignore', got {missing!r}."
             raise ValueError(msg)
-        stores = _checked_data(data)
+        stores, _ = open_envelope(data, strict=True)
+        check_characters(stores)
         resolved: list[tuple[ContextStore, dict[str, Any]]] = []
         unknown: list[str] = []
         for name, values in stores.items():
@@ -392,65 +394,6 @@ async def _drive(awaitable: _InSnapshot) -> Any:
 
 def _close(coro: Coroutine[Any, Any, Any]) -> None:
     coro.close()
-
-
-# -- out of process: checks ------------------------------------------------------
-
-
-def _checked_data(data: object) -> dict[str, dict[str, Any]]:
-    expected = (
-        "expected the dict returned by Snapshot.to_dict(), "
-        f"{{'format': {FORMAT}, 'stores': {{store name: {{key: value}}}}}}"
-    )
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{expected}; got {type(data).__name__}.")
-    version = data.get("format")
-    if type(version) is not int or version != FORMAT:
-        msg = (
-            f"{expected}; got format {version!r}. Both processes must run "
-            "compatible versions of contextual."
-        )
-        raise TypeError(msg)
-    stores = data.get("stores")
-    if not isinstance(stores, Mapping):
-        raise TypeError(f"{expected}; 'stores' is {type(stores).__name__}.")
-    result: dict[str, dict[str, Any]] = {}
-    for name, values in stores.items():
-        if not isinstance(name, str) or not isinstance(values, Mapping):
-            raise TypeError(f"{expected}; got the entry {name!r}: {values!r}.")
-        if not all(isinstance(key, str) for key in values):
-            raise TypeError(f"{expected}; store {name!r} has a non-str key.")
-        result[name] = dict(values)
-    _check_characters(result)
-    return result
-
-
-def _check_characters(stores: Mapping[str, Mapping[str, Any]]) -> None:
-    """Refuse carried stores whose name, keys or values break the character rule of _wire.
-
-    Both sides of a process boundary apply it: the sender before anything
-    is sent, the receiver (from_dict) before anything is applied.
-
-    Raises:
-        ValueError: naming the store and the key, escaped.
-    """
-    for name, values in stores.items():
-        if has_control(name):
-            raise ValueError(_refused(f"the store name {name!a}"))
-        for key, value in values.items():
-            if has_control(key) or holds_control(value):
-                raise ValueError(_refused(f"store {name!a} key {key!a}"))
-
-
-def _refused(what: str) -> str:
-    return (
-        f"{what} holds {CONTROL_CHARACTERS} (or lists and dicts nested too deep to "
-        "check), so the context can't cross a process boundary and none of it is sent or "
-        "applied: such a character would start or rewrite a line wherever the value is "
-        "logged or shown. Carry printable text only (remove or escape the character "
-        "before setting the value), or create the store with propagate=False so that "
-        "it stays in its process."
-    )
 
 
 # -- threads ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from contextual._core.store import ContextStore, backend_of, get_store
 
-from .request import REQUEST_STORE
+from .request import REQUEST_ID_KEY, REQUEST_KEY, REQUEST_STORE, USER_KEY
 
 if TYPE_CHECKING:
     from contextual._core.backends import Values
@@ -30,7 +30,7 @@ RESERVED_ATTRIBUTES: Final = frozenset(
 
 _RENAME_PREFIX: Final = "ctx_"
 
-_REQUEST_DEFAULTS: Final = {"request_id": "-", "user_id": "-"}
+_REQUEST_DEFAULTS: Final = {REQUEST_ID_KEY: "-", USER_KEY: "-"}
 
 # The request store's reader of the current values: one call, C-level.
 _read_request: Final = backend_of(REQUEST_STORE).get
@@ -94,7 +94,7 @@ class FieldCollector:
                     fields.update(found())
             if self._with_request:
                 # The RequestContext object itself: no format string wants it.
-                fields.pop("request", None)
+                fields.pop(REQUEST_KEY, None)
             for key, default in self._defaults.items():
                 if fields.get(key) is None:
                     fields[key] = default
@@ -234,8 +234,8 @@ class ContextFilter(logging.Filter):
         # written out for them (a loop over two fields costs a third more).
         self._two_request_fields: tuple[Any, Any] | None = None
         if self._request_fields is not None and [k for k, _ in self._request_fields] == [
-            "request_id",
-            "user_id",
+            REQUEST_ID_KEY,
+            USER_KEY,
         ]:
             self._two_request_fields = (self._request_fields[0][1], self._request_fields[1][1])
 
@@ -245,12 +245,12 @@ class ContextFilter(logging.Filter):
         two = self._two_request_fields
         if two is not None:
             values = _read_request()
-            if "request_id" not in attributes:
-                value = values.get("request_id")
-                attributes["request_id"] = two[0] if value is None else value
-            if "user_id" not in attributes:
-                value = values.get("user_id")
-                attributes["user_id"] = two[1] if value is None else value
+            if REQUEST_ID_KEY not in attributes:
+                value = values.get(REQUEST_ID_KEY)
+                attributes[REQUEST_ID_KEY] = two[0] if value is None else value
+            if USER_KEY not in attributes:
+                value = values.get(USER_KEY)
+                attributes[USER_KEY] = two[1] if value is None else value
             return True
         request_fields = self._request_fields
         if request_fields is not None:

@@ -18,7 +18,10 @@ from contextual._core.errors import ScopeError
 from contextual._core.store import ContextStore, backend_of, enter_scope, exit_scope
 
 __all__ = [
+    "REQUEST_ID_KEY",
+    "REQUEST_KEY",
     "REQUEST_STORE",
+    "USER_KEY",
     "RequestContext",
     "current_request",
     "get_current_user",
@@ -31,10 +34,16 @@ __all__ = [
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-#: The store behind :func:`request_context`. Its keys: ``request`` (the
-#: :class:`RequestContext`), ``request_id`` and ``user_id`` (for logging).
+#: The request store's keys: the :class:`RequestContext`, and the request ID
+#: and the user on their own (for log records, and to travel: the
+#: RequestContext never leaves the process, it is rebuilt on arrival).
+REQUEST_KEY: Final = "request"
+REQUEST_ID_KEY: Final = "request_id"
+USER_KEY: Final = "user_id"
+
+#: The store behind :func:`request_context`, with the keys above.
 REQUEST_STORE = ContextStore(
-    "contextual.request", defaults={"request": None, "request_id": None, "user_id": None}
+    "contextual.request", defaults={REQUEST_KEY: None, REQUEST_ID_KEY: None, USER_KEY: None}
 )
 _REQUESTS: Final = backend_of(REQUEST_STORE)
 # The current request store values: one C-level call.
@@ -158,7 +167,7 @@ class request_context(AsyncToo[RequestContext]):  # noqa: N801 (used like a func
         extra = MappingProxyType(dict(self._extra)) if self._extra else _NO_EXTRA
         user_id = self._user_id
         request: RequestContext = _new_request(RequestContext, (request_id, user_id, extra))
-        sets = {"request": request, "request_id": request_id, "user_id": user_id}
+        sets = {REQUEST_KEY: request, REQUEST_ID_KEY: request_id, USER_KEY: user_id}
         enter_scope(_REQUESTS, sets)
         self._active = sets
         return request
@@ -192,7 +201,7 @@ class OpenRequest:
 
     def __init__(self, request_id: str, user_id: Any) -> None:
         request: RequestContext = _new_request(RequestContext, (request_id, user_id, _NO_EXTRA))
-        self._sets = {"request": request, "request_id": request_id, "user_id": user_id}
+        self._sets = {REQUEST_KEY: request, REQUEST_ID_KEY: request_id, USER_KEY: user_id}
         enter_scope(_REQUESTS, self._sets)
 
     def __enter__(self) -> OpenRequest:
@@ -224,7 +233,7 @@ def current_request() -> RequestContext | None:
     """
     # get(), not []: a test helper such as empty_stores() may have emptied
     # the store, defaults included.
-    request: RequestContext | None = read_request().get("request")
+    request: RequestContext | None = read_request().get(REQUEST_KEY)
     return request
 
 
@@ -233,7 +242,7 @@ def get_request_id() -> str | None:
 
     .. versionadded:: 0.1.0
     """
-    request_id: str | None = read_request().get("request_id")
+    request_id: str | None = read_request().get(REQUEST_ID_KEY)
     return request_id
 
 
@@ -244,4 +253,4 @@ def get_current_user() -> Any:
 
     .. versionadded:: 0.1.0
     """
-    return read_request().get("user_id")
+    return read_request().get(USER_KEY)

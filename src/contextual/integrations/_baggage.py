@@ -16,11 +16,12 @@ doesn't fit or can't be encoded is left out. When the members a header
 already had and ours don't fit together, ours are kept and the others are
 dropped: this service answers for its own. An incoming value that decodes
 to a control or format character is refused (it would forge log lines; see
-``contextual._propagation.wire`` for the rule). Each kind
-of problem is
+``contextual._propagation.wire`` for the rule). Each kind of problem is
 reported once per process (see ``_headers.report_once``). Functions here
 return the problems instead of logging them, so that the middleware can log
-them inside the request they belong to.
+them inside the request they belong to. What is not about Baggage (the
+character rule, the limits, the request store's keys, how problems show
+carried text) is ``contextual._propagation.wire``'s.
 """
 
 from __future__ import annotations
@@ -29,9 +30,17 @@ import re
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote
 
-from contextual._propagation.wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES, has_control
-
-from ._carrier import REQUEST_ID_KEY, REQUEST_STORE_NAME
+from contextual._propagation.wire import (
+    CONTROL_CHARACTERS,
+    MAX_BYTES,
+    MAX_VALUE_BYTES,
+    REQUEST_ID_KEY,
+    REQUEST_KEY,
+    REQUEST_STORE_NAME,
+    Problem,
+    has_control,
+    shown,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -44,12 +53,9 @@ __all__ = [
     "MAX_MEMBERS",
     "MAX_MEMBER_BYTES",
     "SEPARATOR",
-    "USER_KEY",
-    "Problem",
     "decode_key",
     "encode_key",
     "read",
-    "split_user",
     "write",
 ]
 
@@ -59,12 +65,11 @@ MAX_MEMBERS: Final = 180
 MAX_MEMBER_BYTES: Final = MAX_VALUE_BYTES
 #: Between the store's name and the key's name in a member's key.
 SEPARATOR: Final = "|"
-USER_KEY: Final = "user_id"
 
 # The request store's keys that never travel as baggage: the ID has a header
 # of its own (checked by the middleware), and "request" is the object the
 # two values are made from, rebuilt on arrival.
-_NEVER_CARRIED: Final = frozenset({REQUEST_ID_KEY, "request"})
+_NEVER_CARRIED: Final = frozenset({REQUEST_ID_KEY, REQUEST_KEY})
 
 # RFC 9110 token characters, the Baggage specification's key.
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -77,11 +82,6 @@ _NAME_SAFE: Final = "!#$&'*^`"
 # Left as they are in a value: baggage-octets but "%" (the escape) and "+",
 # which form decoders would read as a space.
 _VALUE_SAFE: Final = "!#$&'()*/:<=>?@[]^`{|}"
-
-#: ``(kind, message, args)``: one problem, to report once per process per kind.
-#: The str among ``args`` come from the header or the stores: the reporter
-#: escapes them.
-Problem = tuple[str, str, tuple[object, ...]]
 
 
 def encode_key(store: str, key: str) -> str:
@@ -261,87 +261,63 @@ def read(header: str, allow: AllowList) -> tuple[dict[str, dict[str, str]], list
     return stores, problems
 
 
-def split_user(stores: dict[str, dict[str, str]]) -> str | None:
-    """Take the request store's ``user_id`` out of ``stores``; return it, or None."""
-    values = stores.get(REQUEST_STORE_NAME)
-    if values is None or USER_KEY not in values:
-        return None
-    user = values.pop(USER_KEY)
-    if not values:
-        del stores[REQUEST_STORE_NAME]
-    return user
-
-
 def _unsendable(store: str, key: str, value: object) -> Problem:
-    return (
+    return Problem(
         "unsendable",
-        (
-            "Left %s out of the outgoing Baggage header: a value of type %s can't travel "
-            "over HTTP, only str, int, float and bool can. Store it as a str, or leave "
-            "the key out of allow."
-        ),
-        (f"{store}{SEPARATOR}{key}", type(value).__name__),
+        f"Left {_named(store, key)} out of the outgoing Baggage header: a value of type "
+        f"{shown(type(value).__name__)} can't travel over HTTP, only str, int, float and bool "
+        "can. Store it as a str, or leave the key out of allow.",
     )
 
 
+def _named(store: str, key: str) -> str:
+    """Show a store's key for a log line as a member's key names it: ``'store|key'``."""
+    return shown(f"{store}{SEPARATOR}{key}")
+
+
 def _too_many_digits(store: str, key: str) -> Problem:
-    return (
+    return Problem(
         "unsendable int",
-        (
-            "Left %s out of the outgoing Baggage header: its value is an int with more "
-            "digits than str() converts (sys.get_int_max_str_digits()). Store it as a str, "
-            "or leave the key out of allow."
-        ),
-        (f"{store}{SEPARATOR}{key}",),
+        f"Left {_named(store, key)} out of the outgoing Baggage header: its value is an int "
+        "with more digits than str() converts (sys.get_int_max_str_digits()). Store it as a "
+        "str, or leave the key out of allow.",
     )
 
 
 def _control(text: str) -> Problem:
-    return (
+    return Problem(
         "incoming control",
-        (
-            "Ignored the member %s of the incoming Baggage header: its key or value "
-            f"decodes to {CONTROL_CHARACTERS}, which would forge or garble log lines. "
-            "Senders should carry printable text only."
-        ),
-        (text,),
+        f"Ignored the member {shown(text)} of the incoming Baggage header: its key or value "
+        f"decodes to {CONTROL_CHARACTERS}, which would forge or garble log lines. "
+        "Senders should carry printable text only.",
     )
 
 
 def _unencodable(store: str, key: str) -> Problem:
-    return (
+    return Problem(
         "unencodable",
-        (
-            "Left %s out of the outgoing Baggage header: its name or value holds a lone "
-            "surrogate, which UTF-8 can't encode. Store text decoded without "
-            "errors='surrogateescape'."
-        ),
-        (f"{store}{SEPARATOR}{key}",),
+        f"Left {_named(store, key)} out of the outgoing Baggage header: its name or value "
+        "holds a lone surrogate, which UTF-8 can't encode. Store text decoded without "
+        "errors='surrogateescape'.",
     )
 
 
 def _malformed(direction: str, text: str) -> Problem:
-    return (
+    return Problem(
         f"{direction} malformed",
-        (
-            f"Dropped a malformed member of the {direction} Baggage header, %s; a member "
-            "is key=value with optional ;properties: the key an HTTP token, the value "
-            "printable ASCII without spaces, quotes, commas, semicolons and backslashes "
-            "(percent-encode the rest)."
-        ),
-        (text,),
+        f"Dropped a malformed member of the {direction} Baggage header, {shown(text)}; a "
+        "member is key=value with optional ;properties: the key an HTTP token, the value "
+        "printable ASCII without spaces, quotes, commas, semicolons and backslashes "
+        "(percent-encode the rest).",
     )
 
 
 def _too_long(direction: str, text: str) -> Problem:
-    return (
+    return Problem(
         f"{direction} member size",
-        (
-            f"Dropped a member of the {direction} Baggage header: %s is %d bytes long, "
-            f"over the limit of {MAX_MEMBER_BYTES} bytes per member. Carry a shorter "
-            "value (an ID to look the rest up with)."
-        ),
-        (text, len(text)),
+        f"Dropped a member of the {direction} Baggage header: {shown(text)} is {len(text)} "
+        f"bytes long, over the limit of {MAX_MEMBER_BYTES} bytes per member. Carry a shorter "
+        "value (an ID to look the rest up with).",
     )
 
 
@@ -357,28 +333,21 @@ _EXISTING: Final = (
 def _too_many(direction: str, *, existing: bool = False) -> Problem:
     if existing:
         limit = f"a header may hold at most {MAX_MEMBERS} members"
-        return ("outgoing existing members", _EXISTING.format(limit=limit), ())
-    return (
+        return Problem("outgoing existing members", _EXISTING.format(limit=limit))
+    return Problem(
         f"{direction} members",
-        (
-            f"Dropped the members of the {direction} Baggage header past the "
-            f"{MAX_MEMBERS}th: a header may hold at most {MAX_MEMBERS}. Allow fewer "
-            "keys to travel."
-        ),
-        (),
+        f"Dropped the members of the {direction} Baggage header past the {MAX_MEMBERS}th: "
+        f"a header may hold at most {MAX_MEMBERS}. Allow fewer keys to travel.",
     )
 
 
 def _too_big(direction: str, text: str, *, existing: bool = False) -> Problem:
     if existing:
-        limit = f"a header may hold at most {MAX_BYTES} bytes, and %s did not fit"
-        return ("outgoing existing size", _EXISTING.format(limit=limit), (text,))
-    return (
+        limit = f"a header may hold at most {MAX_BYTES} bytes, and {shown(text)} did not fit"
+        return Problem("outgoing existing size", _EXISTING.format(limit=limit))
+    return Problem(
         f"{direction} size",
-        (
-            f"Dropped members of the {direction} Baggage header past its limit of "
-            f"{MAX_BYTES} bytes (the first being %s). Allow fewer keys to travel, or "
-            "carry shorter values."
-        ),
-        (text,),
+        f"Dropped members of the {direction} Baggage header past its limit of {MAX_BYTES} "
+        f"bytes (the first being {shown(text)}). Allow fewer keys to travel, or carry "
+        "shorter values.",
     )

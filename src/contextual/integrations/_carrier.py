@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final, final
+from typing import Any, final
 
 from contextual._core.store import get_store
 from contextual._propagation.snapshot import capture
-from contextual._request.request import REQUEST_STORE
+from contextual._propagation.wire import REQUEST_ID_KEY, REQUEST_STORE_NAME
 
-__all__ = [
-    "REQUEST_ID_KEY",
-    "REQUEST_STORE_NAME",
-    "AllowList",
-    "AllowSpec",
-    "applied",
-]
-
-REQUEST_STORE_NAME: Final = REQUEST_STORE.name
-REQUEST_ID_KEY: Final = "request_id"
+__all__ = ["AllowList", "AllowSpec", "applied"]
 
 AllowSpec = Mapping[str, "bool | Iterable[str]"] | Iterable[str] | None
 """Which stores and keys may travel: ``None`` (the request ID only), an

@@ -6,6 +6,8 @@ request with the kept (or a fresh) ID, logs what it refused in a form that
 can't forge a log line, and writes the ID into response headers without
 touching the other headers. With a Baggage allow-list, it also restores
 the allowed values an incoming Baggage header carries, for the request.
+The rule for request IDs, the escaping of log lines, and the request rebuilt
+from what arrived are ``contextual._propagation.wire``'s.
 """
 
 from __future__ import annotations
@@ -14,32 +16,32 @@ import contextlib
 import inspect
 import logging
 import re
-import threading
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeAlias, TypeVar, final
 
-from contextual._core.fork import renew_locks_after_fork
+from contextual._propagation.wire import (
+    Reported,
+    escape_for_log,
+    is_printable_ascii,
+    rebuild_request,
+)
 from contextual._request.request import new_request_id, open_request
 
-from ._baggage import read, split_user
+from ._baggage import read
 from ._carrier import applied
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from ._baggage import Problem
+    from contextual._propagation.wire import Arrival, Problem
+
     from ._carrier import AllowList
 
 __all__ = [
     "DEFAULT_HEADER",
-    "LOGGED_CHARS",
     "Opened",
     "RequestOpener",
-    "accepts_request_id",
     "check_callable",
     "check_header_name",
-    "escape_for_log",
-    "is_printable_ascii",
-    "is_valid_request_id",
     "logger",
     "replace_header",
     "report_once",
@@ -49,13 +51,7 @@ __all__ = [
 logger: Final = logging.getLogger("contextual.integrations")
 
 DEFAULT_HEADER: Final = "X-Request-ID"
-#: How much of a refused value a log line shows.
-LOGGED_CHARS: Final = 64
 
-_VALID_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Printable ASCII: what a response header can carry back and a log line can
-# show as is. No custom validator can let anything else through.
-_SAFE: Final = re.compile(r"[ -~]+")
 # An HTTP field name (RFC 9110, section 5.1).
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -64,51 +60,9 @@ _C = TypeVar("_C")
 #: What :meth:`RequestOpener.open` returns: exit it to close the request.
 Opened: TypeAlias = contextlib.AbstractContextManager[Any]
 
-# The kinds of problems reported so far: each is reported once per process,
-# so that a client sending the same bad header on every request can't flood
-# the log.
-_reported: set[str] = set()
-_reported_lock = threading.Lock()
-
-
-renew_locks_after_fork(globals(), "_reported_lock")
-
-
-def is_valid_request_id(value: str) -> bool:
-    """Return whether ``value`` is a request ID to keep: the default check.
-
-    1 to 128 characters from ``A-Z a-z 0-9 . _ : -``.
-    """
-    return _VALID_ID.fullmatch(value) is not None
-
-
-def is_printable_ascii(value: str) -> bool:
-    """Return whether a header can carry ``value`` as it is: non-empty printable ASCII."""
-    return _SAFE.fullmatch(value) is not None
-
-
-def escape_for_log(value: str) -> str:
-    """Return ``value`` as a log line may show it: quoted, escaped, truncated.
-
-    Everything outside printable ASCII is escaped (``ascii()``), CR, LF and
-    the other line breaks included, so the result is one line whatever the
-    value holds; values longer than :data:`LOGGED_CHARS` end in ``...``.
-    """
-    shown = ascii(value[:LOGGED_CHARS])
-    return shown + "..." if len(value) > LOGGED_CHARS else shown
-
-
-def accepts_request_id(value: str, validator: Callable[[str], bool] | None) -> bool:
-    """Return whether to keep the incoming request ID ``value``.
-
-    Without ``validator``, the default check (:func:`is_valid_request_id`);
-    with one, what it says of a value of printable ASCII: whatever it says,
-    nothing else goes out in a header or into a log line. Whatever
-    ``validator`` raises propagates.
-    """
-    if validator is None:
-        return _VALID_ID.fullmatch(value) is not None
-    return _SAFE.fullmatch(value) is not None and bool(validator(value))
+# The kinds of problems reported so far, so that a client sending the same
+# bad header on every request can't flood the log.
+_reported: Final = Reported()
 
 
 def check_callable(option: str, value: object) -> None:
@@ -140,16 +94,12 @@ def check_header_name(header: object) -> str:
 def report_once(problems: Iterable[Problem]) -> None:
     """Log each kind of problem the first time this process meets it, as a warning.
 
-    The str arguments came from a header or from stores: they are shown
-    escaped (:func:`escape_for_log`), so they can't forge a log line.
+    Problems show what came from a header or from stores escaped already,
+    so they can't forge a log line.
     """
-    for kind, message, args in problems:
-        with _reported_lock:
-            if kind in _reported:
-                continue
-            _reported.add(kind)
-        shown = tuple(escape_for_log(arg) if isinstance(arg, str) else arg for arg in args)
-        logger.warning("%s Later problems of this kind are not reported.", message % shown)
+    for kind, text in problems:
+        if _reported.first(kind):
+            logger.warning("%s Later problems of this kind are not reported.", text)
 
 
 def replace_header(
@@ -203,7 +153,7 @@ class RequestOpener(Generic[_C]):
     Args:
         header: The request-ID header's name; checked here.
         get_user: Returns the user for a request, or ``None``.
-        validator: Replaces :func:`is_valid_request_id`.
+        validator: Replaces :func:`~contextual._propagation.wire.is_valid_request_id`.
         generator: Makes a new request ID.
         user_logger: Where a failing ``get_user`` is reported.
         baggage: The stores and keys to restore from the Baggage header, or
@@ -257,19 +207,21 @@ class RequestOpener(Generic[_C]):
         ``get_user`` or it returns ``None``; its ``request_id`` never comes
         from baggage.
         """
-        request_id, rejected, reason, check_error = self._choose(values)
-        carried: dict[str, dict[str, str]] | None = None
+        carried: dict[str, dict[str, Any]] | None = None
         problems: list[Problem] | None = None
-        carried_user = None
         if self._baggage is not None and baggage:
             carried, problems = read(",".join(baggage), self._baggage)
-            carried_user = split_user(carried)
+        arrival = rebuild_request(values[0] if len(values) == 1 else None, carried, self._validator)
+        request_id = arrival.request_id
+        rejected = None
+        if request_id is None:
+            request_id, rejected, reason = self._refuse(values, arrival)
         user: Any = None
         user_error: Exception | None = None
         if self._get_user is not None:
             user, user_error = _lookup_user(self._get_user, carrier)
         if user is None and user_error is None:
-            user = carried_user
+            user = arrival.user
         request = open_request(request_id, user)
         opened: Opened = request
         try:
@@ -280,7 +232,7 @@ class RequestOpener(Generic[_C]):
                     reason,
                     escape_for_log(rejected),
                     request_id,
-                    exc_info=check_error,
+                    exc_info=arrival.error,
                 )
             if user_error is not None:
                 self._user_logger.error(
@@ -299,20 +251,14 @@ class RequestOpener(Generic[_C]):
             raise
         return opened, request_id
 
-    def _choose(self, values: Sequence[str]) -> tuple[str, str | None, str, Exception | None]:
-        """Return the request ID, the refused value, why, and the validator's error."""
+    def _refuse(self, values: Sequence[str], arrival: Arrival) -> tuple[str, str | None, str]:
+        """Return a new request ID, the header's value that was refused (if any), and why."""
         if not values:
-            return self._new_id(), None, "", None
+            return self._new_id(), None, ""
         if len(values) > 1:
-            return self._new_id(), ", ".join(values), f"{len(values)} values", None
-        value = values[0]
-        try:
-            accepted = self._accepts(value)
-        except Exception as exc:  # noqa: BLE001 (a broken validator must not fail requests)
-            return self._new_id(), value, "the validator raised", exc
-        if accepted:
-            return value, None, "", None
-        return self._new_id(), value, "not a valid request ID", None
+            return self._new_id(), ", ".join(values), f"{len(values)} values"
+        why = "not a valid request ID" if arrival.error is None else "the validator raised"
+        return self._new_id(), values[0], why
 
     def _new_id(self) -> str:
         """Return a new ID from the generator, or a safe one if it misbehaves."""
@@ -321,7 +267,7 @@ class RequestOpener(Generic[_C]):
         except Exception:
             logger.exception("The request ID generator raised; using a random ID instead.")
             return new_request_id()
-        if isinstance(request_id, str) and _SAFE.fullmatch(request_id) is not None:
+        if isinstance(request_id, str) and is_printable_ascii(request_id):
             return request_id
         # It goes out in a response header and into every log line.
         logger.error(
@@ -330,6 +276,3 @@ class RequestOpener(Generic[_C]):
             escape_for_log(repr(request_id)),
         )
         return new_request_id()
-
-    def _accepts(self, value: str) -> bool:
-        return accepts_request_id(value, self._validator)

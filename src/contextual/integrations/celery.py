@@ -28,35 +28,38 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, NamedTuple, Protocol, TypeAlias, cast, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
 from contextual._core.fork import renew_locks_after_fork
 from contextual._core.store import propagating_stores
 from contextual._propagation.snapshot import Snapshot, capture
 from contextual._propagation.wire import (
     CONTROL_CHARACTERS,
-    FORMAT,
+    LOGGED_CHARS,
     MAX_BYTES,
     MAX_VALUE_BYTES,
+    REQUEST_ID_KEY,
+    REQUEST_KEY,
+    REQUEST_STORE_NAME,
+    Problem,
+    Reported,
+    envelope,
+    escape_for_log,
     holds_control,
+    is_printable_ascii,
+    open_envelope,
+    rebuild_request,
+    shown,
+    within_limits,
 )
-from contextual._request.request import RequestContext, get_request_id
+from contextual._request.request import get_request_id
 from contextual.db import TransactionManager
 
-from ._carrier import (
-    REQUEST_ID_KEY,
-    REQUEST_STORE_NAME,
-    AllowList,
-    AllowSpec,
-    applied,
-)
-from ._headers import (
-    LOGGED_CHARS,
-    accepts_request_id,
-    check_callable,
-    escape_for_log,
-    is_printable_ascii,
-)
+from ._carrier import AllowList, AllowSpec, applied
+from ._headers import check_callable
+
+if TYPE_CHECKING:
+    from contextual._propagation.wire import Dropped
 
 __all__ = ["HEADER", "enqueue_on_commit", "install"]
 
@@ -93,18 +96,11 @@ _transactions_logger: Final = logging.getLogger("contextual.transactions")
 # How the byte limits measure a key and a value: compact JSON, left as
 # UTF-8 (not \u escapes). One encoder, made once: json.dumps() with
 # options builds a new one for every call.
-_MEASURE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # The types every Celery transport and serializer carries as they are: JSON's.
 _PLAIN: Final = (str, int, float, bool, type(None))
 _PLAIN_DEPTH: Final = 32
-# The request store's RequestContext is rebuilt on arrival from the ID and
-# user, never sent: it is not plain data.
-_REQUEST_KEY: Final = "request"
-_USER_KEY: Final = "user_id"
 _SHOWN_PROBLEMS: Final = 5
-_CONTROL_PROBLEM: Final = (
-    f"the key or value of {{}} holds {CONTROL_CHARACTERS}, which would forge or garble log lines"
-)
 
 
 class _CeleryApp(Protocol):
@@ -145,16 +141,13 @@ _installed: weakref.WeakKeyDictionary[object, _Installed] = weakref.WeakKeyDicti
 _install_lock = threading.Lock()
 # What was reported already, to say it once per process: the (store, key)
 # pairs that could not be sent, and the kinds of problems met in headers.
-# A publisher that sends the same bad header with every task can't flood
-# the worker's log. The pairs are bounded: a store allowed whole may have
-# keys without end.
-_unsendable_reported: set[tuple[str, str]] = set()
+# The pairs are bounded: a store allowed whole may have keys without end.
 _MAX_UNSENDABLE_REPORTED: Final = 100
-_incoming_reported: set[str] = set()
-_report_lock = threading.Lock()
+_unsendable_reported: Final = Reported(_MAX_UNSENDABLE_REPORTED)
+_incoming_reported: Final = Reported()
 
 
-renew_locks_after_fork(globals(), "_install_lock", "_report_lock")
+renew_locks_after_fork(globals(), "_install_lock")
 
 # Per thread: (task ID, the exits that undo what task_prerun applied), one
 # entry per task running in this thread (tasks applied eagerly nest).
@@ -330,13 +323,13 @@ def _outgoing(allow: AllowList, task_name: str) -> dict[str, Any] | None:
     """The header value for a message published here and now, or ``None`` for no header.
 
     It holds what a worker of the same version takes whole: plain data,
-    within the byte limits that :func:`_within_limits` applies on both
-    sides. What stays behind is reported once per store and key.
+    within the byte limits that :func:`~contextual._propagation.wire.within_limits`
+    applies on both sides. What stays behind is reported once per store and key.
     """
     stores = allow.outgoing()
     request = stores.get(REQUEST_STORE_NAME)
     if request is not None:
-        request.pop(_REQUEST_KEY, None)
+        request.pop(REQUEST_KEY, None)
         for key in [key for key, value in request.items() if value is None]:
             del request[key]  # no request or no user: nothing to send
     for name, values in list(stores.items()):
@@ -344,12 +337,24 @@ def _outgoing(allow: AllowList, task_name: str) -> dict[str, Any] | None:
             if not _is_plain(value, _PLAIN_DEPTH):
                 del values[key]
                 _report_unsendable(name, key, value, task_name)
-    stores, dropped = _within_limits(stores)
+    stores, dropped = within_limits(stores, _measure)
     for entry in dropped:
         _report_unsendable(entry.store, entry.key, None, task_name, entry)
     if not stores:
         return None
-    return {"format": FORMAT, "stores": stores}
+    return envelope(stores)
+
+
+def _measure(key: str, value: object) -> int:
+    """Measure one carried key and its value as compact JSON in UTF-8, on both sides.
+
+    Whatever serializer the messages use: ``"k": "v"`` takes 6 bytes.
+    """
+    # surrogatepass: a lone surrogate in a local value must not fail the
+    # publish; a worker refuses it by the character rule.
+    return len(_JSON(key).encode(errors="surrogatepass")) + len(
+        _JSON(value).encode(errors="surrogatepass")
+    )
 
 
 def _is_plain(value: object, depth: int) -> bool:
@@ -378,7 +383,7 @@ def _int_fits(value: int) -> bool:
 
 
 def _report_unsendable(
-    store: str, key: str, value: object, task_name: str, dropped: _Dropped | None = None
+    store: str, key: str, value: object, task_name: str, dropped: Dropped | None = None
 ) -> None:
     """Warn that ``store[key]`` stayed behind, the first time for that store and key.
 
@@ -389,12 +394,8 @@ def _report_unsendable(
         task_name: The task published without it.
         dropped: Why, when it is plain data that broke a byte limit.
     """
-    with _report_lock:
-        if (store, key) in _unsendable_reported or len(
-            _unsendable_reported
-        ) >= _MAX_UNSENDABLE_REPORTED:
-            return
-        _unsendable_reported.add((store, key))
+    if not _unsendable_reported.first((store, key)):
+        return
     # Worded here, past the check: every message published runs the calls.
     if dropped is None:
         reason = (
@@ -428,71 +429,12 @@ def _report_unsendable(
     )
 
 
-class _Dropped(NamedTuple):
-    """An entry left out by :func:`_within_limits`, and the limit it broke."""
-
-    store: str
-    key: str
-    limit: Literal["value", "total"]
-    size: int
-
-
-def _within_limits(
-    stores: dict[str, dict[str, Any]],
-) -> tuple[dict[str, dict[str, Any]], list[_Dropped]]:
-    """``stores`` within the byte limits of carried context, and the entries left out.
-
-    The same on both sides, so that a publisher never sends what the
-    worker would refuse. An entry's size is the UTF-8 length of its key
-    plus that of its value, each encoded as compact JSON with non-ASCII
-    characters as they are (``json.dumps(x, ensure_ascii=False,
-    separators=(",", ":")).encode()``), whatever serializer the messages
-    use: ``"k": "v"`` takes 6 bytes; store names are not counted. An entry
-    over :data:`contextual._propagation.wire.MAX_VALUE_BYTES` is left out; the others
-    count, the request store's first, then the rest in order, and from the
-    first one that would take the total past
-    :data:`contextual._propagation.wire.MAX_BYTES` on, every entry is left out.
-
-    Args:
-        stores: Plain data only (``_is_plain``): JSON can encode it.
-    """
-    # The request ID first: it ties the task's log lines to the request.
-    ordered = sorted(stores.items(), key=lambda item: item[0] != REQUEST_STORE_NAME)
-    kept: dict[str, dict[str, Any]] = {}
-    dropped: list[_Dropped] = []
-    total = 0
-    full = False
-    for name, values in ordered:
-        kept_values: dict[str, Any] = {}
-        for key, value in values.items():
-            # surrogatepass: a lone surrogate in a local value must not fail
-            # the publish; a worker refuses it by the character rule.
-            size = len(_MEASURE(key).encode(errors="surrogatepass")) + len(
-                _MEASURE(value).encode(errors="surrogatepass")
-            )
-            if size > MAX_VALUE_BYTES:
-                dropped.append(_Dropped(name, key, "value", size))
-            elif full or total + size > MAX_BYTES:
-                full = True
-                dropped.append(_Dropped(name, key, "total", size))
-            else:
-                total += size
-                kept_values[key] = value
-        if kept_values:
-            kept[name] = kept_values
-    return kept, dropped
-
-
 # -- in the worker ---------------------------------------------------------------
-
-
-# A problem found in a received header: its kind, and what to say about it.
-_Problem: TypeAlias = tuple[str, str]
 
 
 def _incoming(
     raw: object, allow: AllowList, validator: Callable[[str], bool] | None = None
-) -> tuple[dict[str, dict[str, Any]], list[_Problem]]:
+) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
     """What a task should apply of a received header, and what was wrong with it.
 
     Returns:
@@ -502,51 +444,17 @@ def _incoming(
     """
     if raw is None:
         return {}, []
-    if not isinstance(raw, Mapping):
-        return {}, [("header", f"the header is a {type(raw).__name__}, not a mapping")]
-    version = raw.get("format")
-    if type(version) is not int or version != FORMAT:
-        return {}, [("header", f"format {_shown(version)}, where this contextual reads {FORMAT}")]
-    stores = raw.get("stores")
-    if not isinstance(stores, Mapping):
-        return {}, [("header", f"'stores' is a {type(stores).__name__}, not a mapping")]
-    problems: list[_Problem] = []
-    clean = _well_formed(stores, problems)
-    selected = allow.select(clean)
-    selected = _checked_values(selected, problems)
-    selected, dropped = _within_limits(selected)
+    stores, problems = open_envelope(raw)
+    selected = _checked_values(allow.select(stores), problems)
+    selected, dropped = within_limits(selected, _measure)
     _describe_dropped(dropped, problems)
-    request = selected.get(REQUEST_STORE_NAME)
-    if request is not None:
-        _rebuild_request(request, problems, validator)
-        if not request:
-            del selected[REQUEST_STORE_NAME]
+    if REQUEST_STORE_NAME in selected:
+        _rebuild_request(selected, problems, validator)
     return selected, problems
 
 
-def _well_formed(
-    stores: Mapping[object, object], problems: list[_Problem]
-) -> dict[str, dict[str, Any]]:
-    """The well-formed entries of ``stores``; each malformed one is described in ``problems``."""
-    clean: dict[str, dict[str, Any]] = {}
-    for name, values in stores.items():
-        if not isinstance(name, str) or not isinstance(values, Mapping):
-            problems.append(("entry", f"the entry {_shown(name)} is not store name: mapping"))
-            continue
-        kept: dict[str, Any] = {}
-        for key, value in values.items():
-            if isinstance(key, str):
-                kept[key] = value
-            else:
-                problems.append(
-                    ("entry", f"store {_shown(name)} has a key that is not a str ({_shown(key)})")
-                )
-        clean[name] = kept
-    return clean
-
-
 def _checked_values(
-    stores: dict[str, dict[str, Any]], problems: list[_Problem]
+    stores: dict[str, dict[str, Any]], problems: list[Problem]
 ) -> dict[str, dict[str, Any]]:
     """``stores`` without the entries that break the character rule or are not plain data.
 
@@ -558,17 +466,22 @@ def _checked_values(
     for name, values in stores.items():
         kept: dict[str, Any] = {}
         for key, value in values.items():
-            shown = f"{_shown(name)}[{_shown(key)}]"
             # The request ID has a check of its own, below: printable ASCII only.
             is_id = name == REQUEST_STORE_NAME and key == REQUEST_ID_KEY
             if not is_id and (
                 holds_control(key, _PLAIN_DEPTH) or holds_control(value, _PLAIN_DEPTH)
             ):
-                problems.append(("control", _CONTROL_PROBLEM.format(shown)))
-            elif not _is_plain(value, _PLAIN_DEPTH):
-                problems.append(
-                    ("entry", f"the value of {shown} is not plain data (a {type(value).__name__})")
+                text = (
+                    f"the key or value of {shown(name)}[{shown(key)}] holds "
+                    f"{CONTROL_CHARACTERS}, which would forge or garble log lines"
                 )
+                problems.append(Problem("control", text))
+            elif not _is_plain(value, _PLAIN_DEPTH):
+                text = (
+                    f"the value of {shown(name)}[{shown(key)}] is not plain data "
+                    f"(a {type(value).__name__})"
+                )
+                problems.append(Problem("entry", text))
             else:
                 kept[key] = value
         if kept:
@@ -576,7 +489,7 @@ def _checked_values(
     return clean
 
 
-def _describe_dropped(dropped: list[_Dropped], problems: list[_Problem]) -> None:
+def _describe_dropped(dropped: list[Dropped], problems: list[Problem]) -> None:
     """Add a problem for each entry over the value limit, and one for those past the total."""
     past_total = [entry for entry in dropped if entry.limit == "total"]
     for entry in dropped:
@@ -585,56 +498,42 @@ def _describe_dropped(dropped: list[_Dropped], problems: list[_Problem]) -> None
                 f"{_entry(entry)} takes {entry.size} bytes as JSON, more than the "
                 f"{MAX_VALUE_BYTES} that one key and its value may take"
             )
-            problems.append(("value size", text))
+            problems.append(Problem("value size", text))
     if past_total:
         text = (
             f"the entries from {_entry(past_total[0])} on ({len(past_total)} of them) would "
             f"take the header past the {MAX_BYTES} bytes that one message may carry in all"
         )
-        problems.append(("total size", text))
+        problems.append(Problem("total size", text))
 
 
-def _entry(entry: _Dropped) -> str:
-    return f"{_shown(entry.store)}[{_shown(entry.key)}]"
+def _entry(entry: Dropped) -> str:
+    return f"{shown(entry.store)}[{shown(entry.key)}]"
 
 
 def _rebuild_request(
-    request: dict[str, Any], problems: list[_Problem], validator: Callable[[str], bool] | None
+    stores: dict[str, dict[str, Any]],
+    problems: list[Problem],
+    validator: Callable[[str], bool] | None,
 ) -> None:
-    """Check the request ID and pair it with its RequestContext, in place."""
-    request.pop(_REQUEST_KEY, None)  # ours to build, never the sender's
-    if REQUEST_ID_KEY not in request:
-        return
-    request_id = request[REQUEST_ID_KEY]
-    try:
-        accepted = isinstance(request_id, str) and accepts_request_id(request_id, validator)
-    except Exception as exc:  # noqa: BLE001 (a broken validator refuses; the task still runs)
-        accepted = False
-        problems.append(
-            ("request ID", f"the validator raised {_shown(repr(exc))} on the request ID")
-        )
-    if accepted:
-        request[_REQUEST_KEY] = RequestContext(request_id, request.get(_USER_KEY))
-        return
-    del request[REQUEST_ID_KEY]
-    if request_id is not None:
-        shown = _shown(request_id)
-        problems.append(("request ID", f"the request ID {shown} is not valid"))
-
-
-def _shown(value: object) -> str:
-    """``value`` as a log line may show it: one line, escaped, cut short."""
-    if isinstance(value, str):
-        return escape_for_log(value)
-    text = ascii(value)
-    return text[:LOGGED_CHARS] + "..." if len(text) > LOGGED_CHARS else text
+    """Check the request ID and open the request with its RequestContext, in ``stores``."""
+    request_id = stores[REQUEST_STORE_NAME].get(REQUEST_ID_KEY)
+    arrival = rebuild_request(request_id, stores, validator)
+    if arrival.error is not None:
+        text = f"the validator raised {shown(repr(arrival.error))} on the request ID"
+        problems.append(Problem("request ID", text))
+    if arrival.request_id is None and request_id is not None:
+        problems.append(Problem("request ID", f"the request ID {shown(request_id)} is not valid"))
+    opened = arrival.values()
+    if opened:
+        stores.setdefault(REQUEST_STORE_NAME, {}).update(opened)
 
 
 def _name(value: object) -> str:
     """A task's name or ID for a log line: as it is when it is short printable ASCII."""
     if isinstance(value, str) and len(value) <= LOGGED_CHARS and is_printable_ascii(value):
         return value
-    return _shown(value)
+    return shown(value)
 
 
 def _received(request: object) -> object:
@@ -683,11 +582,9 @@ def _on_task_prerun(
     _running_here().append((task_id, exits))
 
 
-def _report_incoming(problems: list[_Problem], task_name: str, task_id: object) -> None:
+def _report_incoming(problems: list[Problem], task_name: str, task_id: object) -> None:
     """Warn about the problems of kinds not reported yet in this process."""
-    with _report_lock:
-        new = [text for kind, text in problems if kind not in _incoming_reported]
-        _incoming_reported.update(kind for kind, _ in problems)
+    new = [text for _, text in _incoming_reported.new(problems)]
     if not new:
         return
     more = len(new) - _SHOWN_PROBLEMS
@@ -750,8 +647,8 @@ def enqueue_on_commit(
             ``task.s(order_id).set(countdown=10)``.
         *args: Positional arguments of the task.
         manager: The transactions to wait for: ``db.transactions`` for a
-            :class:`~contextual.ThreadLocalDB`, or a
-            :class:`~contextual.TransactionManager`.
+            :class:`~contextual.db.ThreadLocalDB`, or a
+            :class:`~contextual.db.TransactionManager`.
         **kwargs: Keyword arguments of the task.
 
     Returns:
@@ -764,7 +661,7 @@ def enqueue_on_commit(
             or ``manager`` is not a TransactionManager.
         TransactionError: Called from a thread or task that did not open the
             current transaction (a pool worker that inherited the context);
-            see :meth:`~contextual.TransactionManager.on_commit`.
+            see :meth:`~contextual.db.TransactionManager.on_commit`.
 
     When publishing fails after the commit, the commit stands and the task
     is lost: no worker will run it, and the returned result never

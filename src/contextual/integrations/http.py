@@ -50,28 +50,22 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, final
+from typing import Any, NamedTuple, Protocol, final
 
-from contextual._request.request import RequestContext, request_context
-
-from ._baggage import HEADER, read, split_user, write
-from ._carrier import (
+from contextual._propagation.wire import (
     REQUEST_ID_KEY,
     REQUEST_STORE_NAME,
-    AllowList,
-)
-from ._carrier import applied as _applied
-from ._headers import (
-    DEFAULT_HEADER,
-    accepts_request_id,
-    check_callable,
-    check_header_name,
+    Problem,
     is_printable_ascii,
-    report_once,
+    rebuild_request,
+    shown,
 )
+from contextual._request.request import RequestContext, request_context
 
-if TYPE_CHECKING:
-    from ._baggage import Problem
+from ._baggage import HEADER, read, write
+from ._carrier import AllowList
+from ._carrier import applied as _applied
+from ._headers import DEFAULT_HEADER, check_callable, check_header_name, report_once
 
 __all__ = ["CarriedContext", "extract", "inject", "install_httpx", "install_requests"]
 
@@ -125,8 +119,10 @@ class CarriedContext(NamedTuple):
 
         .. versionadded:: 0.1.0
         """
-        stores = {name: dict(values) for name, values in self.stores.items()}
-        user = split_user(stores)
+        stores: dict[str, dict[str, Any]] = {
+            name: dict(values) for name, values in self.stores.items()
+        }
+        user = rebuild_request(None, stores).user
         with request_context(self.request_id, user_id=user) as request, _applied(stores):
             yield request
 
@@ -230,30 +226,22 @@ def extract(
     check_header_name(header)
     check_callable("validator", validator)
     problems: list[Problem] = []
-    request_id = None
     ids = _values(headers, header)
-    try:
-        accepted = len(ids) == 1 and accepts_request_id(ids[0], validator)
-    except Exception as exc:  # noqa: BLE001 (a broken validator refuses; it must not fail requests)
-        accepted = False
+    arrival = rebuild_request(ids[0] if len(ids) == 1 else None, None, validator)
+    if arrival.error is not None:
         problems.append(
-            (
+            Problem(
                 "incoming request ID validator",
-                "Ignored the %s header, %s: the validator raised %s.",
-                (header, ids[0], repr(exc)),
+                f"Ignored the {shown(header)} header, {shown(ids[0])}: the validator raised "
+                f"{shown(repr(arrival.error))}.",
             )
         )
-    if accepted:
-        request_id = ids[0]
-    elif ids and not problems:
+    elif ids and arrival.request_id is None:
         problems.append(
-            (
+            Problem(
                 "incoming request ID",
-                (
-                    "Ignored the %s header, %s: it is not one valid request ID (by "
-                    "default 1 to 128 characters from A-Z a-z 0-9 . _ : -)."
-                ),
-                (header, ", ".join(ids)),
+                f"Ignored the {shown(header)} header, {shown(', '.join(ids))}: it is not one "
+                "valid request ID (by default 1 to 128 characters from A-Z a-z 0-9 . _ : -).",
             )
         )
     stores: dict[str, dict[str, str]] = {}
@@ -262,7 +250,7 @@ def extract(
         stores, more = read(",".join(baggage), allow_list)
         problems += more
     report_once(problems)
-    return CarriedContext(request_id, stores)
+    return CarriedContext(arrival.request_id, stores)
 
 
 def install_httpx(
@@ -390,14 +378,11 @@ def _inject(headers: MutableMapping[str, str], allow: AllowList, header: str) ->
             _replace(headers, header, request_id)
         else:
             problems.append(
-                (
+                Problem(
                     "outgoing request ID",
-                    (
-                        "Sent no %s header: the request ID %s is not a str of printable "
-                        "ASCII, so no header can carry it. Open requests with IDs such as "
-                        "new_request_id() makes."
-                    ),
-                    (header, repr(request_id)),
+                    f"Sent no {shown(header)} header: the request ID {shown(repr(request_id))} "
+                    "is not a str of printable ASCII, so no header can carry it. Open requests "
+                    "with IDs such as new_request_id() makes.",
                 )
             )
     existing = _values(headers, HEADER)
