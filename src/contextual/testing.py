@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+from contextual import ContextStore, ContextualError, list_stores
 from contextual._core.decorate import AsyncToo, decorate
-from contextual._core.errors import ContextualError
-from contextual._core.store import ContextStore, backend_of, list_stores
+from contextual._core.store import backend_of
 
 __all__ = ["LeakError", "empty_stores", "no_leaks"]
 

@@ -19,7 +19,7 @@ from .request import REQUEST_ID_KEY, REQUEST_KEY, REQUEST_STORE, USER_KEY
 if TYPE_CHECKING:
     from contextual._core.backends import Values
 
-__all__ = ["RESERVED_ATTRIBUTES", "ContextFilter", "FieldCollector"]
+__all__ = ["RESERVED_ATTRIBUTES", "ContextFilter", "FieldCollector", "StoreSpec"]
 
 #: The attributes every :class:`logging.LogRecord` has, plus the two that
 #: formatters add. A context key with one of these names is injected with the
@@ -36,7 +36,8 @@ _REQUEST_DEFAULTS: Final = {REQUEST_ID_KEY: "-", USER_KEY: "-"}
 _read_request: Final = backend_of(REQUEST_STORE).get
 
 
-_StoreSpec = ContextStore | str
+#: A store, or the name of one: what the filter and its peers take.
+StoreSpec = ContextStore | str
 
 
 class FieldCollector:
@@ -55,7 +56,7 @@ class FieldCollector:
 
     def __init__(
         self,
-        stores: _StoreSpec | Iterable[_StoreSpec] = (),
+        stores: StoreSpec | Iterable[StoreSpec] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
     ) -> None:
@@ -140,7 +141,7 @@ def _check_defaults(defaults: object) -> None:
     raise TypeError(msg)
 
 
-def _store_specs(stores: object) -> list[_StoreSpec]:
+def _store_specs(stores: object) -> list[StoreSpec]:
     if isinstance(stores, (ContextStore, str)):
         return [stores]
     if not isinstance(stores, Iterable):
@@ -214,7 +215,7 @@ class ContextFilter(logging.Filter):
 
     def __init__(
         self,
-        stores: _StoreSpec | Iterable[_StoreSpec] = (),
+        stores: StoreSpec | Iterable[StoreSpec] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
         name: str = "",

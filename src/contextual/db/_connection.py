@@ -12,8 +12,9 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast, final
 
+from contextual import ContextStore
 from contextual._core.fork import after_fork_in_child
-from contextual._core.store import ContextStore, backend_of
+from contextual._core.store import backend_of
 
 from ._errors import TransactionError
 from ._transaction import (

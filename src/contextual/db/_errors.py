@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextual._core.errors import ContextualError
+from contextual import ContextualError
 
 __all__ = ["CommitOutcomeUnknownError", "TransactionError"]
 

@@ -18,8 +18,8 @@ from typing import (
     final,
 )
 
+from contextual import ScopeError
 from contextual._core.decorate import AsyncToo, decorate
-from contextual._core.errors import ScopeError
 from contextual._core.fork import renew_locks_after_fork
 
 from ._errors import CommitOutcomeUnknownError, TransactionError

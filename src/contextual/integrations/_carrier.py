@@ -12,8 +12,7 @@ import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, final
 
-from contextual._core.store import get_store
-from contextual._propagation.snapshot import capture
+from contextual import capture, get_store
 from contextual._propagation.wire import REQUEST_ID_KEY, REQUEST_STORE_NAME
 
 __all__ = ["AllowList", "AllowSpec", "applied"]

@@ -18,13 +18,14 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeAlias, TypeVar, final
 
+from contextual import new_request_id
 from contextual._propagation.wire import (
     Reported,
     escape_for_log,
     is_printable_ascii,
     rebuild_request,
 )
-from contextual._request.request import new_request_id, open_request
+from contextual._request.request import open_request
 
 from ._baggage import read
 from ._carrier import applied

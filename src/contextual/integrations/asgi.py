@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias, final
 
-from contextual._request.request import new_request_id
+from contextual import new_request_id
 
 from ._carrier import AllowList
 from ._headers import DEFAULT_HEADER, RequestOpener, replace_header

@@ -30,9 +30,9 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
+from contextual import Snapshot, capture, get_request_id
 from contextual._core.fork import renew_locks_after_fork
 from contextual._core.store import propagating_stores
-from contextual._propagation.snapshot import Snapshot, capture
 from contextual._propagation.wire import (
     CONTROL_CHARACTERS,
     LOGGED_CHARS,
@@ -52,7 +52,6 @@ from contextual._propagation.wire import (
     shown,
     within_limits,
 )
-from contextual._request.request import get_request_id
 from contextual.db import TransactionManager
 
 from ._carrier import AllowList, AllowSpec, applied

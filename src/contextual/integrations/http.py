@@ -52,6 +52,7 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NamedTuple, Protocol, final
 
+from contextual import RequestContext, request_context
 from contextual._propagation.wire import (
     REQUEST_ID_KEY,
     REQUEST_STORE_NAME,
@@ -60,7 +61,6 @@ from contextual._propagation.wire import (
     rebuild_request,
     shown,
 )
-from contextual._request.request import RequestContext, request_context
 
 from ._baggage import HEADER, read, write
 from ._carrier import AllowList

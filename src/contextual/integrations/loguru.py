@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from contextual._request.logfilter import FieldCollector, _StoreSpec
+from contextual._request.logfilter import FieldCollector, StoreSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -43,7 +43,7 @@ class patch_context:  # noqa: N801 (a patcher factory, named like one)
 
     def __init__(
         self,
-        stores: _StoreSpec | Iterable[_StoreSpec] = (),
+        stores: StoreSpec | Iterable[StoreSpec] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
     ) -> None:

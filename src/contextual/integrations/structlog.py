@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from contextual._request.logfilter import FieldCollector, _StoreSpec
+from contextual._request.logfilter import FieldCollector, StoreSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, MutableMapping
@@ -41,7 +41,7 @@ class add_context:  # noqa: N801 (a processor factory, named like one)
 
     def __init__(
         self,
-        stores: _StoreSpec | Iterable[_StoreSpec] = (),
+        stores: StoreSpec | Iterable[StoreSpec] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
     ) -> None:

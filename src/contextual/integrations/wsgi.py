@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final
 
-from contextual._request.request import new_request_id
+from contextual import new_request_id
 
 from ._carrier import AllowList
 from ._headers import DEFAULT_HEADER, RequestOpener, replace_header
