@@ -91,3 +91,31 @@ def test_a_forked_child_gets_a_lock_nobody_holds(case: str) -> None:
     )
     # The child's exit code: 0, or -14 (SIGALRM) had it hung on the lock.
     assert (result.returncode, result.stdout, result.stderr) == (0, "0\n", "")
+
+
+HOOK_FAILS = """
+import os, threading
+from contextual._core import fork
+
+@fork.after_fork_in_child
+def broken():
+    raise RuntimeError("a broken hook")
+
+namespace = {"lock": threading.Lock()}
+fork.renew_locks_after_fork(namespace, "lock")
+namespace["lock"].acquire()  # held at the fork: only the hook after the broken one frees it
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if namespace["lock"].acquire(timeout=5) else 1)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_failing_after_fork_hook_is_reported_and_the_hooks_after_it_still_run() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", HOOK_FAILS], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert (result.returncode, result.stdout) == (0, "0\n")
+    assert "Exception ignored in an after-fork hook of contextual" in result.stderr
+    assert "RuntimeError: a broken hook" in result.stderr

@@ -192,7 +192,9 @@ def test_submit_refuses_an_over_size_total_and_sends_nothing(pool):
         support.connection.update({"a": "a" * 3000, "b": "b" * 3100})
 
     message = _refused_and_nothing_ran(pool, carry, "over the")
-    total = int(re.search(r"take (\d+) bytes pickled", message)[1])  # type: ignore[index]
+    total = int(
+        re.search(r"take (\d+) bytes \(each key and its value pickled, summed\)", message)[1]
+    )  # type: ignore[index]
     assert total > MAX_BYTES
     assert f"limit of {MAX_BYTES} bytes for everything one task carries" in message
     # The largest first, so the message points at what to move out.

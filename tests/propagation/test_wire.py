@@ -238,3 +238,10 @@ def test_a_raising_validator_refuses_the_id_and_hands_back_the_error():
     assert isinstance(arrival.error, RuntimeError)
     assert arrival.error.args == ("r-1",)
     assert arrival.values() == {USER_KEY: "ada"}, "the user alone, with no request"
+
+
+@pytest.mark.parametrize("kind", [set, frozenset])
+def test_text_inside_a_set_is_under_the_character_rule(kind: type) -> None:
+    with pytest.raises(ValueError, match="store 's' key 'k'"):
+        check_characters({"s": {"k": kind({"fine", "\u202eevil\nline"})}})
+    check_characters({"s": {"k": kind({"fine", "also fine"})}})

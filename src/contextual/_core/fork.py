@@ -12,6 +12,7 @@ here, once, at import: :func:`after_fork_in_child` for what it must reset,
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,8 +31,9 @@ def after_fork_in_child(hook: _H) -> _H:
     """Run ``hook`` in every child this process forks, right after the fork.
 
     Use as a decorator on a module-level function. Hooks run in the order
-    they were registered, in the child only; one that raises is not caught
-    (``os.register_at_fork`` prints it), so keep hooks to rebinding state.
+    they were registered, in the child only. One that raises is reported on
+    stderr, as ``os.register_at_fork`` reports its own callables, and the
+    hooks after it still run: a lock left unrenewed would hang the child.
     """
     with _hooks_lock:
         _hooks.append(hook)
@@ -54,8 +56,19 @@ def renew_locks_after_fork(namespace: dict[str, Any], *names: str) -> None:
 def _run_hooks() -> None:  # pragma: no cover - runs in forked children only
     global _hooks_lock  # noqa: PLW0603 (the parent's may have been held at the fork)
     _hooks_lock = threading.Lock()
-    for hook in _hooks:
-        hook()
+    for hook in tuple(_hooks):
+        try:
+            hook()
+        except BaseException as exc:  # noqa: BLE001, PERF203 (reported; the hooks after it must run)
+            _report(exc, hook)
+
+
+def _report(exc: BaseException, hook: object) -> None:  # pragma: no cover - in forked children
+    # As os.register_at_fork reports a callable that raises: on stderr, and on.
+    import traceback  # noqa: PLC0415 (only a broken hook needs it)
+
+    sys.stderr.write(f"Exception ignored in an after-fork hook of contextual: {hook!r}\n")
+    traceback.print_exception(exc)
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch (every POSIX system)

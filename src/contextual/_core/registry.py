@@ -12,7 +12,7 @@ relies on the GIL: free-threaded builds register and look up stores from
 many threads.
 
 It knows a backend only by what it uses of one (:class:`Registrable`) and
-of its definition (:class:`Definition`); ``_store`` makes the one registry,
+of its definition (:class:`Definition`); ``store`` makes the one registry,
 and this module never imports it.
 """
 
@@ -105,7 +105,7 @@ class View(Generic[_B]):
 
 
 # The registry's lock, a module global like the other modules' locks, so that
-# a forked child gets a fresh one. (There is one registry: _store's.)
+# a forked child gets a fresh one. (There is one registry: the store module's.)
 _lock = threading.Lock()
 
 

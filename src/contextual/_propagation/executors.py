@@ -156,7 +156,8 @@ class ContextProcessPoolExecutor(ProcessPoolExecutor):
       :class:`ValueError`, as :meth:`Snapshot.from_dict` raises (the worker
       checks again there);
     * more than 4096 bytes for one key and its value, or 8192 bytes for
-      every store together, measured pickled (the limits W3C Baggage sets
+      every store together, measured pickled (each key and its value on
+      its own, summed) (the limits W3C Baggage sets
       for HTTP): :class:`ValueError`, with the size and the limit. Send
       large data as an argument of the task; carry IDs in stores.
 
@@ -277,7 +278,8 @@ def _raise_over_limits(stores: dict[str, dict[str, Any]], dropped: list[Dropped]
         f"store {name!a} key {key!a} ({size} bytes)" for size, name, key in sizes[:3]
     )
     msg = (
-        f"the stores carried to the worker process take {total} bytes pickled, over the "
+        f"the stores carried to the worker process take {total} bytes (each key and its "
+        "value pickled, summed), over the "
         f"limit of {MAX_BYTES} bytes for everything one task carries, so nothing was sent. "
         f"The largest values: {largest}. Carry IDs and look the data up in the worker, pass "
         "large data as arguments of the task, or create stores that hold it with "

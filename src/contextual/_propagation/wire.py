@@ -30,7 +30,7 @@ everything about it that does not depend on the carrier:
   kind of problem once.
 
 Its users are thin adapters that keep only what their carrier needs:
-:meth:`Snapshot.to_dict() <contextual.Snapshot.to_dict>` and
+:meth:`Snapshot.to_dict() <contextual.Snapshot.to_dict>` (the envelope),
 :meth:`~contextual.Snapshot.from_dict` and
 :class:`~contextual.ContextProcessPoolExecutor` (pickling; they raise),
 ``contextual.integrations.celery`` (message headers and signals; it drops
@@ -89,8 +89,10 @@ MAX_BYTES: Final = 8192
 MAX_VALUE_BYTES: Final = 4096
 
 #: The request store's name; its keys are the request module's (re-exported
-#: here). The ID and the user travel; the :class:`~contextual.RequestContext`
-#: under :data:`REQUEST_KEY` never does, it is rebuilt on arrival.
+#: here). Between services (HTTP, Celery) the ID and the user travel and the
+#: :class:`~contextual.RequestContext` under :data:`REQUEST_KEY` never does:
+#: it is rebuilt on arrival. A process pool, the same program on both sides,
+#: carries the request store whole.
 REQUEST_STORE_NAME: Final = REQUEST_STORE.name
 
 #: What the rule refuses, as messages that report a refused value name it.
@@ -141,7 +143,7 @@ def has_control(text: str) -> bool:
 
 
 def holds_control(value: object, depth: int = 32) -> bool:
-    """Tell whether ``value``, or a str in the lists, tuples and mappings in it, breaks the rule.
+    """Tell whether ``value``, or a str in the lists, tuples, sets, mappings in it, breaks the rule.
 
     Dict keys count as text too. Values nested deeper than ``depth`` count
     as breaking it: no sender of ours nests that deep, and a value that
@@ -150,8 +152,8 @@ def holds_control(value: object, depth: int = 32) -> bool:
     if isinstance(value, str):
         return has_control(value)
     if depth == 0:
-        return isinstance(value, (list, tuple, Mapping))
-    if isinstance(value, (list, tuple)):
+        return isinstance(value, (list, tuple, set, frozenset, Mapping))
+    if isinstance(value, (list, tuple, set, frozenset)):
         return any(holds_control(item, depth - 1) for item in cast("list[object]", value))
     # Any mapping, not dicts alone: a RequestContext's extras are a read-only view.
     if isinstance(value, Mapping):
@@ -361,8 +363,10 @@ def within_limits(
 ) -> tuple[dict[str, dict[str, Any]], list[Dropped]]:
     """Return ``stores`` within the byte limits of carried context, and the entries left out.
 
-    The one rule for both sides of every carrier that has limits, so a
-    sender never sends what the receiver would refuse. An entry over
+    The rule of Celery and process pools, on both sides, so a sender never
+    sends what the receiver would refuse. (Baggage holds to the same two
+    limits on the header itself, names and separators included: its
+    encoder and parser measure the header, not entries.) An entry over
     :data:`MAX_VALUE_BYTES` is left out; the others count, the request
     store's first (it ties the two sides' log lines together), then the
     rest in order, and from the first one that would take the total past

@@ -115,7 +115,7 @@ class _DatabaseLink:
 
     Each ``ThreadLocalDB`` makes one and keeps it; every manager of the
     database, and every transaction on it, holds it. Its operations take
-    back the slots it hands out (``prepared``), of the database's own kind:
+    back the slots it hands out (``slot``), of the database's own kind:
     hence ``Any`` for them here.
     """
 
