@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from contextual import ContextExecutor, ContextThread, list_stores, request_context
+from contextual._core import fork
 from contextual.db import ThreadLocalDB, TransactionError
 from contextual.db import _connection as _db
 from support.db import Database, database, postgres, postgres_dsn, sqlite, wait_for
@@ -776,9 +777,9 @@ def test_after_a_fork_the_child_sets_every_inherited_connection_aside(
     gc.collect()
     assert dead() is None  # the hook of a db that died does nothing
     monkeypatch.setattr(
-        _db, "_fork_hooks", [dead, weakref.WeakMethod(db._forget_connections_after_fork)]
+        fork, "_hooks", [dead, weakref.WeakMethod(db._forget_connections_after_fork)]
     )
-    _db._forget_after_fork()
+    fork._run_hooks()
     try:
         assert parents in _db._inherited  # kept, not closed: the parent still uses it
         assert db.open_connections == 0

@@ -10,9 +10,11 @@ alarm in the child turns a hang into a failure.
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import pytest
 
@@ -119,3 +121,21 @@ def test_a_failing_after_fork_hook_is_reported_and_the_hooks_after_it_still_run(
     assert (result.returncode, result.stdout) == (0, "0\n")
     assert "Exception ignored in an after-fork hook of contextual" in result.stderr
     assert "RuntimeError: a broken hook" in result.stderr
+
+
+def test_an_objects_after_fork_hook_is_held_weakly_and_ends_with_it() -> None:
+    from contextual._core import fork  # noqa: PLC0415
+
+    class Holder:
+        def forget(self) -> None: ...
+
+    holder = Holder()
+    fork.after_fork_in_child(holder.forget)
+    assert holder.forget in [entry() for entry in fork._hooks]
+    gone = weakref.ref(holder)
+    del holder
+    gc.collect()
+    assert gone() is None  # registering the hook did not keep its object alive
+    fork.after_fork_in_child(Holder().forget)  # its object dies at once, after this line
+    # The registration dropped every dead hook before adding its own, now dead too.
+    assert [entry() for entry in fork._hooks].count(None) == 1

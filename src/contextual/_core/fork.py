@@ -11,9 +11,12 @@ here, once, at import: :func:`after_fork_in_child` for what it must reset,
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
+import types
+import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -23,20 +26,35 @@ __all__ = ["after_fork_in_child", "renew_locks_after_fork"]
 
 _H = TypeVar("_H", bound="Callable[[], None]")
 
-_hooks: list[Callable[[], None]] = []
+# Each entry gives its hook, or None once the hook's object is gone.
+_hooks: list[Callable[[], Callable[[], object] | None]] = []
 _hooks_lock = threading.Lock()
 
 
 def after_fork_in_child(hook: _H) -> _H:
     """Run ``hook`` in every child this process forks, right after the fork.
 
-    Use as a decorator on a module-level function. Hooks run in the order
+    Use as a decorator on a module-level function, or pass a bound method
+    for one object's state: a method is held weakly, so registering it
+    keeps its object alive no longer than it would live, and its hook ends
+    with it (each ``ThreadLocalDB`` registers one). Hooks run in the order
     they were registered, in the child only. One that raises is reported on
     stderr, as ``os.register_at_fork`` reports its own callables, and the
     hooks after it still run: a lock left unrenewed would hang the child.
     """
+    entry: Callable[[], Callable[[], object] | None]
+    if isinstance(hook, types.MethodType):
+        entry = weakref.WeakMethod(hook)
+    else:
+        entry = functools.partial(_itself, hook)
     with _hooks_lock:
-        _hooks.append(hook)
+        # Dead objects' hooks go as new ones come: the list stays as long
+        # as what lives.
+        _hooks[:] = [*(alive for alive in _hooks if alive() is not None), entry]
+    return hook
+
+
+def _itself(hook: Callable[[], object]) -> Callable[[], object]:
     return hook
 
 
@@ -56,10 +74,13 @@ def renew_locks_after_fork(namespace: dict[str, Any], *names: str) -> None:
 def _run_hooks() -> None:  # pragma: no cover - runs in forked children only
     global _hooks_lock  # noqa: PLW0603 (the parent's may have been held at the fork)
     _hooks_lock = threading.Lock()
-    for hook in tuple(_hooks):
+    for entry in tuple(_hooks):
+        hook = entry()
+        if hook is None:
+            continue  # its object was collected
         try:
             hook()
-        except BaseException as exc:  # noqa: BLE001, PERF203 (reported; the hooks after it must run)
+        except BaseException as exc:  # noqa: BLE001 (reported; the hooks after it must run)
             _report(exc, hook)
 
 

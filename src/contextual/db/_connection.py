@@ -62,10 +62,19 @@ class DBAPIConnection(Protocol):
 # goes down the shared socket), and letting them be collected closes them
 # too, so the child keeps them, unused, until it exits.
 _inherited: list[object] = []
-# What a forked child runs for each live ThreadLocalDB (weakly: a db's hook
-# dies with it).
-_fork_hooks: list[weakref.WeakMethod[Callable[[], None]]] = []
-_dbs_lock = threading.Lock()
+
+
+@after_fork_in_child
+def _keep_inherited() -> None:  # pragma: no cover - runs in forked children only
+    """Do nothing at the fork (each db's own hook sets its connections aside).
+
+    Held by the after-fork registry until the interpreter ends, this
+    function keeps this module's globals, ``_inherited`` among them, alive
+    as long: the parent's connections are never collected, closed, nor
+    warned about while the child's modules are torn down.
+    """
+
+
 _names = itertools.count(1)
 
 
@@ -501,9 +510,8 @@ class ThreadLocalDB:
         operations = (self._slot, self._run, self._close_if_retired)
         self._link = _DatabaseLink(self, self._store.name, operations)
         self.transactions = self._link.transactions
-        with _dbs_lock:
-            _fork_hooks[:] = [hook for hook in _fork_hooks if hook() is not None]
-            _fork_hooks.append(weakref.WeakMethod(self._forget_connections_after_fork))
+        # Weakly held: the hook ends with this db.
+        after_fork_in_child(self._forget_connections_after_fork)
 
     def __repr__(self) -> str:
         return f"<ThreadLocalDB {self._description}, {self.open_connections} open>"
@@ -902,15 +910,3 @@ def _closed_in_transaction(slot: _Slot) -> TransactionError:
         "opens a new connection."
     )
     return TransactionError(msg)
-
-
-@after_fork_in_child
-def _forget_after_fork() -> None:
-    global _dbs_lock  # noqa: PLW0603
-    # Another thread of the parent may have held any of these locks when it
-    # forked; in the child that thread no longer exists to release them.
-    _dbs_lock = threading.Lock()
-    for hook in _fork_hooks:
-        forget = hook()
-        if forget is not None:
-            forget()
