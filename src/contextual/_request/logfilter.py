@@ -19,7 +19,7 @@ from .request import REQUEST_ID_KEY, REQUEST_KEY, REQUEST_STORE, USER_KEY
 if TYPE_CHECKING:
     from contextual._core.backends import Values
 
-__all__ = ["RESERVED_ATTRIBUTES", "ContextFilter", "FieldCollector", "StoreSpec"]
+__all__ = ["RESERVED_ATTRIBUTES", "ContextFilter", "FieldCollector"]
 
 #: The attributes every :class:`logging.LogRecord` has, plus the two that
 #: formatters add. A context key with one of these names is injected with the
@@ -56,7 +56,7 @@ class FieldCollector:
 
     def __init__(
         self,
-        stores: StoreSpec | Iterable[StoreSpec] = (),
+        stores: ContextStore | str | Iterable[ContextStore | str] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
     ) -> None:
@@ -215,7 +215,7 @@ class ContextFilter(logging.Filter):
 
     def __init__(
         self,
-        stores: StoreSpec | Iterable[StoreSpec] = (),
+        stores: ContextStore | str | Iterable[ContextStore | str] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
         name: str = "",

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from contextual._request.logfilter import FieldCollector, StoreSpec
+from contextual._request.logfilter import FieldCollector
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+
+    from contextual import ContextStore
 
 __all__ = ["patch_context"]
 
@@ -43,7 +45,7 @@ class patch_context:  # noqa: N801 (a patcher factory, named like one)
 
     def __init__(
         self,
-        stores: StoreSpec | Iterable[StoreSpec] = (),
+        stores: ContextStore | str | Iterable[ContextStore | str] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
     ) -> None:

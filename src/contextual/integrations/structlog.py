@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from contextual._request.logfilter import FieldCollector, StoreSpec
+from contextual._request.logfilter import FieldCollector
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, MutableMapping
+
+    from contextual import ContextStore
 
 __all__ = ["add_context"]
 
@@ -41,7 +43,7 @@ class add_context:  # noqa: N801 (a processor factory, named like one)
 
     def __init__(
         self,
-        stores: StoreSpec | Iterable[StoreSpec] = (),
+        stores: ContextStore | str | Iterable[ContextStore | str] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
     ) -> None:
