@@ -16,6 +16,7 @@ import typing as _typing
 from ._core.errors import ContextualError, ScopeError, StoreDefaultsError
 from ._core.fields import field
 from ._core.publish import publish as _publish
+from ._core.publish import publish_all as _publish_all
 from ._core.store import BACKENDS, ContextStore, StoreScope, get_store, list_stores
 from ._propagation.snapshot import ContextThread, Snapshot, capture
 from ._request.logfilter import ContextFilter
@@ -110,7 +111,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
-for _name in __all__:
-    if _name not in _LAZY:
-        _publish(__name__, globals()[_name])
-del _name
+_publish_all(globals())

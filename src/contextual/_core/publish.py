@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["publish"]
+__all__ = ["publish", "publish_all"]
 
 _T = TypeVar("_T")
 
@@ -25,3 +25,15 @@ def publish(module: str, obj: _T) -> _T:
     ):
         obj.__module__ = module
     return obj
+
+
+def publish_all(namespace: dict[str, Any]) -> None:
+    """:func:`publish` every name of a public module's ``__all__``: pass its ``globals()``.
+
+    Names not defined yet (loaded on first use through the module's
+    ``__getattr__``) are left for it to publish.
+    """
+    module = namespace["__name__"]
+    for name in namespace["__all__"]:
+        if name in namespace:
+            publish(module, namespace[name])

@@ -152,13 +152,13 @@ class ContextProcessPoolExecutor(ProcessPoolExecutor):
     * a value that can't be pickled: :class:`TypeError`;
     * a store name, key or value that holds a control or format character
       (line breaks, DEL, bidirectional overrides such as U+202E,
-      zero-width characters, U+2028), also inside lists, tuples and dicts:
+      zero-width characters, U+2028), also inside lists, tuples, sets and dicts:
       :class:`ValueError`, as :meth:`Snapshot.from_dict` raises (the worker
       checks again there);
     * more than 4096 bytes for one key and its value, or 8192 bytes for
-      every store together, measured pickled (each key and its value on
-      its own, summed) (the limits W3C Baggage sets
-      for HTTP): :class:`ValueError`, with the size and the limit. Send
+      every store together (the limits W3C Baggage sets for HTTP), each
+      key and its value measured pickled on its own: :class:`ValueError`,
+      with the size and the limit. Send
       large data as an argument of the task; carry IDs in stores.
 
     A value that pickles here but can't be unpickled in the worker fails

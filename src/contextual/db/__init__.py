@@ -19,7 +19,7 @@ which ``import contextual`` never does.
    The module; before, these names were imported from :mod:`contextual`.
 """
 
-from contextual._core.publish import publish
+from contextual._core.publish import publish_all
 
 from ._connection import DBAPIConnection, ThreadLocalDB
 from ._errors import CommitOutcomeUnknownError, TransactionError
@@ -36,6 +36,4 @@ __all__ = [
 ]
 
 
-for _name in __all__:
-    publish(__name__, globals()[_name])
-del _name
+publish_all(globals())

@@ -17,12 +17,10 @@ files and CI logs the spinner writes one start line and one final line.
    The module; before, these names were imported from :mod:`contextual`.
 """
 
-from contextual._core.publish import publish
+from contextual._core.publish import publish_all
 
 from ._spinner import Spinner, SpinnerHandler
 
 __all__ = ["Spinner", "SpinnerHandler"]
 
-for _name in __all__:
-    publish(__name__, globals()[_name])
-del _name
+publish_all(globals())
