@@ -13,13 +13,13 @@ in ``contextual.integrations``: each is imported only when asked for.
 import importlib as _importlib
 import typing as _typing
 
-from ._core.errors import ContextualError, ScopeError, StoreDefaultsError
+from ._core.errors import ContextualError, NoRequestError, ScopeError, StoreDefaultsError
 from ._core.fields import field
 from ._core.publish import publish as _publish
 from ._core.publish import publish_all as _publish_all
 from ._core.store import BACKENDS, ContextStore, StoreScope, get_store, list_stores
 from ._propagation.snapshot import ContextThread, Snapshot, capture
-from ._request.logfilter import ContextFilter
+from ._request.logfilter import ContextFilter, RecordFactory, install_record_factory
 from ._request.request import (
     RequestContext,
     current_request,
@@ -27,6 +27,7 @@ from ._request.request import (
     get_request_id,
     new_request_id,
     request_context,
+    update_request,
 )
 from ._version import __version__
 
@@ -46,6 +47,8 @@ __all__ = [
     "ContextStore",
     "ContextThread",
     "ContextualError",
+    "NoRequestError",
+    "RecordFactory",
     "RequestContext",
     "ScopeError",
     "Snapshot",
@@ -58,11 +61,13 @@ __all__ = [
     "get_current_user",
     "get_request_id",
     "get_store",
+    "install_record_factory",
     "list_stores",
     "new_request_id",
     "request_context",
     "set_default_executor",
     "to_thread",
+    "update_request",
 ]
 
 # Names whose module imports concurrent.futures, multiprocessing and asyncio

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ContextualError",
+    "NoRequestError",
     "ScopeError",
     "StoreDefaultsError",
 ]
@@ -25,6 +26,17 @@ class ScopeError(ContextualError, RuntimeError):
     """A scope was used out of order: entered twice, or exited without entry.
 
     .. versionadded:: 0.1.0
+    """
+
+
+class NoRequestError(ContextualError, LookupError):
+    """No request is open here, and the call needs one.
+
+    Raised by :func:`~contextual.update_request` outside every
+    :func:`~contextual.request_context` (and outside the request the
+    middleware opens). The message says where requests are opened.
+
+    .. versionadded:: 0.2.0
     """
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, final
 
 from contextual._core.backends import run_with_threads
 from contextual._core.store import REGISTRY, backend_of, get_store
+from contextual._request.request import REQUEST_STORE, USER_KEY, resolved
 
 from .wire import check_characters, envelope, open_envelope
 
@@ -196,6 +197,10 @@ class Snapshot:
         for backend, _, values in self._threads:
             if values is not None and values is not backend.fresh:
                 stores[backend.name] = dict(values)
+        request = stores.get(REQUEST_STORE.name)
+        if request is not None and USER_KEY in request:
+            # A user looked up on first read travels as the user itself.
+            request[USER_KEY] = resolved(request[USER_KEY])
         return envelope(stores)
 
     def _around(self, coro: Coroutine[Any, Any, _T]) -> _InSnapshot:

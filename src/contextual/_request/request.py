@@ -8,13 +8,14 @@ tasks and travel through everything in the propagation layer
 from __future__ import annotations
 
 import functools
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, NamedTuple, TypeVar, final
 
 from contextual._core.decorate import AsyncToo, decorate
-from contextual._core.errors import ScopeError
+from contextual._core.errors import NoRequestError, ScopeError
 from contextual._core.store import ContextStore, backend_of, enter_scope, exit_scope
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "REQUEST_KEY",
     "REQUEST_STORE",
     "USER_KEY",
+    "Deferred",
     "RequestContext",
     "current_request",
     "get_current_user",
@@ -30,6 +32,8 @@ __all__ = [
     "open_request",
     "read_request",
     "request_context",
+    "resolved",
+    "update_request",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -60,6 +64,73 @@ def new_request_id() -> str:
 
 _NO_EXTRA: Final[Mapping[str, Any]] = MappingProxyType({})
 
+_PENDING: Final = object()
+
+
+@final
+class Deferred:
+    """A request's user, looked up on its first read and then kept.
+
+    The middleware of frameworks whose user is loaded lazily (Django's
+    ``request.user``) opens the request with one, so that a request that
+    never logs never queries for its user. Every reader of the user
+    resolves it (:func:`resolved`): :func:`get_current_user`,
+    :func:`current_request`, the log filter and its peers, and the ways out
+    of the process (:meth:`~contextual.Snapshot.to_dict`, pickling).
+
+    ``fn`` runs once, under a lock, in whichever thread reads first. A read
+    from inside ``fn`` itself (a log line of the query it makes) gets
+    ``None`` instead of waiting on itself. If ``fn`` raises, the reader gets
+    the exception and the next read calls ``fn`` again: ``fn`` should catch
+    and report its own errors and return ``None``.
+    """
+
+    __slots__ = ("_busy", "_fn", "_lock", "_value")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn: Callable[[], Any] | None = fn
+        self._value: Any = _PENDING
+        self._busy = False
+        # Re-entrant: fn's own log lines read the user in the same thread.
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        state = "pending" if self._value is _PENDING else repr(self._value)
+        return f"<Deferred user: {state}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Another process gets the user itself, never the lookup.
+        return (_identity, (self.get(),))
+
+    def get(self) -> Any:
+        """Return the user, looking it up first if no read has yet."""
+        value = self._value
+        if value is not _PENDING:
+            return value
+        with self._lock:
+            value = self._value
+            if value is not _PENDING or self._busy:
+                return None if value is _PENDING else value
+            fn = self._fn
+            assert fn is not None  # noqa: S101 (only cleared once the value is set)
+            self._busy = True
+            try:
+                value = fn()
+            finally:
+                self._busy = False
+            self._value = value
+            self._fn = None  # the lookup may hold the whole request
+        return value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def resolved(user: Any) -> Any:
+    """Return ``user``, or the user a :class:`Deferred` stands for."""
+    return user.get() if type(user) is Deferred else user
+
 
 @final
 class RequestContext(NamedTuple):
@@ -84,7 +155,7 @@ class RequestContext(NamedTuple):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # MappingProxyType can't be pickled; rebuild it from a dict.
-        return (_rebuild, (self.request_id, self.user_id, dict(self.extra)))
+        return (_rebuild, (self.request_id, resolved(self.user_id), dict(self.extra)))
 
 
 def _rebuild(request_id: str, user_id: Any, extra: dict[str, Any]) -> RequestContext:
@@ -234,6 +305,8 @@ def current_request() -> RequestContext | None:
     # get(), not []: a test helper such as empty_stores() may have emptied
     # the store, defaults included.
     request: RequestContext | None = read_request().get(REQUEST_KEY)
+    if request is not None and type(request.user_id) is Deferred:
+        return request._replace(user_id=request.user_id.get())
     return request
 
 
@@ -253,4 +326,63 @@ def get_current_user() -> Any:
 
     .. versionadded:: 0.1.0
     """
-    return read_request().get(USER_KEY)
+    user = read_request().get(USER_KEY)
+    return user.get() if type(user) is Deferred else user
+
+
+_KEEP: Final = object()
+
+
+def update_request(*, user_id: Any = _KEEP, **extra: Any) -> RequestContext:
+    """Set the user, or extra values, for the rest of the request open here.
+
+    For the user known only once the request has started: after login, in
+    a framework's ``before_request`` hook, in a user loader. From then on
+    :func:`get_current_user`, :func:`current_request` and every log line of
+    the request agree on it. The change lasts until the request closes,
+    when the request store is back as it was before the request, and it is
+    made in the current context only: work already handed to a
+    :class:`~contextual.ContextExecutor` or a task already created keeps
+    the values it started with, and a change made in such work (a pooled
+    task, a child task) stays there, as every write does.
+
+    Inside a nested :func:`request_context`, the change is the nested
+    request's, and ends with it.
+
+    Args:
+        user_id: The request's user from now on; the current one if not given.
+        **extra: Values to add to (or replace in) the request's ``extra``.
+
+    Returns:
+        The request as it now is.
+
+    Raises:
+        NoRequestError: No request is open here. Open one with
+            :func:`request_context`, or let the web framework's middleware
+            open one for each request.
+
+    Example:
+        >>> from contextual import get_current_user, request_context, update_request
+        >>> with request_context(request_id="r-42"):
+        ...     request = update_request(user_id="ada", plan="pro")
+        ...     get_current_user(), request.extra["plan"]
+        ('ada', 'pro')
+
+    .. versionadded:: 0.2.0
+    """
+    values = read_request()
+    request: RequestContext | None = values.get(REQUEST_KEY)
+    if request is None:
+        msg = (
+            "update_request() needs an open request, and none is open here. Call it inside "
+            "'with request_context(...):', or in code the middleware runs for a request "
+            "(a view, a before_request hook, a user loader); work started outside a "
+            "request, or a thread not started with the request's context, has none."
+        )
+        raise NoRequestError(msg)
+    if user_id is _KEEP:
+        user_id = request.user_id
+    merged = MappingProxyType({**request.extra, **extra}) if extra else request.extra
+    updated: RequestContext = _new_request(RequestContext, (request.request_id, user_id, merged))
+    REQUEST_STORE.update({REQUEST_KEY: updated, USER_KEY: user_id})
+    return updated

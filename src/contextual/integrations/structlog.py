@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, MutableMapping
 
     from contextual import ContextStore
+    from contextual._request.logfilter import FieldSource
 
 __all__ = ["add_context"]
 
@@ -35,8 +36,14 @@ class add_context:  # noqa: N801 (a processor factory, named like one)
     Args:
         stores: A store, a store name, or an iterable of those.
         defaults: ``{field: default}`` for fields to add always.
+        sources: Callables that return further fields, as for
+            :class:`~contextual.ContextFilter` (``trace_fields`` from
+            :mod:`contextual.integrations.opentelemetry`, ``task_fields``
+            from :mod:`contextual.integrations.celery`).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       ``sources``.
     """
 
     __slots__ = ("_collector",)
@@ -46,8 +53,9 @@ class add_context:  # noqa: N801 (a processor factory, named like one)
         stores: ContextStore | str | Iterable[ContextStore | str] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
+        sources: Iterable[FieldSource] = (),
     ) -> None:
-        self._collector = FieldCollector(stores, defaults=defaults)
+        self._collector = FieldCollector(stores, defaults=defaults, sources=sources)
 
     def __call__(
         self, logger: object, method_name: str, event_dict: MutableMapping[str, Any]
