@@ -5,14 +5,19 @@ has ended: its log lines have no request ID, and nothing ties them to the
 request. install(app, allow=...) sends the publisher's request ID, and the
 values you allow, in a header of each message; the worker runs the task
 with them, and puts its stores back when the task ends. Anything not
-allowed stays behind. enqueue_on_commit() publishes a task only once the
-transaction commits, and never if it rolls back.
+allowed stays behind. A task published outside any request (as celery beat
+does) runs under a new request ID, which the tasks it publishes carry on.
+task_fields() puts the task's ID and its parent's in the log lines.
+enqueue_on_commit() publishes a task only once the transaction commits, and
+never if it rolls back.
 
 This module is both the Celery app (the worker imports it: celery -A
 celery_tasks worker) and a script that starts a real worker for it, on a
 queue of its own, publishes tasks from two requests, then from two
-transactions, printing each message as it leaves, then what each task saw;
-it stops the worker and prints the task's own lines from the worker's log.
+transactions, then from outside any request, printing each message as it
+leaves, then what each task saw; it stops the worker and prints the tasks'
+own lines from the worker's log. Task IDs and new request IDs differ on
+every run: the script prints them as names between angle brackets.
 
 Needs Celery with Redis, and a Redis server: pip install "celery[redis]"
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,12 +55,15 @@ from contextual import (
     request_context,
 )
 from contextual.db import TransactionManager
-from contextual.integrations.celery import enqueue_on_commit, install
+from contextual.integrations.celery import enqueue_on_commit, install, task_fields
 
 URL_VARIABLE = "CONTEXTUAL_EXAMPLE_REDIS_URL"
 QUEUE_VARIABLE = "CONTEXTUAL_EXAMPLE_QUEUE"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-LOG_FORMAT = "[%(request_id)s user=%(user_id)s] %(name)s: %(message)s"
+LOG_FORMAT = (
+    "[%(request_id)s user=%(user_id)s task=%(task_id)s parent=%(parent_task_id)s] "
+    "%(name)s: %(message)s"
+)
 # A worker that never got the tasks fails the example rather than hanging it.
 TIMEOUT = 20.0
 # How often, while waiting for a result, to check that the worker still runs.
@@ -79,9 +88,9 @@ logger = get_task_logger(__name__)
 
 
 def add_context_filter(logger: logging.Logger, **_: object) -> None:
-    """Put the request fields in every line of the worker's log."""
+    """Put the request fields and the task IDs in every line of the worker's log."""
     for handler in logger.handlers:
-        handler.addFilter(ContextFilter())
+        handler.addFilter(ContextFilter(sources=[task_fields]))
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
 
 
@@ -94,6 +103,14 @@ def send_receipt(order: int) -> dict[str, Any]:
     """Log a line, and report what this task sees of its publisher's context."""
     logger.info("sending the receipt for order %d", order)
     return {"request_id": get_request_id(), "user": get_current_user(), "card": checkout.card}
+
+
+@app.task
+def resend_failed_receipts() -> dict[str, Any]:
+    """A scheduled job: resend the receipt of order 5, and report the request it ran in."""
+    logger.info("resending the receipts that failed")
+    receipt = send_receipt.delay(5)
+    return {"request_id": get_request_id(), "receipt": receipt.id}
 
 
 # -- the script: publish to a worker of its own ------------------------------------------
@@ -112,8 +129,28 @@ def announce(sender: str | None = None, headers: dict[str, Any] | None = None, *
     print(f"  published {sender}{(headers or {}).get('argsrepr', '')}")
 
 
+# IDs that differ on every run, and the names the script prints instead.
+NAMES: dict[str, str] = {}
+
+
+def named(text: str) -> str:
+    """Return ``text`` with every ID of :data:`NAMES` replaced by its name."""
+    if not NAMES:
+        return text
+    pattern = "|".join(map(re.escape, sorted(NAMES, key=len, reverse=True)))
+    return re.sub(pattern, lambda match: NAMES[match.group()], text)
+
+
 def seen(result: Any, worker: subprocess.Popen[bytes]) -> str:
     """Wait for a task's result, while the worker runs; say what the task saw."""
+    found = wait_for(result, worker)
+    return named(
+        f"the task saw request_id={found['request_id']} user={found['user']} card={found['card']}"
+    )
+
+
+def wait_for(result: Any, worker: subprocess.Popen[bytes]) -> Any:
+    """Wait for a task's result, while the worker runs; return it."""
     deadline = time.monotonic() + TIMEOUT
     while True:
         try:
@@ -126,9 +163,7 @@ def seen(result: Any, worker: subprocess.Popen[bytes]) -> str:
                 raise WorkerExitedError from None
             if time.monotonic() >= deadline:
                 raise
-    return (
-        f"the task saw request_id={found['request_id']} user={found['user']} card={found['card']}"
-    )
+    return found
 
 
 def publish(tm: TransactionManager, worker: subprocess.Popen[bytes]) -> None:
@@ -138,6 +173,7 @@ def publish(tm: TransactionManager, worker: subprocess.Popen[bytes]) -> None:
     for order, user in ((1, "ada"), (2, "grace")):
         with request_context(request_id=f"req-{order}", user_id=user), checkout.scope(card="visa"):
             results.append(send_receipt.delay(order))
+        NAMES[results[-1].id] = f"<receipt {order}>"
     for order, result in enumerate(results, start=1):
         print(f"  order {order}: {seen(result, worker)}")
 
@@ -145,6 +181,7 @@ def publish(tm: TransactionManager, worker: subprocess.Popen[bytes]) -> None:
     with request_context(request_id="req-3", user_id="ada"):
         with tm.transaction():
             receipt = enqueue_on_commit(send_receipt, 3, manager=tm)
+            NAMES[receipt.id] = "<receipt 3>"
             print("  enqueued order 3: nothing is published before the commit")
         print("  committed")
     print(f"  order 3: {seen(receipt, worker)}")
@@ -158,6 +195,15 @@ def publish(tm: TransactionManager, worker: subprocess.Popen[bytes]) -> None:
                 raise CardDeclinedError  # noqa: TRY301 (the failure this example shows)
         except CardDeclinedError:
             print("  rolled back: order 4 is never published")
+
+    print("4. outside any request, as a scheduler publishes: a new request ID, carried on")
+    job = resend_failed_receipts.delay()
+    NAMES[job.id] = "<resend>"
+    found = wait_for(job, worker)
+    NAMES[found["request_id"]] = "<new request ID>"
+    NAMES[found["receipt"]] = "<receipt 5>"
+    print(named(f"  the job ran in request {found['request_id']} and sent {found['receipt']}"))
+    print(f"  order 5: {seen(send_receipt.AsyncResult(found['receipt']), worker)}")
 
 
 def worker_pythonpath() -> str:
@@ -248,10 +294,10 @@ def main(argv: list[str]) -> int:
             return failed(f"No result from the worker within {TIMEOUT} s", output, log_file)
         finally:
             stop(worker)
-        print(f"worker: stopped, exit code {worker.returncode}; its log lines from the task:")
+        print(f"worker: stopped, exit code {worker.returncode}; its log lines from the tasks:")
         for line in log_file.read_text().splitlines():
             if "] celery_tasks: " in line:
-                print(f"  {line}")
+                print(f"  {named(line)}")
     return 0
 
 

@@ -6,7 +6,11 @@ what each message carries, and what the worker side applies and restores
 starts real ``celery worker`` processes (prefork and threads pools) on a
 real Redis server (``CONTEXTUAL_TEST_REDIS_URL``; ``.ci/start-redis`` starts
 one), publishes from several requests at once, and reads what each task
-saw, its result, and the worker's log file.
+saw, its result, and the worker's log file: request IDs, new ones for tasks
+that came without, task IDs, carriers' text maps, and OpenTelemetry spans
+(the real SDK on both sides). The in-process tests of task IDs and new
+request IDs are in test_celery_ids.py, those of carriers in
+test_celery_carriers.py.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -34,6 +39,9 @@ from celery import Celery, chain, chord, group
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.signals import after_task_publish
 from kombu.exceptions import OperationalError
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from contextual import (
     ContextExecutor,
@@ -44,10 +52,13 @@ from contextual import (
     get_request_id,
     request_context,
 )
+from contextual._propagation.carriers import register_carrier, unregister_carrier
 from contextual._propagation.wire import CONTROL_CHARACTERS, MAX_BYTES, MAX_VALUE_BYTES
 from contextual.db import ThreadLocalDB, TransactionError, TransactionManager
 from contextual.integrations import celery as integration
+from contextual.integrations import opentelemetry as contextual_otel
 from contextual.integrations.celery import HEADER, enqueue_on_commit, install
+from support import carriers
 from support import celery_app as tasks
 from support.servers import redis_url
 
@@ -71,6 +82,21 @@ def payload(stores: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def request_values(request_id: object, **more: object) -> dict[str, Any]:
     return payload({"contextual.request": {"request_id": request_id, **more}})
+
+
+NEW_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_new_id(value: object) -> bool:
+    """Whether ``value`` is a request ID that new_request_id() made."""
+    return isinstance(value, str) and NEW_ID.fullmatch(value) is not None
+
+
+def with_new_request(seen: dict[str, Any]) -> dict[str, Any]:
+    """``seen`` with the request ID made for a task that came without one checked, as "new"."""
+    assert is_new_id(seen["request_id"]), seen
+    assert seen["current_request"] == seen["request_id"]
+    return {**seen, "request_id": "new", "current_request": "new"}
 
 
 # -- in this process: apps on the in-memory broker ----------------------------------
@@ -171,7 +197,7 @@ def test_all_names_what_the_module_defines():
         for name, value in vars(integration).items()
         if not name.startswith("_") and getattr(value, "__module__", None) == integration.__name__
     }
-    assert set(integration.__all__) == defined | {"HEADER"}
+    assert set(integration.__all__) == defined | {"CARRIERS_HEADER", "HEADER"}
 
 
 def test_install_refuses_what_is_not_a_celery_app():
@@ -310,6 +336,13 @@ def test_a_header_the_caller_gives_is_sent_as_given(published):
     assert published[-1]["other"] == 2
 
 
+def test_headers_that_are_not_a_mapping_go_to_celery_untouched(published):
+    with request_context(request_id="r-pairs"):
+        local.send_task("anything", headers=[("x-pair", "kept")], queue=f"pairs-{SESSION}")
+    assert published[-1]["x-pair"] == "kept"  # Celery made them a dict
+    assert HEADER not in published[-1]
+
+
 def test_canvas_messages_carry_the_context(published):
     with request_context(request_id="r-canvas"):
         group(local_look.s("g1"), local_look.s("g2")).apply_async()
@@ -345,7 +378,7 @@ def test_a_task_runs_with_the_header_and_the_worker_gets_its_state_back():
 
 def test_a_task_without_a_header_keeps_nothing_it_wrote():
     seen = local_look.apply(("bare",), kwargs={"leave": True}).get()
-    assert seen == BASELINE
+    assert with_new_request(seen) == {**BASELINE, "request_id": "new", "current_request": "new"}
     assert _seen() == BASELINE
 
 
@@ -445,7 +478,7 @@ def test_tasks_of_apps_without_install_run_untouched():
 def test_a_malformed_header_is_ignored_with_one_warning_and_the_task_runs(caplog, header, problem):
     caplog.set_level(logging.WARNING, "contextual.integrations")
     seen = local_look.apply(("malformed",), headers={HEADER: header}).get()
-    assert seen["request_id"] is None
+    assert is_new_id(seen["request_id"])
     assert seen["tenant"] in ({}, {"ok": "y"})
     (record,) = caplog.records
     message = record.getMessage()
@@ -481,10 +514,10 @@ def test_the_warning_about_a_header_carries_the_tasks_request_id(caplog):
     assert seen_ids == ["r-warn"]
 
 
-def test_a_request_id_of_none_is_no_request_and_no_problem(caplog):
+def test_a_request_id_of_none_is_no_problem_and_the_task_gets_a_new_one(caplog):
     caplog.set_level(logging.WARNING, "contextual.integrations")
     seen = local_look.apply(("none",), headers={HEADER: request_values(None, user_id="ada")}).get()
-    assert (seen["request_id"], seen["current_request"], seen["user"]) == (None, None, "ada")
+    assert (with_new_request(seen)["current_request"], seen["user"]) == ("new", "ada")
     assert not caplog.records
 
 
@@ -730,7 +763,7 @@ def test_the_worker_checks_request_ids_with_the_validator_given(validating, capl
         validating.apply(headers={HEADER: request_values(request_id)}).get()["request_id"]
         == request_id
     )
-    assert validating.apply(headers={HEADER: request_values("r-1")}).get()["request_id"] is None
+    assert is_new_id(validating.apply(headers={HEADER: request_values("r-1")}).get()["request_id"])
     assert "the request ID 'r-1' is not valid" in caplog.records[0].getMessage()
 
 
@@ -740,7 +773,7 @@ def test_a_validator_accepts_ids_the_default_check_refuses(validating):
     seen = validating.apply(headers={HEADER: request_values(wide_id)}).get()
     assert seen["request_id"] == wide_id
     seen = validating.apply(headers={HEADER: request_values("caf\u00e9")}).get()
-    assert seen["request_id"] is None, "printable ASCII only, whatever the validator says"
+    assert is_new_id(seen["request_id"]), "printable ASCII only, whatever the validator says"
 
 
 def test_a_validator_that_raises_refuses_the_id_and_the_task_runs(validating, caplog):
@@ -751,7 +784,7 @@ def test_a_validator_that_raises_refuses_the_id_and_the_task_runs(validating, ca
 
     install(validating.app, validator=broken)
     seen = validating.apply(headers={HEADER: request_values("r-broken")}).get()
-    assert seen["request_id"] is None
+    assert is_new_id(seen["request_id"])
     assert "the validator raised \"RuntimeError('r-broken')\"" in caplog.records[0].getMessage()
 
 
@@ -784,7 +817,13 @@ def test_a_sent_request_object_is_never_applied(wide):
     assert seen["current_request"] == "r-object"
 
 
-def test_a_user_without_a_request_id_is_applied_alone(wide):
+def test_a_user_without_a_request_id_runs_under_a_new_request_with_that_user(wide):
+    seen = wide.apply(headers={HEADER: payload({"contextual.request": {"user_id": "ada"}})}).get()
+    assert (with_new_request(seen)["current_request"], seen["user"]) == ("new", "ada")
+
+
+def test_without_a_generator_a_user_without_a_request_id_is_applied_alone(wide):
+    install(wide.app, allow=["contextual.request"], generator=None)
     seen = wide.apply(headers={HEADER: payload({"contextual.request": {"user_id": "ada"}})}).get()
     assert (seen["request_id"], seen["current_request"], seen["user"]) == (None, None, "ada")
 
@@ -1196,6 +1235,7 @@ def worker(
         tasks.REDIS_VARIABLE: url,
         tasks.SEEN_VARIABLE: str(directory / "seen.jsonl"),
         tasks.QUEUE_VARIABLE: queue,
+        tasks.WORKER_VARIABLE: "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
     }
     env.pop("COVERAGE_PROCESS_START", None)
@@ -1278,7 +1318,11 @@ def test_nothing_a_task_writes_reaches_the_next_task_in_the_process(worker):
     places = {(r["pid"], r["thread"]) for r in (worker.result(res) for res in leaving)}
     outside = [tasks.look.apply_async((f"outside-{i}",), queue=worker.queue) for i in range(6)]
     seen = [worker.result(res) for res in outside]
-    assert [_seen_part(s) for s in seen] == [BASELINE] * 6
+    # Each under a request ID of its own, made for it.
+    assert [with_new_request(_seen_part(s)) for s in seen] == [
+        {**BASELINE, "request_id": "new", "current_request": "new"}
+    ] * 6
+    assert len({s["request_id"] for s in seen}) == 6
     # The check means something: some ran where values were left behind.
     assert places & {(s["pid"], s["thread"]) for s in seen}
     for result in leaving:
@@ -1466,3 +1510,128 @@ def test_format_characters_are_refused_by_the_worker_and_other_letters_travel(wo
     line = worker.line(f"[{refused_id}]", "'tests.celery.tenant'['bad']")
     assert f"'contextual.request'['user_id'] holds {CONTROL_CHARACTERS}" in line
     assert "\u202e" not in "\n".join(worker.lines())
+
+
+# -- real workers: task IDs, new request IDs, carriers and spans ------------------------
+
+
+def test_task_ids_are_in_the_log_lines_of_a_task_and_of_the_child_it_publishes(worker):
+    with request_context(request_id=f"ids-{SESSION}"):
+        parent = tasks.publish_child.apply_async(("ids",), queue=worker.queue)
+    child_id = worker.result(parent)
+    worker.result(tasks.look.AsyncResult(child_id))
+    assert worker.record("seen", parent.id)["task_fields"] == {
+        "task_id": parent.id,
+        "parent_task_id": "-",
+    }
+    assert worker.record("seen", child_id)["task_fields"] == {
+        "task_id": child_id,
+        "parent_task_id": parent.id,
+    }
+    assert f"task={child_id} parent={parent.id} " in worker.line("look ids-child")
+    worker.line(f"[ids-{SESSION}] task={child_id} parent={parent.id} ", "succeeded")
+    worker.line(f"[ids-{SESSION}] task={parent.id} parent=- ", "succeeded")
+    # The main process receives the task before it runs: no task there yet.
+    assert "task=- parent=- " in worker.line("received", child_id)
+    for task_id in (parent.id, child_id):
+        assert worker.record("after", task_id)["task_fields"] == {
+            "task_id": "-",
+            "parent_task_id": "-",
+        }
+
+
+def test_a_context_executor_thread_of_a_task_logs_the_tasks_ids(worker):
+    result = tasks.hand_off.apply_async(("pool",), queue=worker.queue)
+    seen = worker.result(result)
+    assert seen["thread"] != worker.record("after", result.id)["thread"]
+    assert seen["task_fields"] == {"task_id": result.id, "parent_task_id": "-"}
+    assert f"task={result.id} parent=- " in worker.line("handed off pool")
+
+
+def test_a_task_published_outside_any_request_gets_a_new_id_and_passes_it_on(worker):
+    parent = tasks.publish_child.apply_async(("fresh",), queue=worker.queue)
+    child = worker.result(tasks.look.AsyncResult(worker.result(parent)))
+    new_id = worker.record("seen", parent.id)["request_id"]
+    assert is_new_id(new_id)
+    assert child["request_id"] == new_id
+    line = worker.line("arrived without a request ID", parent.id)
+    assert "DEBUG" in line
+    assert f"[{new_id}] task={parent.id} parent=- contextual.integrations.celery: " in line
+    assert line.endswith(f"it runs under the new request ID {new_id}.")
+    # The child came with the ID: nothing said of it.
+    assert not [ln for ln in worker.lines() if "arrived" in ln and child["task_id"] in ln]
+
+
+@pytest.fixture
+def worker_carrier() -> Iterator[Any]:
+    """The worker's test carrier, registered in this process for the test."""
+    carrier = carriers.named(tasks.CARRIER_NAME)
+    register_carrier(carrier)
+    yield carrier
+    unregister_carrier(carrier.name)
+
+
+def test_a_carrier_carries_its_text_map_to_the_task_and_on_to_its_subtasks(worker, worker_carrier):
+    token = carriers.value.set(f"carried-{SESSION}")
+    try:
+        parent = tasks.publish_child.apply_async(("carried",), queue=worker.queue)
+    finally:
+        carriers.value.reset(token)
+    child = worker.result(tasks.look.AsyncResult(worker.result(parent)))
+    assert worker.record("seen", parent.id)["carried"] == f"carried-{SESSION}"
+    assert child["carried"] == f"carried-{SESSION}"
+    assert worker.record("after", parent.id)["carried"] is None
+
+
+def test_a_carrier_the_worker_has_not_registered_is_ignored_and_reported_once(worker):
+    unknown = carriers.named(f"tests-unknown-{worker.pool}")
+    register_carrier(unknown)
+    token = carriers.value.set("for nobody")
+    try:
+        results = [tasks.look.apply_async((f"unknown-{i}",), queue=worker.queue) for i in range(4)]
+    finally:
+        carriers.value.reset(token)
+        unregister_carrier(unknown.name)
+    assert [worker.result(r)["carried"] for r in results] == [None] * 4
+    warnings = worker.wait(
+        lambda: [ln for ln in worker.lines() if f"'tests-unknown-{worker.pool}'" in ln],
+        "the warning about the unknown carrier",
+    )
+    assert all("WARNING" in ln and "no carrier is registered here as" in ln for ln in warnings)
+    processes = [ln.split()[1] for ln in warnings]
+    assert len(processes) == len(set(processes)), "reported once per process"
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[Any, InMemorySpanExporter]]:
+    """OpenTelemetry's carrier installed here; a tracer of a provider of the test's own."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    contextual_otel.install()
+    yield provider.get_tracer(__name__), exporter
+    contextual_otel.uninstall()
+    provider.shutdown()
+
+
+def test_a_task_span_is_a_child_of_the_publishers_span_and_the_parent_of_its_subtasks(
+    worker, spans
+):
+    tracer, exporter = spans
+    with request_context(request_id=f"traced-{SESSION}"), tracer.start_as_current_span("send"):
+        result = tasks.traced.apply_async(("traced",), {"child": True}, queue=worker.queue)
+    (sent,) = exporter.get_finished_spans()
+    task = worker.result(result)
+    child = worker.result(tasks.traced.AsyncResult(task["child_id"]))
+    trace_id = f"{sent.context.trace_id:032x}"
+    assert (task["trace_id"], task["parent_span_id"], task["parent_is_remote"]) == (
+        trace_id,
+        f"{sent.context.span_id:016x}",
+        True,
+    )
+    assert (child["trace_id"], child["parent_span_id"], child["parent_is_remote"]) == (
+        trace_id,
+        task["span_id"],
+        True,
+    )
+    assert child["request_id"] == task["request_id"] == f"traced-{SESSION}"

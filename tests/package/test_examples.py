@@ -222,10 +222,31 @@ NEEDS_A_SERVER = {
         "3. enqueue_on_commit in a transaction that rolls back",
         "  enqueued order 4",
         "  rolled back: order 4 is never published",
-        "worker: stopped, exit code 0; its log lines from the task:",
-        "  [req-1 user=ada] celery_tasks: sending the receipt for order 1",
-        "  [req-2 user=grace] celery_tasks: sending the receipt for order 2",
-        "  [req-3 user=ada] celery_tasks: sending the receipt for order 3",
+        "4. outside any request, as a scheduler publishes: a new request ID, carried on",
+        "  published celery_tasks.resend_failed_receipts()",
+        "  the job ran in request <new request ID> and sent <receipt 5>",
+        "  order 5: the task saw request_id=<new request ID> user=None card=None",
+        "worker: stopped, exit code 0; its log lines from the tasks:",
+        (
+            "  [req-1 user=ada task=<receipt 1> parent=-] "
+            "celery_tasks: sending the receipt for order 1"
+        ),
+        (
+            "  [req-2 user=grace task=<receipt 2> parent=-] "
+            "celery_tasks: sending the receipt for order 2"
+        ),
+        (
+            "  [req-3 user=ada task=<receipt 3> parent=-] "
+            "celery_tasks: sending the receipt for order 3"
+        ),
+        (
+            "  [<new request ID> user=- task=<resend> parent=-] celery_tasks: resending the "
+            "receipts that failed"
+        ),
+        (
+            "  [<new request ID> user=- task=<receipt 5> parent=<resend>] celery_tasks: sending "
+            "the receipt for order 5"
+        ),
     ],
 }
 

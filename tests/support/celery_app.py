@@ -5,12 +5,22 @@ with ``tests/`` on ``PYTHONPATH``), so it sees the same stores, tasks and
 ``install()`` call as the test process. Every task appends what it saw to a
 JSON-lines file (``CONTEXTUAL_TEST_CELERY_SEEN``), and so does a
 ``task_postrun`` handler connected after install()'s: what the stores hold
-once the task is over. The worker's log handlers get a ContextFilter, so the
-worker's log file shows each line's request ID between brackets.
+once the task is over. The worker's log handlers get a ContextFilter with
+task_fields() as a source, so the worker's log file shows each line's request
+ID between brackets, then its task's ID and its parent's.
+
+With ``CONTEXTUAL_TEST_CELERY_WORKER`` set (the worker fixture sets it),
+the worker registers two carriers, the test carrier :data:`CARRIER_NAME` of
+``support.carriers`` and OpenTelemetry's (through
+``contextual.integrations.opentelemetry.install()``), and logs the
+``contextual.integrations.celery`` logger's DEBUG records. The test process
+does neither at import: the tests that need carriers register them, so
+that no other test sees them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,15 +32,32 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun
 from celery.utils.log import get_task_logger
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
-from contextual import ContextFilter, ContextStore, current_request, get_current_user
+from contextual import (
+    ContextExecutor,
+    ContextFilter,
+    ContextStore,
+    current_request,
+    get_current_user,
+)
 from contextual import get_request_id as _get_request_id
-from contextual.integrations.celery import install
+from contextual._propagation.carriers import register_carrier
+from contextual.integrations import opentelemetry as contextual_otel
+from contextual.integrations.celery import install, task_fields
+from support import carriers
 
 REDIS_VARIABLE = "CONTEXTUAL_TEST_REDIS_URL"
 SEEN_VARIABLE = "CONTEXTUAL_TEST_CELERY_SEEN"
 QUEUE_VARIABLE = "CONTEXTUAL_TEST_CELERY_QUEUE"
-LOG_FORMAT = "%(levelname)s %(processName)s [%(request_id)s] %(name)s: %(message)s"
+WORKER_VARIABLE = "CONTEXTUAL_TEST_CELERY_WORKER"
+LOG_FORMAT = (
+    "%(levelname)s %(processName)s [%(request_id)s] task=%(task_id)s "
+    "parent=%(parent_task_id)s %(name)s: %(message)s"
+)
+#: The name of the test carrier that the worker registers.
+CARRIER_NAME = "tests-celery"
 
 # Allowed to travel: every key of tenant, and the request's user.
 tenant = ContextStore("tests.celery.tenant")
@@ -51,12 +78,18 @@ app.conf.update(
 )
 install(app, allow={"tests.celery.tenant": True, "contextual.request": ["user_id"]})
 
+if os.environ.get(WORKER_VARIABLE):
+    register_carrier(carriers.named(CARRIER_NAME))
+    contextual_otel.install()
+    # The worker logs at INFO; the record of a new request ID is a DEBUG one.
+    logging.getLogger("contextual.integrations.celery").setLevel(logging.DEBUG)
+
 logger = get_task_logger(__name__)
 
 
 def _with_context_filter(logger: logging.Logger, **_: object) -> None:
     for handler in logger.handlers:
-        handler.addFilter(ContextFilter())
+        handler.addFilter(ContextFilter(sources=[task_fields]))
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
 
 
@@ -77,6 +110,8 @@ def _state(event: str, task_id: str | None, tag: str | None) -> dict[str, Any]:
         "tenant": dict(tenant),
         "secret": dict(secret),
         "scratch": dict(scratch),
+        "task_fields": task_fields(),
+        "carried": carriers.value.get(),
         "pid": os.getpid(),
         "thread": threading.get_ident(),
     }
@@ -179,3 +214,41 @@ def publish_child(self: Any, tag: str) -> str:
     with tenant.scope(changed_by="parent"):
         child = look.apply_async((f"{tag}-child",), queue=self.request.delivery_info["routing_key"])
     return str(child.id)
+
+
+@app.task(bind=True)
+def hand_off(self: Any, tag: str) -> dict[str, Any]:
+    """Log a line in a ContextExecutor's thread, and report what it sees there."""
+
+    def in_pool() -> dict[str, Any]:
+        logger.info("handed off %s", tag)
+        return _state("handed off", self.request.id, tag)
+
+    with ContextExecutor(max_workers=1) as pool:
+        return pool.submit(in_pool).result()
+
+
+@functools.cache
+def _tracer() -> Tracer:
+    # A provider of its own, never the global one: the test process has
+    # its own too, and OpenTelemetry lets a process set the global once.
+    return TracerProvider().get_tracer(__name__)
+
+
+@app.task(bind=True)
+def traced(self: Any, tag: str, *, child: bool = False) -> dict[str, Any]:
+    """Start a span; report its IDs and its parent's; with ``child``, publish traced() in it."""
+    with _tracer().start_as_current_span(f"task {tag}") as span:
+        context = span.get_span_context()
+        parent = span.parent  # type: ignore[attr-defined] (the SDK's span has one)
+        seen: dict[str, Any] = {
+            "trace_id": format(context.trace_id, "032x"),
+            "span_id": format(context.span_id, "016x"),
+            "parent_span_id": None if parent is None else format(parent.span_id, "016x"),
+            "parent_is_remote": None if parent is None else parent.is_remote,
+            "request_id": _get_request_id(),
+        }
+        if child:
+            queue = self.request.delivery_info["routing_key"]
+            seen["child_id"] = traced.apply_async((f"{tag}-child",), queue=queue).id
+    return seen

@@ -11,9 +11,11 @@ the worker alike (both usually import the same module)::
 
 Every task published through ``app`` from inside a request then carries the
 request ID (and the allowed stores and keys) in a message header, and the
-worker runs the task with them. To log them, attach a
-:class:`~contextual.ContextFilter` to the worker's handlers; the how-to
-:doc:`/howto/celery` shows how.
+worker runs the task with them; a task that arrives without a request ID
+runs under a new one. To log them, attach a
+:class:`~contextual.ContextFilter` to the worker's handlers, with
+:func:`task_fields` as a source for the task's own ID and its parent's; the
+how-to :doc:`/howto/celery` shows how.
 
 .. versionadded:: 0.1.0
 """
@@ -30,9 +32,15 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
-from contextual import Snapshot, capture, get_request_id
+from contextual import ContextStore, Snapshot, capture, get_request_id, new_request_id
 from contextual._core.fork import renew_locks_after_fork
-from contextual._core.store import propagating_stores
+from contextual._core.store import backend_of, propagating_stores
+from contextual._propagation.carriers import (
+    applied_all,
+    capture_all,
+    carrier_named,
+    check_text_map,
+)
 from contextual._propagation.wire import (
     CONTROL_CHARACTERS,
     LOGGED_CHARS,
@@ -41,6 +49,8 @@ from contextual._propagation.wire import (
     REQUEST_ID_KEY,
     REQUEST_KEY,
     REQUEST_STORE_NAME,
+    USER_KEY,
+    Arrival,
     Problem,
     Reported,
     envelope,
@@ -58,9 +68,10 @@ from ._carrier import AllowList, AllowSpec, applied
 from ._headers import check_callable
 
 if TYPE_CHECKING:
+    from contextual._propagation.carriers import Carrier
     from contextual._propagation.wire import Dropped
 
-__all__ = ["HEADER", "enqueue_on_commit", "install"]
+__all__ = ["CARRIERS_HEADER", "HEADER", "enqueue_on_commit", "install", "task_fields"]
 
 # Celery ships no type information (no py.typed). Imported through importlib,
 # its objects are Any, narrowed below to the few Protocols this module uses:
@@ -85,9 +96,21 @@ except ImportError as exc:
 #: .. versionadded:: 0.1.0
 HEADER: Final = "contextual"
 
+#: The message header that carries context which is no store (OpenTelemetry's
+#: span context, once :func:`contextual.integrations.opentelemetry.install`
+#: registered its carrier): ``{carrier name: text map}``, each text map a
+#: dict of HTTP field names to printable ASCII (``{"traceparent":
+#: "00-..."}``), of at most 8192 bytes.
+#:
+#: .. versionadded:: 0.2.0
+CARRIERS_HEADER: Final = "contextual_carriers"
+
 # Where problems with headers and values are reported, as warnings: the
 # middleware's logger, so one logging rule covers every boundary.
 _logger: Final = logging.getLogger("contextual.integrations")
+# Where what happens to one task is said: a new request ID, a generator
+# that failed.
+_task_logger: Final = logging.getLogger(__name__)
 # Where a task lost after its transaction committed is reported: the logger
 # that reports every other failed after-commit hook, so that one alert
 # covers them all.
@@ -100,6 +123,18 @@ _JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encod
 _PLAIN: Final = (str, int, float, bool, type(None))
 _PLAIN_DEPTH: Final = 32
 _SHOWN_PROBLEMS: Final = 5
+# The kind of problem reported for a refused request ID.
+_REQUEST_ID_PROBLEM: Final = "request ID"
+_NO_TASK: Final = "-"
+_TASK_ID: Final = "task_id"
+_PARENT_TASK_ID: Final = "parent_task_id"
+
+# The running task's IDs, set by the worker side from Celery's own request
+# for the length of each task. A "context" store that propagates: work the
+# task hands to a ContextExecutor, to_thread() or a process pool logs them
+# too. It never travels in a message: a child task has IDs of its own.
+_TASKS: Final = ContextStore("contextual.celery", defaults={_TASK_ID: None, _PARENT_TASK_ID: None})
+_read_tasks: Final = backend_of(_TASKS).get
 
 
 class _CeleryApp(Protocol):
@@ -127,11 +162,17 @@ class _SignatureLike(Protocol):
 class _Installed:
     """One app's settings; shared with its ``send_task`` wrapper, so a new install updates both."""
 
-    __slots__ = ("allow", "validator")
+    __slots__ = ("allow", "generator", "validator")
 
-    def __init__(self, allow: AllowList, validator: Callable[[str], bool] | None) -> None:
+    def __init__(
+        self,
+        allow: AllowList,
+        validator: Callable[[str], bool] | None,
+        generator: Callable[[], str] | None,
+    ) -> None:
         self.allow = allow
         self.validator = validator
+        self.generator = generator
 
 
 # The apps install() was called on. Weak: an app that goes away takes its
@@ -144,6 +185,8 @@ _install_lock = threading.Lock()
 _MAX_UNSENDABLE_REPORTED: Final = 100
 _unsendable_reported: Final = Reported(_MAX_UNSENDABLE_REPORTED)
 _incoming_reported: Final = Reported()
+# The carriers whose text map could not be sent, by name.
+_uncarried_reported: Final = Reported()
 
 
 renew_locks_after_fork(globals(), "_install_lock")
@@ -154,14 +197,18 @@ _running = threading.local()
 
 
 def install(
-    app: _CeleryApp, *, allow: AllowSpec = None, validator: Callable[[str], bool] | None = None
+    app: _CeleryApp,
+    *,
+    allow: AllowSpec = None,
+    validator: Callable[[str], bool] | None = None,
+    generator: Callable[[], str] | None = new_request_id,
 ) -> None:
     """Carry the allowed context from publishers to the tasks of ``app``.
 
     Call it once where the app is created, in a module that both the
     publishing processes and the worker import. Calling it again for the
-    same app only replaces ``allow`` and ``validator``; other apps in the
-    process are not affected.
+    same app only replaces ``allow``, ``validator`` and ``generator``;
+    other apps in the process are not affected.
 
     **Publishing.** Every message that ``app`` publishes carries, in the
     :data:`HEADER` message header, the values of the publishing code's
@@ -180,8 +227,19 @@ def install(
     first one that would take the message past the total on (the request
     ID counts first, so it is the last to go). Request fields that are
     ``None`` (no request, no user) are not sent, and a message with nothing
-    to carry has no header. A ``headers`` option that already holds
-    :data:`HEADER` is sent as given, unchecked.
+    to carry has no header. The task IDs of :func:`task_fields` never
+    travel: each task gets its own from Celery. A ``headers`` option that
+    already holds :data:`HEADER` is sent as given, unchecked.
+
+    **Carriers.** Context that is no store travels beside it, in the
+    :data:`CARRIERS_HEADER` header: the text map of every carrier registered
+    in the publishing process that has something to carry (OpenTelemetry's
+    span context, once :func:`contextual.integrations.opentelemetry.install`
+    ran), under the carrier's name. Each text map has a limit of its own,
+    apart from the context's: a dict of HTTP field names to printable ASCII
+    of at most 8192 bytes (keys and values); a carrier whose text map breaks
+    that stays behind, with a warning the first time. A ``headers`` option
+    that already holds :data:`CARRIERS_HEADER` is sent as given.
 
     **Byte limits.** The same as for context over HTTP
     (``contextual._propagation.wire.MAX_VALUE_BYTES`` and ``MAX_BYTES``): one key and
@@ -191,18 +249,35 @@ def install(
     (``len(json.dumps(x, ensure_ascii=False, separators=(",", ":")).encode())``),
     whatever serializer the app uses: ``"k": "v"`` takes 6 bytes, ``"ë"``
     counts 2 bytes, and store names don't count. The entries count in
-    order, the request store's first.
+    order, the request store's first. Carriers' text maps don't count
+    toward them.
 
     **In the worker.** For each task of ``app``, from ``task_prerun`` to
     ``task_postrun``, the header's values that the worker's own ``allow``
     accepts are set, each in the worker's store of the same name. The
     request store gets the publisher's request ID (and user, if allowed),
     and :func:`~contextual.current_request` returns a
-    :class:`~contextual.RequestContext` with them. That span covers the
-    task's body, its ``on_failure``, ``on_retry`` and ``after_return``
-    handlers, and Celery's own log lines about the task ("succeeded",
-    "raised unexpected", "Retry in"), so a :class:`~contextual.ContextFilter`
-    on the worker's handlers puts the request ID in all of them.
+    :class:`~contextual.RequestContext` with them. The carriers registered
+    in the worker make current what their text map in the
+    :data:`CARRIERS_HEADER` header holds (a span started in the task is a
+    child of the publisher's); the text map of a carrier that is not
+    registered in the worker is ignored. :func:`task_fields` gives the
+    task's ID and its parent's. That span of time covers the task's body,
+    its ``on_failure``, ``on_retry`` and ``after_return`` handlers, and
+    Celery's own log lines about the task ("succeeded", "raised
+    unexpected", "Retry in"), so a :class:`~contextual.ContextFilter` on
+    the worker's handlers puts the request ID in all of them.
+
+    **Tasks without a request ID.** A task that arrives without a request
+    ID, or with one that is refused, runs under a new one from
+    ``generator`` (with the user that came, if any), unless a request is
+    open already where it runs (a task applied eagerly inside a request
+    runs in that request). That is said in one DEBUG record on the
+    ``contextual.integrations.celery`` logger, logged inside the task, so
+    that it carries the new ID: tasks published outside any request (by
+    ``celery beat``, a script, a shell) are routine, and their other lines
+    carry the new ID anyway. The subtasks the task publishes carry the new
+    ID on, so one ID ties a scheduled task and all it causes together.
 
     What sees the values: the task, code it calls, and work it hands on with
     the propagation layer (a :class:`~contextual.ContextExecutor`,
@@ -230,10 +305,10 @@ def install(
     value that is not plain data. Then the byte limits apply: an entry over
     4096 bytes is dropped, and from the first entry that would take the
     total past 8192 bytes on, every entry is dropped. A malformed header or
-    entry is ignored. Each kind of problem is reported once per process, as
-    a warning on the ``contextual.integrations`` logger logged inside the
-    task, so a misbehaving publisher can't flood the log. The task always
-    runs.
+    entry is ignored, and so is a carrier's text map that is not one (see
+    above). Each kind of problem is reported once per process, as a warning
+    on the ``contextual.integrations`` logger logged inside the task, so a
+    misbehaving publisher can't flood the log. The task always runs.
 
     Why this way: publishing goes through a wrapper around this app's
     ``send_task``, the method that every publishing path of the app ends
@@ -258,10 +333,22 @@ def install(
             to keep it. Whatever it says, only printable ASCII is kept; when
             it raises, the ID is refused. Give the worker the one the
             middleware of the publishing services uses.
+        generator: Makes the request ID of a task that arrives without one,
+            as the middleware's ``generator=`` does: a non-empty str of
+            printable ASCII (anything else, or an error, is logged as an
+            ERROR on the ``contextual.integrations.celery`` logger and
+            replaced by :func:`~contextual.new_request_id`). It is called in
+            the task's thread as the task starts (``celery.current_task`` is
+            the task). Make IDs that ``validator`` accepts: the task's
+            subtasks carry the ID to workers that check it. ``None`` makes
+            none: such a task runs without a request, as before 0.2.
 
     Raises:
         TypeError: ``app`` is not a Celery app, ``allow`` is malformed, or
-            ``validator`` is not a plain callable.
+            ``validator`` or ``generator`` is not a plain callable (nor
+            ``None``).
+        ValueError: ``allow`` lets the store of :func:`task_fields`
+            (``"contextual.celery"``) travel.
 
     .. versionadded:: 0.1.0
 
@@ -272,6 +359,12 @@ def install(
        whatever comes past the total. The worker also refuses format
        characters (Unicode category Cf, such as the bidirectional override
        U+202E) in keys and values, and values that are not plain data.
+
+    .. versionchanged:: 0.2.0
+       A task that arrives without a request ID runs under a new one
+       (``generator``); the running task's IDs are log fields
+       (:func:`task_fields`); registered carriers (OpenTelemetry's span
+       context) travel in the :data:`CARRIERS_HEADER` header.
     """
     if not isinstance(app, _Celery):
         msg = (
@@ -280,17 +373,84 @@ def install(
         )
         raise TypeError(msg)
     allow_list = AllowList(allow)
+    if allow_list.allows(_TASKS.name, _TASK_ID) or allow_list.allows(_TASKS.name, _PARENT_TASK_ID):
+        msg = (
+            f"allow lets the store {_TASKS.name!r} travel, but it holds the IDs of the task "
+            "running here, which never travel: each task gets its own from Celery, and a "
+            "child task's parent_task_id is its parent's task_id. Remove it from allow."
+        )
+        raise ValueError(msg)
     check_callable("validator", validator)
+    _check_generator(generator)
     _connect_signals()
     with _install_lock:
         installed = _installed.get(app)
         if installed is not None:
             installed.allow = allow_list
             installed.validator = validator
+            installed.generator = generator
             return
-        installed = _Installed(allow_list, validator)
+        installed = _Installed(allow_list, validator, generator)
         app.send_task = _with_context(app.send_task, installed)
         _installed[app] = installed
+
+
+def _check_generator(generator: object) -> None:
+    if isinstance(generator, bool) or not (generator is None or callable(generator)):
+        msg = (
+            f"generator must be a function that returns a new request ID (such as "
+            f"contextual.new_request_id), or None for tasks that arrive without one to run "
+            f"without one; got {type(generator).__name__} {generator!r}."
+        )
+        raise TypeError(msg)
+    check_callable("generator", generator)
+
+
+def task_fields() -> dict[str, str]:
+    """Return the ``task_id`` and ``parent_task_id`` of the task running here, as log fields.
+
+    A source for the ``sources=`` option of :class:`~contextual.ContextFilter`,
+    :func:`~contextual.integrations.structlog.add_context` and
+    :func:`~contextual.integrations.loguru.patch_context`: it runs for every
+    record, in the code that logs, so that each line of a task carries the
+    task's ID, and that of the task that published it (Celery's
+    ``request.parent_id``)::
+
+        handler.addFilter(ContextFilter(sources=[task_fields]))
+        handler.setFormatter(logging.Formatter("%(task_id)s %(parent_task_id)s %(message)s"))
+
+    Both are ``"-"`` outside a task, and ``parent_task_id`` is ``"-"`` for a
+    task that no task published. They are set for the tasks of the apps
+    that :func:`install` set up, in a worker and when applied eagerly
+    (``task.apply()``, ``task_always_eager``), from ``task_prerun`` to
+    ``task_postrun``: Celery's own lines about the task ("succeeded",
+    "raised unexpected") carry them too, while the worker's main process
+    lines ("received") have ``"-"``. Work the task hands on with the
+    propagation layer (a :class:`~contextual.ContextExecutor`,
+    :func:`~contextual.to_thread`, a
+    :class:`~contextual.ContextProcessPoolExecutor` whose workers import
+    this module) sees them too; a task a task applies eagerly has its own.
+    They never travel with a message, whatever ``install(allow=...)``
+    says: a child task gets IDs of its own. An ID that is not short
+    printable ASCII (only a foreign publisher sends one) is shown escaped,
+    so it can't forge a log line. It never raises.
+
+    Call it yourself to read them anywhere the task's context reaches:
+    ``task_fields()["task_id"]``. (In the task's own thread,
+    ``celery.current_task.request`` has them too, and more.)
+
+    Example:
+        >>> from contextual.integrations.celery import task_fields
+        >>> task_fields()
+        {'task_id': '-', 'parent_task_id': '-'}
+
+    .. versionadded:: 0.2.0
+    """
+    values = _read_tasks()
+    return {
+        _TASK_ID: values.get(_TASK_ID) or _NO_TASK,
+        _PARENT_TASK_ID: values.get(_PARENT_TASK_ID) or _NO_TASK,
+    }
 
 
 def _connect_signals() -> None:
@@ -309,10 +469,19 @@ def _with_context(send_task: Callable[..., Any], installed: _Installed) -> Calla
     ) -> Any:
         headers = options.get("headers")
         # Headers that are not a mapping go to Celery untouched, to be refused there.
-        if headers is None or (isinstance(headers, Mapping) and HEADER not in headers):
-            payload = _outgoing(installed.allow, name)
-            if payload is not None:
-                options["headers"] = {**(headers or {}), HEADER: payload}
+        if headers is None or isinstance(headers, Mapping):
+            given: Mapping[str, Any] = headers or {}
+            added: dict[str, Any] = {}
+            if HEADER not in given:
+                payload = _outgoing(installed.allow, name)
+                if payload is not None:
+                    added[HEADER] = payload
+            if CARRIERS_HEADER not in given:
+                carried = _outgoing_carriers(name)
+                if carried is not None:
+                    added[CARRIERS_HEADER] = carried
+            if added:
+                options["headers"] = {**given, **added}
         return send_task(name, args, kwargs, *more, **options)
 
     return send_task_with_context
@@ -326,6 +495,8 @@ def _outgoing(allow: AllowList, task_name: str) -> dict[str, Any] | None:
     applies on both sides. What stays behind is reported once per store and key.
     """
     stores = allow.outgoing()
+    # Whatever allow says of its other keys: a child task has IDs of its own.
+    stores.pop(_TASKS.name, None)
     request = stores.get(REQUEST_STORE_NAME)
     if request is not None:
         request.pop(REQUEST_KEY, None)
@@ -342,6 +513,33 @@ def _outgoing(allow: AllowList, task_name: str) -> dict[str, Any] | None:
     if not stores:
         return None
     return envelope(stores)
+
+
+def _outgoing_carriers(task_name: str) -> dict[str, dict[str, str]] | None:
+    """The carriers' header for a message published here and now, or ``None`` for none.
+
+    A text map that no transport could carry stays behind, reported once
+    per carrier.
+    """
+    captured = capture_all()
+    if not captured:
+        return None
+    carried: dict[str, dict[str, str]] = {}
+    for carrier, text_map in captured:
+        try:
+            check_text_map(carrier.name, text_map)
+        except (TypeError, ValueError) as exc:
+            if _uncarried_reported.first(carrier.name):
+                _logger.warning(
+                    "Did not send the text map of the carrier %s with task %s: %s Later "
+                    "problems with this carrier are not reported.",
+                    escape_for_log(carrier.name),
+                    task_name,
+                    exc,
+                )
+            continue
+        carried[carrier.name] = dict(text_map)
+    return carried or None
 
 
 def _measure(key: str, value: object) -> int:
@@ -520,9 +718,10 @@ def _rebuild_request(
     arrival = rebuild_request(request_id, stores, validator)
     if arrival.error is not None:
         text = f"the validator raised {shown(repr(arrival.error))} on the request ID"
-        problems.append(Problem("request ID", text))
+        problems.append(Problem(_REQUEST_ID_PROBLEM, text))
     if arrival.request_id is None and request_id is not None:
-        problems.append(Problem("request ID", f"the request ID {shown(request_id)} is not valid"))
+        text = f"the request ID {shown(request_id)} is not valid"
+        problems.append(Problem(_REQUEST_ID_PROBLEM, text))
     opened = arrival.values()
     if opened:
         stores.setdefault(REQUEST_STORE_NAME, {}).update(opened)
@@ -535,16 +734,63 @@ def _name(value: object) -> str:
     return shown(value)
 
 
-def _received(request: object) -> object:
-    """The header as the task's request holds it, or None."""
+def _received(request: object, header: str) -> object:
+    """The value of the message header ``header`` as the task's request holds it, or None."""
     # A worker makes each message header an attribute of the request;
     # task.apply(headers=...) keeps them in request.headers.
-    value = getattr(request, HEADER, None)
+    value = getattr(request, header, None)
     if value is None:
         headers = getattr(request, "headers", None)
         if isinstance(headers, Mapping):
-            value = headers.get(HEADER)
+            value = headers.get(header)
     return value
+
+
+def _incoming_carriers(
+    raw: object,
+) -> tuple[list[tuple[Carrier, Mapping[str, str]]], list[Problem]]:
+    """The registered carriers that a received carriers' header names, with their text maps.
+
+    Returns:
+        Each carrier registered here that the header has a well-formed text
+        map for, with it; and the kind and description of each problem.
+    """
+    if raw is None:
+        return [], []
+    if not isinstance(raw, Mapping):
+        return [], [Problem("carriers", f"the header is a {type(raw).__name__}, not a mapping")]
+    carried: list[tuple[Carrier, Mapping[str, str]]] = []
+    problems: list[Problem] = []
+    unknown: list[str] = []
+    for name, text_map in cast("Mapping[object, object]", raw).items():
+        carrier = carrier_named(name) if isinstance(name, str) else None
+        if carrier is None:
+            unknown.append(shown(name))
+            continue
+        try:
+            check_text_map(carrier.name, text_map)
+        except (TypeError, ValueError):
+            text = (
+                f"the text map of the carrier {shown(name)} is not a dict of HTTP field "
+                f"names to printable ASCII of at most {MAX_BYTES} bytes"
+            )
+            problems.append(Problem("carrier", text))
+            continue
+        carried.append((carrier, cast("Mapping[str, str]", text_map)))
+    if unknown:
+        more = (
+            f" (and {len(unknown) - _SHOWN_PROBLEMS} more)"
+            if len(unknown) > _SHOWN_PROBLEMS
+            else ""
+        )
+        text = (
+            f"no carrier is registered here as {', '.join(unknown[:_SHOWN_PROBLEMS])}{more}, "
+            "so what it carries is not applied (register the same carriers in the worker "
+            "as in the publishers: for OpenTelemetry, call "
+            "contextual.integrations.opentelemetry.install() in the worker too)"
+        )
+        problems.append(Problem("unknown carrier", text))
+    return carried, problems
 
 
 def _running_here() -> list[tuple[object, contextlib.ExitStack]]:
@@ -557,31 +803,114 @@ def _running_here() -> list[tuple[object, contextlib.ExitStack]]:
 def _on_task_prerun(
     *, task_id: object = None, task: _TaskLike | None = None, **_signal: object
 ) -> None:
-    """Apply the task's header for the length of the task: Celery's ``task_prerun``."""
+    """Apply the task's headers for the length of the task: Celery's ``task_prerun``."""
     try:
         installed = _installed.get(getattr(task, "app", None))
     except TypeError:  # not an object a weak reference can point to: not an app
         return
     if installed is None or task is None:
         return
-    stores, problems = _incoming(_received(task.request), installed.allow, installed.validator)
+    request = task.request
+    name = getattr(task, "name", "?")
+    stores, problems = _incoming(_received(request, HEADER), installed.allow, installed.validator)
+    carried, carrier_problems = _incoming_carriers(_received(request, CARRIERS_HEADER))
+    # Logged once the task's context is applied, so that the records carry it.
+    reports: list[Callable[[], None]] = []
+    for header, found in ((HEADER, problems), (CARRIERS_HEADER, carrier_problems)):
+        if found:
+            reports.append(functools.partial(_report_incoming, header, found, name, task_id))
+    if installed.generator is not None and _without_request(stores):
+        label = f"{_name(name)}[{_name(task_id)}]"
+        _open_new_request(stores, problems, installed, reports, label)
+    # Celery's own IDs, replacing whatever a header held under that name.
+    stores[_TASKS.name] = {
+        _TASK_ID: _task_id(task_id),
+        _PARENT_TASK_ID: _task_id(getattr(request, "parent_id", None)),
+    }
     exits = contextlib.ExitStack()
     try:
+        # Carriers first: the stores' scopes and the reports run in the
+        # context they carry (a span), and are undone before it.
+        exits.enter_context(applied_all(carried))
         exits.enter_context(applied(stores))
         # Scope the other stores too, empty: whatever the task writes in any
         # of them is undone when it ends, so the next task never sees it.
         for store in propagating_stores():
             if store.name not in stores:
                 exits.enter_context(store.scope())
-        if problems:
-            _report_incoming(problems, getattr(task, "name", "?"), task_id)
+        for report_now in reports:
+            report_now()
     except BaseException:
         exits.close()
         raise
     _running_here().append((task_id, exits))
 
 
-def _report_incoming(problems: list[Problem], task_name: str, task_id: object) -> None:
+def _task_id(value: object) -> str | None:
+    """A task ID as its log field shows it: short printable ASCII as it is, or escaped."""
+    return None if value is None else _name(value)
+
+
+def _without_request(stores: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Tell whether a task would run without a request: none came, none is open here.
+
+    A task applied eagerly inside a request runs in that request.
+    """
+    values = stores.get(REQUEST_STORE_NAME)
+    return (values is None or REQUEST_ID_KEY not in values) and get_request_id() is None
+
+
+def _open_new_request(
+    stores: dict[str, dict[str, Any]],
+    problems: list[Problem],
+    installed: _Installed,
+    reports: list[Callable[[], None]],
+    task: str,
+) -> None:
+    """Open a request with a new ID in ``stores``, with the user that came, if any."""
+    generator = cast("Callable[[], str]", installed.generator)
+    request_id = _new_id(generator, reports, task)
+    values = stores.setdefault(REQUEST_STORE_NAME, {})
+    values.update(Arrival(request_id, values.get(USER_KEY), None).values())
+    refused = any(kind == _REQUEST_ID_PROBLEM for kind, _ in problems)
+    reports.append(
+        functools.partial(
+            _task_logger.debug,
+            "Task %s arrived %s; it runs under the new request ID %s.",
+            task,
+            "with a request ID that was refused" if refused else "without a request ID",
+            request_id,
+        )
+    )
+
+
+def _new_id(generator: Callable[[], str], reports: list[Callable[[], None]], task: str) -> str:
+    """Return a new request ID from ``generator``, or a random one if it misbehaves.
+
+    The middleware's rule: a non-empty str of printable ASCII. What went
+    wrong is added to ``reports``, as an ERROR for ``task`` (``name[id]``)
+    to log inside the task.
+    """
+    try:
+        request_id: object = generator()
+    except Exception as exc:  # noqa: BLE001 (reported; the task runs under a random ID)
+        message = (
+            "The request ID generator given to install() raised for task %s; the task runs "
+            "under a random request ID instead."
+        )
+        reports.append(functools.partial(_task_logger.error, message, task, exc_info=exc))
+        return new_request_id()
+    if isinstance(request_id, str) and is_printable_ascii(request_id):
+        return request_id
+    message = (
+        "The request ID generator given to install() returned %s for task %s, not a non-empty "
+        "str of printable ASCII; the task runs under a random request ID instead."
+    )
+    reports.append(functools.partial(_task_logger.error, message, shown(request_id), task))
+    return new_request_id()
+
+
+def _report_incoming(header: str, problems: list[Problem], task_name: str, task_id: object) -> None:
     """Warn about the problems of kinds not reported yet in this process."""
     new = [text for _, text in _incoming_reported.new(problems)]
     if not new:
@@ -591,7 +920,7 @@ def _report_incoming(problems: list[Problem], task_name: str, task_id: object) -
         "Ignored part of the %r header of task %s[%s]: %s%s. Publishers should send what "
         "contextual.integrations.celery.install() sends; check that both sides run "
         "compatible versions of contextual. Later problems of the same kind are not reported.",
-        HEADER,
+        header,
         _name(task_name),
         _name(task_id),
         "; ".join(new[:_SHOWN_PROBLEMS]),
