@@ -45,6 +45,21 @@ def fresh_id_requests(worker_line: str) -> list[str]:
 
 
 EXPECTED = {
+    "opentelemetry_logs.py": [
+        "[- - -] shop starting",
+        "[4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 req-1] GET /orders",
+        "[4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 req-1] thread: loading orders",
+        (
+            "[4bf92f3577b34da6a3ce929d0e0e4736 00000000000000a1 req-1] process: rendering the "
+            "invoice for order 1"
+        ),
+        "  the process's span 00000000000000a1 is a child of 00f067aa0ba902b7: True",
+        (
+            "  an outgoing request carries traceparent: "
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ),
+        "[- - -] shop stopped",
+    ],
     "pooled_threads.py": [
         "ThreadPoolExecutor",
         "  task 1: request_id=None leftover=None",

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from contextual._core.store import backend_of, list_stores
 
+from .carriers import applied_all, capture_all, check_text_map
 from .snapshot import Snapshot, _in_empty_context, capture
 from .wire import MAX_BYTES, MAX_VALUE_BYTES, check_characters, envelope, within_limits
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
+    from .carriers import Carrier
     from .wire import Dropped
 
 __all__ = [
@@ -143,7 +145,12 @@ class ContextProcessPoolExecutor(ProcessPoolExecutor):
     is put back as it was, so nothing leaks from one task into the next
     (``propagate=False`` thread stores belong to the worker and keep what its
     tasks write, as on a thread). Other libraries' ContextVars don't travel:
-    a Context can't be pickled.
+    a Context can't be pickled. OpenTelemetry's span context is the
+    exception, once :func:`contextual.integrations.opentelemetry.install`
+    ran here: its propagator writes it out at submit, and the task runs
+    with it current, so a span the task starts is a child of the span that
+    submitted it (the worker imports the integration to read it, and need
+    not install it).
 
     What is carried crosses a process boundary, so :meth:`submit` checks
     it as every carrier of contextual does (HTTP, Celery), and refuses in
@@ -159,7 +166,12 @@ class ContextProcessPoolExecutor(ProcessPoolExecutor):
       every store together (the limits W3C Baggage sets for HTTP), each
       key and its value measured pickled on its own: :class:`ValueError`,
       with the size and the limit. Send
-      large data as an argument of the task; carry IDs in stores.
+      large data as an argument of the task; carry IDs in stores;
+    * a span context (with OpenTelemetry's baggage) that no HTTP header
+      could carry as it is: a key that is not an HTTP field name or a value
+      that is not printable ASCII, or more than 8192 bytes in all (keys and
+      values, measured apart from the stores' limits): :class:`ValueError`,
+      naming the carrier.
 
     A value that pickles here but can't be unpickled in the worker fails
     that task alone, with a :class:`TypeError` naming the store.
@@ -167,7 +179,7 @@ class ContextProcessPoolExecutor(ProcessPoolExecutor):
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0
        Refuses control and format characters, and values over the size
-       limits, at submit time.
+       limits, at submit time. Carries OpenTelemetry's span context.
     """
 
     def __init__(
@@ -186,12 +198,17 @@ class ContextProcessPoolExecutor(ProcessPoolExecutor):
         Raises:
             TypeError: A carried value can't be pickled. Nothing is sent.
             ValueError: A carried name, key or value holds a control or
-                format character, or the carried values are over the size
-                limits. Nothing is sent.
+                format character, or the carried values, or a carried span
+                context, are over their size limits. Nothing is sent.
             StoreDefaultsError: The ``defaults`` factory of a
                 ``propagate=True`` ``"thread"`` store failed in this thread.
         """
         payload = _payload(capture().to_dict()["stores"])
+        carried = capture_all()
+        if carried:
+            for carrier, text_map in carried:
+                check_text_map(carrier.name, text_map)
+            return super().submit(_run_with_carried, carried, payload, fn, *args, **kwargs)
         return super().submit(_run_from_payload, payload, fn, *args, **kwargs)
 
 
@@ -308,6 +325,32 @@ def _raise_unpicklable(name: str, values: dict[str, Any]) -> NoReturn:
 def _run_from_payload(
     payload: dict[str, bytes], fn: Callable[..., _T], /, *args: Any, **kwargs: Any
 ) -> _T:
+    return _snapshot_from(payload).run(fn, *args, **kwargs)
+
+
+def _run_with_carried(
+    carried: tuple[tuple[Carrier, Mapping[str, str]], ...],
+    payload: dict[str, bytes],
+    fn: Callable[..., _T],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> _T:
+    return _snapshot_from(payload).run(_in_carried, carried, fn, args, kwargs)
+
+
+def _in_carried(
+    carried: tuple[tuple[Carrier, Mapping[str, str]], ...],
+    fn: Callable[..., _T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> _T:
+    # Inside the snapshot's context: what the carriers make current ends with the run.
+    with applied_all(carried):
+        return fn(*args, **kwargs)
+
+
+def _snapshot_from(payload: dict[str, bytes]) -> Snapshot:
     stores: dict[str, Any] = {}
     for name, pickled in payload.items():
         try:
@@ -319,5 +362,4 @@ def _run_from_payload(
                 "top level of a module the worker can import."
             )
             raise TypeError(msg) from exc
-    snapshot = Snapshot.from_dict(envelope(stores), missing="ignore")
-    return snapshot.run(fn, *args, **kwargs)
+    return Snapshot.from_dict(envelope(stores), missing="ignore")

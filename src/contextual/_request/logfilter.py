@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
 
 from contextual._core.store import ContextStore, backend_of, get_store, list_stores
@@ -189,13 +189,18 @@ class FieldCollector:
         return self._all_keys
 
 
-def add_from_source(fields: dict[str, Any], source: FieldSource) -> None:
-    """Add what ``source`` returns to ``fields``, where they hold nothing (or ``None``)."""
+def add_from_source(fields: dict[str, Any], source: FieldSource, *, rename: bool = False) -> None:
+    """Add the fields ``source`` returns that ``fields`` doesn't hold; never raise.
+
+    With ``rename``, ``fields`` is a record's attributes: keys named like a
+    standard attribute get the ``ctx_`` prefix.
+    """
     try:
         produced = source()
         for key, value in produced.items():
-            if fields.get(key) is None:
-                fields[key] = value
+            name = _attribute_name(key) if rename else key
+            if name not in fields:
+                fields[name] = value
     except Exception:  # noqa: BLE001 (a log call must never fail because of context)
         return
 
@@ -218,7 +223,12 @@ def _check_sources(sources: object) -> tuple[FieldSource, ...]:
             f"(such as [trace_fields]), got {type(sources).__name__} {sources!r}."
         )
         raise TypeError(msg)
-    checked = tuple(sources)
+    if isinstance(sources, Sequence):
+        # By index: dictConfig's list resolves "ext://module.name" items on
+        # indexing only, not when iterated.
+        checked = tuple(sources[index] for index in range(len(sources)))
+    else:
+        checked = tuple(sources)
     for source in checked:
         if not callable(source):
             msg = (
@@ -337,22 +347,24 @@ class ContextFilter(logging.Filter):
     ) -> None:
         super().__init__(name)
         self._collector = FieldCollector(stores, defaults=defaults, sources=sources)
+        self._sources = self._collector.sources
         # The common case, ContextFilter() for the request fields, takes a
         # path of its own: it runs for every record, and a log call costs
-        # only a few microseconds. With sources, the collector's path.
+        # only a few microseconds.
         self._request_fields: tuple[tuple[str, Any], ...] | None = (
             None
-            if self._collector.all_keys or self._collector.sources
+            if self._collector.all_keys
             else tuple((_attribute_name(k), v) for k, v in self._collector.defaults().items())
         )
         # ContextFilter() as such, or with other defaults for the two
         # request fields: the defaults of request_id and user_id, for a path
         # written out for them (a loop over two fields costs a third more).
         self._two_request_fields: tuple[Any, Any] | None = None
-        if self._request_fields is not None and [k for k, _ in self._request_fields] == [
-            REQUEST_ID_KEY,
-            USER_KEY,
-        ]:
+        if (
+            self._request_fields is not None
+            and not self._sources
+            and [k for k, _ in self._request_fields] == [REQUEST_ID_KEY, USER_KEY]
+        ):
             self._two_request_fields = (self._request_fields[0][1], self._request_fields[1][1])
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -373,6 +385,8 @@ class ContextFilter(logging.Filter):
         request_fields = self._request_fields
         if request_fields is not None:
             _add_request_fields(attributes, request_fields)
+            for source in self._sources:
+                add_from_source(attributes, source, rename=True)
             return True
         for key, value in self._collector.collect_safely().items():
             name = _attribute_name(key)

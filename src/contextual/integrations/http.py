@@ -35,6 +35,13 @@ character (a line break would forge log lines) are never applied. Each
 kind of problem is reported once per process, as a warning on the
 ``contextual.integrations`` logger.
 
+With :func:`contextual.integrations.opentelemetry.install`, the span context
+travels too: :func:`inject` adds the headers of OpenTelemetry's configured
+propagator (``traceparent`` and ``tracestate``; its baggage members join the
+``baggage`` header), and :meth:`CarriedContext.applied` makes the span
+context that :func:`extract` found current, so that a span started there is
+a child of the caller's.
+
 Incoming baggage is the caller's word: whoever reaches the service can set
 any key the receiving side allows, ``user_id`` included. Let baggage in
 only on services that trusted peers alone can reach, or strip the
@@ -49,10 +56,19 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, NamedTuple, Protocol, final
+from typing import Any, Final, NamedTuple, Protocol, final
 
 from contextual import RequestContext, request_context
+from contextual._propagation.carriers import (
+    Carrier,
+    applied_all,
+    capture_all,
+    carrier_named,
+    check_text_map,
+    registered_carriers,
+)
 from contextual._propagation.wire import (
     REQUEST_ID_KEY,
     REQUEST_STORE_NAME,
@@ -68,6 +84,8 @@ from ._carrier import applied as _applied
 from ._headers import DEFAULT_HEADER, check_callable, check_header_name, report_once
 
 __all__ = ["CarriedContext", "extract", "inject", "install_httpx", "install_requests"]
+
+_NO_CARRIERS: Final[Mapping[str, Mapping[str, str]]] = types.MappingProxyType({})
 
 
 class _Request(Protocol):
@@ -98,12 +116,19 @@ class CarriedContext(NamedTuple):
         request_id: The request ID, or ``None`` when the header is missing or
             its value is not a valid request ID.
         stores: The allowed values, as str, by store name and key.
+        carriers: What the carriers registered here (the span context,
+            with :func:`contextual.integrations.opentelemetry.install`)
+            found in the headers: their headers, by carrier name. Empty
+            when none is registered or the headers hold none of theirs.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The ``carriers`` field.
     """
 
     request_id: str | None
     stores: dict[str, dict[str, str]]
+    carriers: Mapping[str, Mapping[str, str]] = _NO_CARRIERS
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[RequestContext]:
@@ -112,18 +137,33 @@ class CarriedContext(NamedTuple):
         Opens a :class:`~contextual.request_context` with the carried ID (a
         new one if there is none) and the carried ``user_id`` of the request
         store, and sets every other carried value in the store of the same
-        name, ignoring names no store has here. The block, tasks it creates
-        and work it hands on (a :class:`~contextual.ContextExecutor`...) see
-        them, as they see the request; on exit every store is back as it
+        name, ignoring names no store has here, and makes what the
+        ``carriers`` hold current (with OpenTelemetry installed, the
+        caller's span context: a span started in the block is a child of
+        the caller's span), ignoring carriers not registered here. The
+        block, tasks it creates and work it hands on (a
+        :class:`~contextual.ContextExecutor`...) see them, as they see the
+        request; on exit every store, and the span context, is back as it
         was. The target of ``with`` is the :class:`~contextual.RequestContext`.
 
         .. versionadded:: 0.1.0
+        .. versionchanged:: 0.2.0
+           Applies the ``carriers``.
         """
         stores: dict[str, dict[str, Any]] = {
             name: dict(values) for name, values in self.stores.items()
         }
         user = rebuild_request(None, stores).user
-        with request_context(self.request_id, user_id=user) as request, _applied(stores):
+        carried: list[tuple[Carrier, Mapping[str, str]]] = []
+        for name, text_map in self.carriers.items():
+            carrier = carrier_named(name)
+            if carrier is not None:
+                carried.append((carrier, text_map))
+        with (
+            request_context(self.request_id, user_id=user) as request,
+            _applied(stores),
+            applied_all(carried),
+        ):
             yield request
 
 
@@ -145,6 +185,15 @@ def inject(
     not: a dict, ``httpx.Headers``, the ``headers`` of a ``requests``
     request.
 
+    With :func:`contextual.integrations.opentelemetry.install`, it also sets
+    the headers that OpenTelemetry's configured propagator writes for the
+    current span context (``traceparent``, ``tracestate``), replacing those
+    the request had; the members of OpenTelemetry's baggage join the
+    ``baggage`` header, after the members it had (replacing those of the
+    same keys). Headers that no HTTP request can carry as they are (not
+    printable ASCII, or over 8192 bytes in all) are left out, with a
+    warning the first time.
+
     Args:
         headers: The outgoing request's headers, changed in place.
         allow: What may travel besides the request ID: store names, or
@@ -165,6 +214,9 @@ def inject(
         {'baggage': 'tenant=acme,contextual.request|user_id=ada', 'X-Request-ID': 'r-42'}
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       Adds the headers of the registered carriers: OpenTelemetry's span
+       context, once it is installed.
     """
     _inject(headers, AllowList(allow), check_header_name(header))
 
@@ -190,6 +242,13 @@ def extract(
     The middleware does all of this for you: use ``extract`` where there is
     none.
 
+    With :func:`contextual.integrations.opentelemetry.install`, it also
+    takes the headers that OpenTelemetry's configured propagator reads
+    (``traceparent``, ``tracestate``, ``baggage``), for
+    :meth:`CarriedContext.applied` to make the caller's span context
+    current. OpenTelemetry's propagator checks them there: a malformed
+    ``traceparent`` gives no parent.
+
     The Baggage header is the caller's word: whoever can reach the service
     can set any allowed key, ``user_id`` included. Allow keys only on
     services that trusted peers alone can reach.
@@ -214,13 +273,16 @@ def extract(
         >>> from contextual.integrations.http import extract
         >>> headers = {"x-request-id": "r-42", "baggage": "contextual.request|user_id=ada"}
         >>> carried = extract(headers, allow={"contextual.request": ["user_id"]})
-        >>> carried
-        CarriedContext(request_id='r-42', stores={'contextual.request': {'user_id': 'ada'}})
+        >>> carried.request_id, carried.stores
+        ('r-42', {'contextual.request': {'user_id': 'ada'}})
         >>> with carried.applied():
         ...     get_request_id(), get_current_user()
         ('r-42', 'ada')
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       Takes the headers of the registered carriers: OpenTelemetry's span
+       context, once it is installed.
     """
     allow_list = AllowList(allow)
     check_header_name(header)
@@ -250,7 +312,27 @@ def extract(
         stores, more = read(",".join(baggage), allow_list)
         problems += more
     report_once(problems)
-    return CarriedContext(arrival.request_id, stores)
+    return CarriedContext(arrival.request_id, stores, _carried(headers))
+
+
+def _carried(headers: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Return the headers of each registered carrier that ``headers`` hold, by carrier name."""
+    carriers = registered_carriers()
+    if not carriers:
+        return {}
+    by_name: dict[str, list[str]] = {}
+    for key, value in headers.items():
+        by_name.setdefault(key.lower(), []).append(value)
+    carried: dict[str, dict[str, str]] = {}
+    for carrier in carriers:
+        text_map = {
+            field: ",".join(by_name[field.lower()])
+            for field in carrier.fields
+            if field.lower() in by_name
+        }
+        if text_map:
+            carried[carrier.name] = text_map
+    return carried
 
 
 def install_httpx(
@@ -370,8 +452,25 @@ def install_requests(
 
 
 def _inject(headers: MutableMapping[str, str], allow: AllowList, header: str) -> None:
-    stores = allow.outgoing()
     problems: list[Problem] = []
+    # First, so that contextual's baggage members merge into a baggage
+    # header that OpenTelemetry's propagator may have written.
+    for carrier, text_map in capture_all():
+        try:
+            check_text_map(carrier.name, text_map)
+        except (TypeError, ValueError) as exc:
+            problems.append(
+                Problem(
+                    f"outgoing carrier {carrier.name}",
+                    f"Left a carrier's headers out of the outgoing request: {exc}",
+                )
+            )
+            continue
+        for key, value in text_map.items():
+            if key.lower() == HEADER:
+                value = _merged_baggage(_values(headers, HEADER), value)  # noqa: PLW2901
+            _replace(headers, key, value)
+    stores = allow.outgoing()
     request_id = stores.get(REQUEST_STORE_NAME, {}).get(REQUEST_ID_KEY)
     if request_id is not None:
         if isinstance(request_id, str) and is_printable_ascii(request_id):
@@ -390,6 +489,27 @@ def _inject(headers: MutableMapping[str, str], allow: AllowList, header: str) ->
     if baggage is not None or existing:
         _replace(headers, HEADER, baggage)
     report_once(problems + more)
+
+
+def _merged_baggage(existing: list[str], members: str) -> str:
+    """Return the Baggage header ``existing`` with ``members`` after it, which replace their keys.
+
+    A client's OpenTelemetry instrumentation may have written the same
+    members already: they must not go twice. Malformed members are left for
+    :func:`~._baggage.write` to drop and report.
+    """
+    keys = {_member_key(member) for member in members.split(",")}
+    kept = [
+        member
+        for value in existing
+        for member in value.split(",")
+        if member.strip(" \t") and _member_key(member) not in keys
+    ]
+    return ",".join([*kept, members])
+
+
+def _member_key(member: str) -> str:
+    return member.partition("=")[0].strip(" \t")
 
 
 def _values(headers: Mapping[str, str], name: str) -> list[str]:
