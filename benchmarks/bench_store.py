@@ -335,6 +335,16 @@ def _logger(kind: str) -> Callable[[], dict[str, Any]]:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
         if kind == "contextual":
             handler.addFilter(contextual.ContextFilter())
+        elif kind == "trace_fields":
+            from opentelemetry import context, trace  # noqa: PLC0415 (only this worker)
+            from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+
+            from contextual.integrations.opentelemetry import trace_fields  # noqa: PLC0415
+
+            handler.addFilter(contextual.ContextFilter(sources=[trace_fields]))
+            # Inside a recording span, as in a traced request.
+            span = TracerProvider().get_tracer("bench").start_span("request")
+            context.attach(trace.set_span_in_context(span))
         elif kind == "asgi_correlation_id":
             from asgi_correlation_id import CorrelationIdFilter  # noqa: PLC0415
 
@@ -553,6 +563,12 @@ CASES: tuple[Case, ...] = (
         "log call, handler with ContextFilter()",
         'log("handled %s", x)',
         _logger("contextual"),
+    ),
+    Case(
+        "logging.trace_fields",
+        "log call, handler with ContextFilter(sources=[trace_fields])",
+        'log("handled %s", x)',
+        _logger("trace_fields"),
     ),
     Case(
         "logging.correlation_id_filter",

@@ -322,6 +322,16 @@ INFORMATIVE: tuple[Ratio, ...] = (
     ),
     # Propagation, the middleware, the database.
     Ratio("Snapshot.run / Context.run (no-op)", "propagation.snapshot_run", "raw.context_run"),
+    Ratio(
+        "log call with trace_id, span_id / with ContextFilter()",
+        "logging.trace_fields",
+        "logging.context_filter",
+    ),
+    Ratio(
+        "log call with trace_id, span_id / without filter",
+        "logging.trace_fields",
+        "logging.no_filter",
+    ),
     Ratio("RequestContextMiddleware / bare ASGI app", "asgi.contextual", "asgi.bare"),
     Ratio("CorrelationIdMiddleware / bare ASGI app", "asgi.correlation_id", "asgi.bare"),
     Ratio(
