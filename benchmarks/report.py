@@ -1,4 +1,4 @@
-"""Print the measurements and ratio table from a bench_store.py JSON file.
+"""Print the measurements and ratio table from the JSON file of run.py's scripts.
 
 Usage: ``python benchmarks/report.py benchmarks/results.json`` (``run.py``
 calls it for you after the benchmarks).
@@ -334,6 +334,13 @@ INFORMATIVE: tuple[Ratio, ...] = (
     ),
     Ratio("RequestContextMiddleware / bare ASGI app", "asgi.contextual", "asgi.bare"),
     Ratio("CorrelationIdMiddleware / bare ASGI app", "asgi.correlation_id", "asgi.bare"),
+    # No peer exists for Flask (asgi-correlation-id is ASGI only).
+    Ratio("Flask app: install() / bare", "flask.contextual", "flask.bare"),
+    Ratio(
+        "Flask app: install(), update_request() in before_request / no-op before_request",
+        "flask.contextual_user",
+        "flask.bare_hook",
+    ),
     Ratio(
         "sqlite3 connect per query / db.execute (connection reuse)",
         "raw.sqlite_connect_per_query",

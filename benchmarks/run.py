@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/run.py [--fast] [-o FILE] [other pyperf options]
 
-The results go to ``benchmarks/results.json`` (ignored by git) unless ``-o``
+It runs ``bench_store.py``, then ``bench_flask.py``, which add their
+results to one file. The results go to ``benchmarks/results.json`` (ignored by git) unless ``-o``
 says otherwise; an old file there is replaced. Options run.py does not know,
 such as ``--rigorous`` or ``--processes 5``, go to pyperf unchanged.
 
@@ -28,6 +29,8 @@ import report
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent / "src" / "contextual"
+# The pyperf scripts, run one after the other into one results file.
+SCRIPTS = ("bench_store.py", "bench_flask.py")
 
 
 def snapshot(into: Path) -> dict[str, str]:
@@ -58,20 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     # pyperf refuses to overwrite its output file, and appending to the last
     # run's file would mix two runs in one report.
     args.output.unlink(missing_ok=True)
-    command = [sys.executable, str(HERE / "bench_store.py"), "--quiet", "-o", str(args.output)]
-    # pyperf starts its workers with a cleaned environment: PYTHONPATH must
-    # be passed on explicitly for them to import the snapshot.
-    command += ["--inherit-environ", "PYTHONPATH"]
-    if args.fast:
-        command.append("--fast")
-    command += pyperf_args
     with tempfile.TemporaryDirectory(prefix="contextual-bench-") as tmp:
         env = snapshot(Path(tmp))
-        print(f"$ PYTHONPATH={tmp}", " ".join(command), flush=True)
-        # The command is this interpreter running a file next to this one.
-        done = subprocess.run(command, env=env, check=False)  # noqa: S603
-    if done.returncode != 0:
-        return done.returncode
+        for script in SCRIPTS:
+            # The first script writes the file, the others add to it: one report.
+            write = "-o" if script == SCRIPTS[0] else "--append"
+            command = [sys.executable, str(HERE / script), "--quiet", write, str(args.output)]
+            # pyperf starts its workers with a cleaned environment: PYTHONPATH
+            # must be passed on explicitly for them to import the snapshot.
+            command += ["--inherit-environ", "PYTHONPATH"]
+            if args.fast:
+                command.append("--fast")
+            command += pyperf_args
+            print(f"$ PYTHONPATH={tmp}", " ".join(command), flush=True)
+            # The command is this interpreter running a file next to this one.
+            done = subprocess.run(command, env=env, check=False)  # noqa: S603
+            if done.returncode != 0:
+                return done.returncode
     report.report(args.output)
     return 0
 
