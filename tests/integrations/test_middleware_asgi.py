@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from contextual import ContextExecutor, get_current_user, get_request_id
+from contextual import ContextExecutor, ContextStore, get_current_user, get_request_id
+from contextual.integrations._headers import on_request_opened
 from contextual.integrations.asgi import RequestContextMiddleware
 from support.middleware import FRESH_ID, WARNINGS_LOGGER, recording, shown_in_log
 
@@ -348,6 +349,86 @@ def test_a_cancelled_app_closes_the_request():
     assert after_cancel == [None]
 
 
+# -- thread stores -------------------------------------------------------------------
+
+
+def writing_app(store: ContextStore, value: str, seen: list[Any]) -> App:
+    """An app that reports what ``store`` held when it began, then writes ``value`` in it."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(store.get("tenant"))
+        store["tenant"] = value
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen.append(store.get("tenant"))
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def test_a_propagating_thread_store_is_put_back_at_the_end_of_the_app_call(unique_name):
+    store = ContextStore(unique_name, backend="thread")
+    seen: list[Any] = []
+    wrapped = RequestContextMiddleware(writing_app(store, "acme", seen))
+
+    async def main() -> None:
+        await wrapped(http_scope(), Client().receive, Client().send)
+        seen.append(store.get("tenant"))
+        await wrapped(http_scope(), Client().receive, Client().send)
+
+    asyncio.run(main())
+    assert seen == [None, "acme", None, None, "acme"]
+    assert dict(store) == {}
+
+
+def test_a_thread_store_is_put_back_when_the_app_raises(unique_name):
+    store = ContextStore(unique_name, backend="thread")
+    store["tenant"] = "before"
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        store["tenant"] = "acme"
+        raise ValueError("boom")
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="boom"):
+            await RequestContextMiddleware(app)(http_scope(), Client().receive, Client().send)
+        assert store["tenant"] == "before"
+
+    asyncio.run(main())
+
+
+def test_a_thread_store_is_put_back_when_the_app_is_cancelled(unique_name):
+    store = ContextStore(unique_name, backend="thread")
+    started = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        store["tenant"] = "acme"
+        started.set()
+        await asyncio.Event().wait()
+
+    async def main() -> Any:
+        task = asyncio.create_task(
+            RequestContextMiddleware(app)(http_scope(), Client().receive, Client().send)
+        )
+        await started.wait()
+        assert store["tenant"] == "acme", "the loop's thread shares the app's write"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return dict(store)
+
+    assert asyncio.run(main()) == {}
+
+
+def test_a_non_propagating_thread_store_keeps_what_the_app_wrote(unique_name):
+    connections = ContextStore(unique_name, backend="thread", propagate=False)
+    seen: list[Any] = []
+    wrapped = RequestContextMiddleware(writing_app(connections, "conn-1", seen))
+    call(wrapped, http_scope())
+    call(wrapped, http_scope())
+    assert seen == [None, "conn-1", "conn-1", "conn-1"]
+
+
 def test_concurrent_requests_on_one_loop_each_see_their_own():
     mismatches: list[Any] = []
 
@@ -567,6 +648,24 @@ def test_a_custom_validator_and_generator_are_used():
 def test_a_header_that_is_not_a_field_name_is_refused():
     with pytest.raises(ValueError, match="HTTP field name"):
         RequestContextMiddleware(seeing_app([]), header="X Request")
+
+
+def test_a_header_in_the_environ_spelling_is_refused_with_the_header_form():
+    with pytest.raises(ValueError, match="WSGI environ") as raised:
+        RequestContextMiddleware(seeing_app([]), header="HTTP_X_REQUEST_ID")
+    assert "pass the header's own name: header='X-Request-ID'" in str(raised.value)
+
+
+def test_request_hooks_run_inside_each_http_request_and_websocket():
+    seen: list[Any] = []
+    remove = on_request_opened(lambda request_id: seen.append((request_id, get_request_id())))
+    try:
+        call(RequestContextMiddleware(seeing_app([])), http_scope((b"x-request-id", b"r-1")))
+        call(RequestContextMiddleware(seeing_app([])), websocket_scope((b"x-request-id", b"r-2")))
+    finally:
+        remove()
+    call(RequestContextMiddleware(seeing_app([])), http_scope((b"x-request-id", b"r-3")))
+    assert seen == [("r-1", "r-1"), ("r-2", "r-2")]
 
 
 def test_the_module_exports_the_middleware_alone_documented():

@@ -14,11 +14,13 @@ import pytest
 
 from contextual import (
     ContextExecutor,
+    ContextStore,
     current_request,
     get_current_user,
     get_request_id,
     request_context,
 )
+from contextual.integrations._headers import on_request_opened
 from contextual.integrations.wsgi import RequestContextMiddleware
 from support.middleware import FRESH_ID, WARNINGS_LOGGER, recording, shown_in_log
 
@@ -324,6 +326,71 @@ def test_a_streamed_body_sees_the_request_at_every_step_and_the_server_never_hol
     assert seen == ["r-1"] * 4
 
 
+# -- thread stores -------------------------------------------------------------------
+
+
+def writing_app(store: ContextStore, value: str) -> Callable[..., Iterable[bytes]]:
+    """An app that reports what ``store`` held when it began, then writes ``value`` in it."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        found = store.get("tenant")
+        store["tenant"] = value
+        start_response("200 OK", [])
+        return [str(found).encode()]
+
+    return app
+
+
+def test_a_propagating_thread_store_is_put_back_after_the_response(unique_name):
+    store = ContextStore(unique_name, backend="thread")
+    wrapped = RequestContextMiddleware(writing_app(store, "acme"))
+    _, first = serve(wrapped)
+    _, second = serve(wrapped)
+    assert (first, second) == (b"None", b"None")
+    assert dict(store) == {}
+
+
+def test_a_thread_store_is_put_back_when_the_app_raises(unique_name):
+    store = ContextStore(unique_name, backend="thread")
+    store["tenant"] = "before"
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        store["tenant"] = "acme"
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        serve(RequestContextMiddleware(app))
+    assert store["tenant"] == "before"
+
+
+def test_a_streamed_body_sees_the_thread_store_until_close_then_it_is_put_back(unique_name):
+    store = ContextStore(unique_name, backend="thread")
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        store["tenant"] = "acme"
+        yield b"a"
+        seen.append(store.get("tenant"))
+        store["tenant"] = "globex"
+        yield b"b"
+
+    body = RequestContextMiddleware(app)(environ_with(), Server().start_response)
+    assert b"".join(body) == b"ab"
+    seen.append(store.get("tenant"))  # the server, between the last chunk and close()
+    body.close()  # type: ignore[attr-defined]
+    assert seen == ["acme", "globex"]
+    assert dict(store) == {}
+
+
+def test_a_non_propagating_thread_store_keeps_what_the_app_wrote(unique_name):
+    connections = ContextStore(unique_name, backend="thread", propagate=False)
+    wrapped = RequestContextMiddleware(writing_app(connections, "conn-1"))
+    _, first = serve(wrapped)
+    _, second = serve(wrapped)
+    assert (first, second) == (b"None", b"conn-1")
+
+
 def test_a_caller_that_never_closes_the_body_leaks_nothing():
     seen: list[Any] = []
 
@@ -608,6 +675,15 @@ def test_a_header_that_is_not_a_field_name_is_refused(header):
         RequestContextMiddleware(seeing_app([]), header=header)
 
 
+@pytest.mark.parametrize(
+    ("header", "form"), [("HTTP_X_REQUEST_ID", "X-Request-ID"), ("HTTP_X_TRACE_ID", "X-Trace-ID")]
+)
+def test_a_header_in_the_environ_spelling_is_refused_with_the_header_form(header, form):
+    with pytest.raises(ValueError, match="WSGI environ") as raised:
+        RequestContextMiddleware(seeing_app([]), header=header)
+    assert f"pass the header's own name: header={form!r}" in str(raised.value)
+
+
 def test_a_header_that_is_not_a_str_is_refused():
     with pytest.raises(ValueError, match="HTTP field name"):
         RequestContextMiddleware(seeing_app([]), header=b"X-Request-ID")  # type: ignore[arg-type]
@@ -631,6 +707,17 @@ def test_a_logging_filter_that_raises_still_closes_the_request():
     finally:
         logger.removeFilter(refuse)
     assert get_request_id() is None
+
+
+def test_request_hooks_run_inside_each_request():
+    seen: list[Any] = []
+    remove = on_request_opened(lambda request_id: seen.append((request_id, get_request_id())))
+    try:
+        serve(RequestContextMiddleware(seeing_app([])), environ_with(x_request_id="r-1"))
+    finally:
+        remove()
+    serve(RequestContextMiddleware(seeing_app([])), environ_with(x_request_id="r-2"))
+    assert seen == [("r-1", "r-1")]
 
 
 def test_the_module_exports_the_middleware_alone_documented():

@@ -11,10 +11,12 @@ request's ID and user.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +24,9 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from contextual import ContextExecutor
+from contextual import ContextExecutor, ContextStore, get_request_id
 from contextual.integrations import asgi, wsgi
-from support.http_servers import running_asgi, running_wsgi
+from support.http_servers import running_asgi, running_wsgi, serve_lifespan
 from support.middleware import FRESH_ID, WARNINGS_LOGGER, ContextRecorder, recording, shown_in_log
 from support.server_apps import (
     ASGI_LINES,
@@ -314,3 +316,168 @@ def test_waitress_replaces_malicious_ids_under_load(waitress_server: Running):
         responses = asyncio.run(fire(waitress_server.url, planned))
     check(planned, responses, recorder, len(WSGI_LINES))
     assert waitress_server.app.violations == []
+
+
+# -- thread stores, request after request on one server thread ---------------------
+
+
+class TenantApp:
+    """Writes the tenant a path names into a ``"thread"`` store; records what each request found.
+
+    ``/tenant/<name>`` writes it in the app's call, ``/stream/<name>`` while
+    the server iterates the body, ``/boom/<name>`` just before raising. Each
+    request also takes a connection from a ``propagate=False`` thread store,
+    making one if that thread has none yet. ``/ready`` (the server's probe)
+    does nothing.
+    """
+
+    def __init__(self, unique_name: str) -> None:
+        self.tenants = ContextStore(f"{unique_name}.tenants", backend="thread")
+        self.connections = ContextStore(
+            f"{unique_name}.connections", backend="thread", propagate=False
+        )
+        self.numbers = itertools.count(1)
+        self.found: list[dict[str, Any]] = []
+
+    def visit(self, path: str) -> str:
+        """Record what this request finds; return the action the path asks for."""
+        _, action, name = path.split("/")
+        if "connection" not in self.connections:
+            self.connections["connection"] = f"conn-{next(self.numbers)}"
+        self.found.append(
+            {
+                "path": path,
+                "thread": threading.get_ident(),
+                "request_id": get_request_id(),
+                "tenant": self.tenants.get("tenant"),
+                "connection": self.connections["connection"],
+            }
+        )
+        if action != "stream":
+            self.tenants["tenant"] = name
+        if action == "boom":
+            raise RuntimeError(f"boom in {path}")
+        return name
+
+
+class TenantWsgiApp(TenantApp):
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if environ["PATH_INFO"] == "/ready":
+            return [b"ready"]
+        path = environ["PATH_INFO"]
+        name = self.visit(path)
+        if path.startswith("/stream/"):
+            return self.stream(name)
+        return [b"ok"]
+
+    def stream(self, name: str) -> Iterator[bytes]:
+        yield b"o"
+        self.tenants["tenant"] = name
+        yield b"k"
+
+
+class TenantAsgiApp(TenantApp):
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        self.visit(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def visit(url: str, *paths: str) -> list[int]:
+    """Request ``paths`` one after another; return the status codes."""
+    with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        return [client.get(path).status_code for path in paths]
+
+
+def one_thread(app: TenantApp) -> int:
+    """The one server thread every recorded request ran in (not the test's)."""
+    (thread,) = {found["thread"] for found in app.found}
+    assert thread != threading.get_ident()
+    return thread
+
+
+@pytest.fixture
+def one_thread_waitress(unique_name: str) -> Iterator[Running]:
+    # One worker thread: every request is served by the same thread.
+    app = TenantWsgiApp(unique_name)
+    with running_wsgi(wsgi.RequestContextMiddleware(app), threads=1) as url:
+        yield Running(url, app)
+
+
+@pytest.fixture
+def uvicorn_tenants(unique_name: str) -> Iterator[Running]:
+    app = TenantAsgiApp(unique_name)
+    with running_asgi(asgi.RequestContextMiddleware(app)) as url:
+        yield Running(url, app)
+
+
+def tenants_found(app: TenantApp) -> list[tuple[str, Any]]:
+    return [(found["path"], found["tenant"]) for found in app.found]
+
+
+def test_waitress_a_thread_store_written_in_one_request_is_gone_in_the_next(
+    one_thread_waitress: Running,
+):
+    assert visit(one_thread_waitress.url, "/tenant/acme", "/tenant/globex") == [200, 200]
+    app: TenantApp = one_thread_waitress.app
+    assert tenants_found(app) == [("/tenant/acme", None), ("/tenant/globex", None)]
+    one_thread(app)
+    assert len({found["request_id"] for found in app.found}) == 2
+
+
+def test_waitress_a_thread_store_written_while_streaming_is_gone_in_the_next_request(
+    one_thread_waitress: Running,
+):
+    assert visit(one_thread_waitress.url, "/stream/acme", "/tenant/globex") == [200, 200]
+    app: TenantApp = one_thread_waitress.app
+    assert tenants_found(app) == [("/stream/acme", None), ("/tenant/globex", None)]
+    one_thread(app)
+
+
+def test_waitress_a_thread_store_written_before_the_app_raised_is_gone_in_the_next(
+    one_thread_waitress: Running,
+):
+    assert visit(one_thread_waitress.url, "/boom/acme", "/tenant/globex") == [500, 200]
+    app: TenantApp = one_thread_waitress.app
+    assert tenants_found(app) == [("/boom/acme", None), ("/tenant/globex", None)]
+    one_thread(app)
+
+
+def test_waitress_a_non_propagating_thread_store_keeps_its_connection_across_requests(
+    one_thread_waitress: Running,
+):
+    assert visit(one_thread_waitress.url, "/tenant/acme", "/tenant/globex") == [200, 200]
+    app: TenantApp = one_thread_waitress.app
+    assert [found["connection"] for found in app.found] == ["conn-1", "conn-1"]
+    one_thread(app)
+
+
+def test_uvicorn_a_thread_store_written_in_one_request_is_gone_in_the_next(
+    uvicorn_tenants: Running,
+):
+    assert visit(uvicorn_tenants.url, "/tenant/acme", "/tenant/globex") == [200, 200]
+    app: TenantApp = uvicorn_tenants.app
+    assert tenants_found(app) == [("/tenant/acme", None), ("/tenant/globex", None)]
+    one_thread(app)
+
+
+def test_uvicorn_a_thread_store_written_before_the_app_raised_is_gone_in_the_next(
+    uvicorn_tenants: Running,
+):
+    assert visit(uvicorn_tenants.url, "/boom/acme", "/tenant/globex") == [500, 200]
+    app: TenantApp = uvicorn_tenants.app
+    assert tenants_found(app) == [("/boom/acme", None), ("/tenant/globex", None)]
+    one_thread(app)
+
+
+def test_uvicorn_a_non_propagating_thread_store_keeps_its_connection_across_requests(
+    uvicorn_tenants: Running,
+):
+    assert visit(uvicorn_tenants.url, "/tenant/acme", "/tenant/globex") == [200, 200]
+    app: TenantApp = uvicorn_tenants.app
+    assert [found["connection"] for found in app.found] == ["conn-1", "conn-1"]
+    one_thread(app)

@@ -6,6 +6,10 @@ request with the kept (or a fresh) ID, logs what it refused in a form that
 can't forge a log line, and writes the ID into response headers without
 touching the other headers. With a Baggage allow-list, it also restores
 the allowed values an incoming Baggage header carries, for the request.
+Every request it opens puts the ``propagate=True`` ``"thread"`` stores back
+as they were when it began, once it closes, and runs the hooks registered
+with :func:`on_request_opened` (OpenTelemetry's, to put the request ID on
+the request's span).
 The rule for request IDs, the escaping of log lines, and the request rebuilt
 from what arrived are ``contextual._propagation.wire``'s.
 """
@@ -16,9 +20,12 @@ import contextlib
 import inspect
 import logging
 import re
+import threading
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeAlias, TypeVar, final
 
 from contextual import new_request_id
+from contextual._core.fork import renew_locks_after_fork
+from contextual._core.store import REGISTRY
 from contextual._propagation.wire import (
     Reported,
     escape_for_log,
@@ -31,8 +38,13 @@ from ._baggage import read
 from ._carrier import applied
 
 if TYPE_CHECKING:
+    import weakref
     from collections.abc import Callable, Iterable, Sequence
+    from types import TracebackType
 
+    from typing_extensions import Self
+
+    from contextual._core.backends import Backend, Values
     from contextual._propagation.wire import Arrival, Problem
 
     from ._carrier import AllowList
@@ -44,17 +56,20 @@ __all__ = [
     "check_callable",
     "check_header_name",
     "logger",
+    "on_request_opened",
     "replace_header",
     "report_once",
 ]
 
-#: Where refused request IDs are reported, as warnings.
+#: Where refused request IDs are reported, as warnings, and failing hooks, as errors.
 logger: Final = logging.getLogger("contextual.integrations")
 
 DEFAULT_HEADER: Final = "X-Request-ID"
 
 # An HTTP field name (RFC 9110, section 5.1).
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# How a WSGI environ (and Django's request.META) spells a request header.
+_ENVIRON_PREFIX: Final = "HTTP_"
 
 _C = TypeVar("_C")
 
@@ -82,14 +97,33 @@ def check_callable(option: str, value: object) -> None:
 
 
 def check_header_name(header: object) -> str:
-    """Return ``header`` if it is an HTTP field name; raise :class:`ValueError` if not."""
+    """Return ``header`` if it is an HTTP field name; raise :class:`ValueError` if not.
+
+    A name spelled the way a WSGI environ (and Django's ``request.META``)
+    keys a header, ``HTTP_X_REQUEST_ID``, is refused too: no header is named
+    that, so it would never match. The message gives the header's own name.
+    """
     if not isinstance(header, str) or _TOKEN.fullmatch(header) is None:
         msg = (
             f"header must be an HTTP field name such as 'X-Request-ID' (letters, "
             f"digits and !#$%&'*+.^_`|~-), got {header!r}."
         )
         raise ValueError(msg)
+    if header[: len(_ENVIRON_PREFIX)].upper() == _ENVIRON_PREFIX:
+        msg = (
+            f"header={header!r} is the WSGI environ (Django request.META) spelling; "
+            f"pass the header's own name: header={_header_form(header)!r}."
+        )
+        raise ValueError(msg)
     return header
+
+
+def _header_form(environ_key: str) -> str:
+    """Return the header an environ key such as ``HTTP_X_REQUEST_ID`` stands for."""
+    words = environ_key[len(_ENVIRON_PREFIX) :].replace("_", "-").split("-")
+    # "ID" as the default header spells it, rather than "Id".
+    name = "-".join("ID" if word.upper() == "ID" else word.capitalize() for word in words)
+    return name.strip("-") or DEFAULT_HEADER
 
 
 def report_once(problems: Iterable[Problem]) -> None:
@@ -125,6 +159,132 @@ def replace_header(
     if not placed:
         result.append((name, value))
     return result
+
+
+@final
+class _Hooks:
+    """The hooks :func:`on_request_opened` registered, in order.
+
+    ``called`` is rebuilt under ``_hooks_lock`` and read without it, on
+    every request: rebinding one attribute is atomic on every build, so a
+    request calls the old hooks or the new ones, never a mix.
+    """
+
+    __slots__ = ("called",)
+
+    def __init__(self) -> None:
+        self.called: tuple[Callable[[str], object], ...] = ()
+
+
+_hooks: Final = _Hooks()
+_hooks_lock = threading.Lock()
+
+
+def on_request_opened(hook: Callable[[str], object]) -> Callable[[], None]:
+    """Call ``hook(request_id)`` in every request a :class:`RequestOpener` opens from now on.
+
+    The hook runs inside the request, once it is open (its ID, user and
+    baggage are set), in the thread or task that serves it, before the app
+    runs: what it reads and logs belongs to the request. Hooks run in the
+    order they were registered; one registered twice runs twice. If one
+    raises, the error is logged with its traceback on the
+    ``contextual.integrations`` logger, inside the request, each time (like
+    a failing ``get_user``: the line carries the request's ID, and a hook
+    that fails for some requests only would hide after a first report), and
+    the request goes on: a hook never fails a request. Keep hooks fast;
+    they run on every request.
+
+    Returns:
+        A function that removes this registration; calling it again does
+        nothing.
+
+    Raises:
+        TypeError: ``hook`` is not callable, or is a coroutine function
+            (nothing can await it where it runs).
+    """
+    _check_hook(hook)
+    with _hooks_lock:
+        _hooks.called = (*_hooks.called, hook)
+    registered = [hook]
+
+    def remove() -> None:
+        with _hooks_lock:
+            if not registered:
+                return
+            registered.clear()
+            called = list(_hooks.called)
+            # By identity: equal but distinct objects are other registrations.
+            del called[next(i for i, h in enumerate(called) if h is hook)]
+            _hooks.called = tuple(called)
+
+    return remove
+
+
+def _check_hook(hook: object) -> None:
+    if not callable(hook):
+        msg = f"hook must be callable, got {type(hook).__name__} {hook!r}."
+        raise TypeError(msg)
+    if inspect.iscoroutinefunction(hook):
+        msg = (
+            "hook must be a plain function: it runs as the request opens, where "
+            f"nothing can await it; got the coroutine function {hook!r}."
+        )
+        raise TypeError(msg)
+
+
+def _call_hooks(hooks: tuple[Callable[[str], object], ...], request_id: str) -> None:
+    for hook in hooks:
+        try:
+            hook(request_id)
+        except Exception:  # noqa: PERF203 (documented: a failing hook never fails the request)
+            logger.exception("The request hook %r raised; the request goes on.", hook)
+
+
+# (backend, what its save_here() returned) for each thread store a request puts back.
+_Saved: TypeAlias = "list[tuple[Backend, Values | None]]"
+
+
+def _save_threads(refs: tuple[weakref.ref[Backend], ...]) -> _Saved:
+    """Return what puts the current thread's values of these stores back."""
+    saved = []
+    for ref in refs:
+        backend = ref()
+        if backend is not None:
+            saved.append((backend, backend.save_here()))
+    return saved
+
+
+@final
+class _PuttingBack:
+    """An opened request that, when it closes, puts thread stores back as they were.
+
+    Only in the thread that opened it: a ``close()`` from another thread
+    (rare, and against :pep:`3333`'s spirit) must not give that thread the
+    opening thread's values.
+    """
+
+    __slots__ = ("_opened", "_saved", "_thread")
+
+    def __init__(self, opened: Opened, saved: _Saved) -> None:
+        self._opened = opened
+        self._saved = saved
+        self._thread = threading.get_ident()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._opened.__exit__(exc_type, exc, tb)
+        finally:
+            if threading.get_ident() == self._thread:
+                for backend, values in self._saved:
+                    backend.restore_here(values)
 
 
 def _no_op() -> None:  # pragma: no cover - for awaitables without close(), rare
@@ -194,7 +354,12 @@ class RequestOpener(Generic[_C]):
         self._baggage = baggage
 
     def open(
-        self, values: Sequence[str], carrier: _C, baggage: Sequence[str] = ()
+        self,
+        values: Sequence[str],
+        carrier: _C,
+        baggage: Sequence[str] = (),
+        *,
+        user: Any = None,
     ) -> tuple[Opened, str]:
         """Open the request; return the entered context that closes it, and its ID.
 
@@ -203,11 +368,23 @@ class RequestOpener(Generic[_C]):
         the way are logged inside the request, so that the log lines carry
         its new ID. The caller exits the returned context.
 
-        Allowed baggage is set for the request. The request store's
-        ``user_id`` among it is the request's user when there is no
-        ``get_user`` or it returns ``None``; its ``request_id`` never comes
-        from baggage.
+        The request's user is what ``get_user`` returns; when there is no
+        ``get_user`` or it returns ``None`` (without raising), ``user``
+        (what the framework knows already, say), if not ``None``; and
+        failing that the request store's ``user_id`` among allowed
+        baggage. Allowed baggage is set for the request; its
+        ``request_id`` never comes from baggage.
+
+        Once the request is open, the hooks registered with
+        :func:`on_request_opened` run in it. When it closes, every
+        ``propagate=True`` ``"thread"`` store is put back as it was when
+        ``open`` was called, in this thread (as :meth:`Snapshot.run
+        <contextual.Snapshot.run>` puts its thread back), so that a value the
+        app left in one doesn't reach the thread's next request.
         """
+        # Read first: the request begins here, get_user included.
+        threads = REGISTRY.view.carried_by_thread
+        saved = _save_threads(threads) if threads else None
         carried: dict[str, dict[str, Any]] | None = None
         problems: list[Problem] | None = None
         if self._baggage is not None and baggage:
@@ -215,42 +392,58 @@ class RequestOpener(Generic[_C]):
         arrival = rebuild_request(values[0] if len(values) == 1 else None, carried, self._validator)
         request_id = arrival.request_id
         rejected = None
+        reason = ""
         if request_id is None:
             request_id, rejected, reason = self._refuse(values, arrival)
-        user: Any = None
+        found: Any = None
         user_error: Exception | None = None
         if self._get_user is not None:
-            user, user_error = _lookup_user(self._get_user, carrier)
-        if user is None and user_error is None:
-            user = arrival.user
-        request = open_request(request_id, user)
-        opened: Opened = request
+            found, user_error = _lookup_user(self._get_user, carrier)
+        if found is None and user_error is None:
+            found = arrival.user if user is None else user
+        request = open_request(request_id, found)
+        opened: Opened = _PuttingBack(request, saved) if saved else request
         try:
-            if rejected is not None:
-                logger.warning(
-                    "Refused the %s header (%s): %s; using the new request ID %s instead.",
-                    self.header,
-                    reason,
-                    escape_for_log(rejected),
-                    request_id,
-                    exc_info=arrival.error,
-                )
-            if user_error is not None:
-                self._user_logger.error(
-                    "get_user raised; the request goes on with no user.", exc_info=user_error
-                )
+            if rejected is not None or user_error is not None:
+                self._report(request_id, rejected, reason, arrival.error, user_error)
             if problems:
                 report_once(problems)
             if carried:
                 stack = contextlib.ExitStack()
-                stack.push(request)
-                stack.enter_context(applied(carried))
+                stack.push(opened)
                 opened = stack
+                stack.enter_context(applied(carried))
+            hooks = _hooks.called
+            if hooks:
+                _call_hooks(hooks, request_id)
         except BaseException:
             # A logger's filter may raise: the request must not stay open.
-            request.__exit__(None, None, None)
+            opened.__exit__(None, None, None)
             raise
         return opened, request_id
+
+    def _report(
+        self,
+        request_id: str,
+        rejected: str | None,
+        reason: str,
+        error: Exception | None,
+        user_error: Exception | None,
+    ) -> None:
+        """Log the refused header value and the failing ``get_user``, where there are some."""
+        if rejected is not None:
+            logger.warning(
+                "Refused the %s header (%s): %s; using the new request ID %s instead.",
+                self.header,
+                reason,
+                escape_for_log(rejected),
+                request_id,
+                exc_info=error,
+            )
+        if user_error is not None:
+            self._user_logger.error(
+                "get_user raised; the request goes on with no user.", exc_info=user_error
+            )
 
     def _refuse(self, values: Sequence[str], arrival: Arrival) -> tuple[str, str | None, str]:
         """Return a new request ID, the header's value that was refused (if any), and why."""
@@ -277,3 +470,6 @@ class RequestOpener(Generic[_C]):
             escape_for_log(repr(request_id)),
         )
         return new_request_id()
+
+
+renew_locks_after_fork(globals(), "_hooks_lock")

@@ -80,9 +80,24 @@ class RequestContextMiddleware:
       started by the app does);
     * nothing else: other requests, and the server's own code, never see it.
 
+    ``"thread"`` stores belong to the event loop's thread: every request it
+    serves at once shares them, so one request's writes show in the
+    others while both are open. Use ``"context"`` stores for request data
+    in async apps. When the app's call ends (returns, raises or is
+    cancelled), every ``propagate=True`` ``"thread"`` store is put back as
+    it was when the request began (as :meth:`Snapshot.run
+    <contextual.Snapshot.run>` does), so a value the app left in one
+    doesn't outlive it; requests that overlap each put back what they
+    found when they began, and the last to end has the last word.
+    ``propagate=False`` ones keep what the app wrote, by design: they hold
+    the thread's own resources (a database connection, say), meant to
+    outlive one request.
+
     Args:
         app: The ASGI 3 application.
-        header: The request and response header that carries the ID.
+        header: The request and response header that carries the ID, by
+            its own name (``X-Request-ID``); the WSGI environ's spelling
+            (``HTTP_X_REQUEST_ID``) is refused.
         get_user: Called with the ASGI scope before the request opens;
             returns the user ID, or ``None``. If it raises, the error is
             logged with its traceback on the ``contextual.integrations.asgi``
@@ -120,7 +135,8 @@ class RequestContextMiddleware:
             ``baggage`` at the edge.
 
     Raises:
-        ValueError: ``header`` is not an HTTP field name.
+        ValueError: ``header`` is not an HTTP field name, or is spelled
+            as a WSGI environ key (``HTTP_...``).
         TypeError: ``get_user``, ``validator`` or ``generator`` is not
             callable, or ``baggage`` is not an allow-list.
 

@@ -91,8 +91,19 @@ class RequestContextMiddleware:
     returning. The body's steps share the request's context, so a nested
     :func:`~contextual.request_context` that a streamed body holds across
     its ``yield`` keeps its values. A caller that never calls ``close()``
-    (some test clients, some buffering middleware) leaks nothing: the
-    request's context is dropped with the response.
+    (some test clients, some buffering middleware) leaks nothing of the
+    request's context, which is dropped with the response; only the
+    ``"thread"`` stores below stay as the app left them.
+
+    ``"thread"`` stores belong to the server's thread, which serves request
+    after request. When the request closes, every ``propagate=True`` one
+    is put back as it was when the request began (as
+    :meth:`Snapshot.run <contextual.Snapshot.run>` does), also when the
+    app raises: a value the app left in one doesn't reach the thread's
+    next request. ``propagate=False`` ones keep what the app wrote, by
+    design: they hold the thread's own resources (a database connection,
+    say), meant to outlive one request. A store created during a request
+    is the thread's own too, from then on.
 
     The response body is wrapped, to know when it closes: ``len()`` still
     works when the body has one (servers use it to set ``Content-Length``),
@@ -101,7 +112,9 @@ class RequestContextMiddleware:
 
     Args:
         app: The WSGI application.
-        header: The request and response header that carries the ID.
+        header: The request and response header that carries the ID, by
+            its own name (``X-Request-ID``), not the environ's spelling
+            (``HTTP_X_REQUEST_ID``), which is refused.
         get_user: Called with the WSGI environ before the request opens;
             returns the user ID, or ``None``. If it raises, the error is
             logged with its traceback on the ``contextual.integrations.wsgi``
@@ -139,7 +152,8 @@ class RequestContextMiddleware:
             ``baggage`` at the edge.
 
     Raises:
-        ValueError: ``header`` is not an HTTP field name.
+        ValueError: ``header`` is not an HTTP field name, or is spelled
+            as a WSGI environ key (``HTTP_...``).
         TypeError: ``get_user``, ``validator`` or ``generator`` is not
             callable, or ``baggage`` is not an allow-list.
 
