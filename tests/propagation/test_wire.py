@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import threading
 from typing import Any
 
@@ -24,10 +25,12 @@ from contextual._propagation.wire import (
     REQUEST_STORE_NAME,
     USER_KEY,
     Dropped,
+    Generated,
     Problem,
     Reported,
     check_characters,
     envelope,
+    generate_request_id,
     open_envelope,
     rebuild_request,
     shown,
@@ -245,3 +248,30 @@ def test_text_inside_a_set_is_under_the_character_rule(kind: type) -> None:
     with pytest.raises(ValueError, match="store 's' key 'k'"):
         check_characters({"s": {"k": kind({"fine", "\u202eevil\nline"})}})
     check_characters({"s": {"k": kind({"fine", "also fine"})}})
+
+
+# -- request IDs that a user's generator makes ------------------------------------------
+
+
+def test_a_generated_id_a_header_can_carry_is_kept():
+    assert generate_request_id(lambda: "job-7") == Generated("job-7", None, None)
+
+
+@pytest.mark.parametrize("made", ["", "r\n-1", "é", 7, None])
+def test_a_generated_id_no_header_can_carry_is_replaced_and_shown_safely(made):
+    generated = generate_request_id(lambda: made)
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.request_id)
+    assert generated.refused == shown(made)
+    assert "\n" not in generated.refused
+    assert generated.error is None
+
+
+def test_a_generator_that_raises_gives_a_random_id_and_the_error():
+    error = RuntimeError("no IDs today")
+
+    def broken() -> str:
+        raise error
+
+    generated = generate_request_id(broken)
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.request_id)
+    assert (generated.refused, generated.error) == (None, error)

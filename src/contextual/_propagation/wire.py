@@ -51,6 +51,7 @@ from contextual._request.request import (
     REQUEST_STORE,
     USER_KEY,
     RequestContext,
+    new_request_id,
 )
 
 __all__ = [
@@ -65,12 +66,14 @@ __all__ = [
     "USER_KEY",
     "Arrival",
     "Dropped",
+    "Generated",
     "Problem",
     "Reported",
     "accepts_request_id",
     "check_characters",
     "envelope",
     "escape_for_log",
+    "generate_request_id",
     "has_control",
     "holds_control",
     "is_printable_ascii",
@@ -413,6 +416,34 @@ def is_valid_request_id(value: str) -> bool:
 def is_printable_ascii(value: str) -> bool:
     """Return whether a header can carry ``value`` as it is: non-empty printable ASCII."""
     return _SAFE.fullmatch(value) is not None
+
+
+class Generated(NamedTuple):
+    """A request ID that a user's generator made, or the random one that replaced it."""
+
+    #: The ID to use.
+    request_id: str
+    #: What the generator returned, as a log line may show it, when it was refused.
+    refused: str | None = None
+    #: What the generator raised, if it raised.
+    error: Exception | None = None
+
+
+def generate_request_id(generator: Callable[[], object]) -> Generated:
+    """Call a user's request ID ``generator``; keep what it makes if a header can carry it.
+
+    The rule for made IDs, the same everywhere a new one goes out (a response
+    header, a task's message, every log line): a non-empty str of printable
+    ASCII. Anything else, or an exception, gives :func:`~contextual.new_request_id`'s
+    ID instead, with what went wrong, for the caller to report its own way.
+    """
+    try:
+        request_id = generator()
+    except Exception as exc:  # noqa: BLE001 (returned to the caller, who reports it)
+        return Generated(new_request_id(), None, exc)
+    if isinstance(request_id, str) and is_printable_ascii(request_id):
+        return Generated(request_id)
+    return Generated(new_request_id(), shown(request_id))
 
 
 def accepts_request_id(value: str, validator: Callable[[str], bool] | None) -> bool:

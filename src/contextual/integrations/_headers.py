@@ -23,13 +23,12 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeAlias, TypeVar, final
 
-from contextual import new_request_id
 from contextual._core.fork import renew_locks_after_fork
 from contextual._core.store import REGISTRY
 from contextual._propagation.wire import (
     Reported,
     escape_for_log,
-    is_printable_ascii,
+    generate_request_id,
     rebuild_request,
 )
 from contextual._request.request import open_request
@@ -456,20 +455,20 @@ class RequestOpener(Generic[_C]):
 
     def _new_id(self) -> str:
         """Return a new ID from the generator, or a safe one if it misbehaves."""
-        try:
-            request_id: object = self._generator()
-        except Exception:
-            logger.exception("The request ID generator raised; using a random ID instead.")
-            return new_request_id()
-        if isinstance(request_id, str) and is_printable_ascii(request_id):
-            return request_id
-        # It goes out in a response header and into every log line.
-        logger.error(
-            "The request ID generator returned %s, not a non-empty str of printable "
-            "ASCII; using a random ID instead.",
-            escape_for_log(repr(request_id)),
-        )
-        return new_request_id()
+        generated = generate_request_id(self._generator)
+        if generated.error is not None:
+            logger.error(
+                "The request ID generator raised; using a random ID instead.",
+                exc_info=generated.error,
+            )
+        elif generated.refused is not None:
+            # It goes out in a response header and into every log line.
+            logger.error(
+                "The request ID generator returned %s, not a non-empty str of printable "
+                "ASCII; using a random ID instead.",
+                generated.refused,
+            )
+        return generated.request_id
 
 
 renew_locks_after_fork(globals(), "_hooks_lock")

@@ -55,6 +55,7 @@ from contextual._propagation.wire import (
     Reported,
     envelope,
     escape_for_log,
+    generate_request_id,
     holds_control,
     is_printable_ascii,
     open_envelope,
@@ -887,27 +888,25 @@ def _open_new_request(
 def _new_id(generator: Callable[[], str], reports: list[Callable[[], None]], task: str) -> str:
     """Return a new request ID from ``generator``, or a random one if it misbehaves.
 
-    The middleware's rule: a non-empty str of printable ASCII. What went
-    wrong is added to ``reports``, as an ERROR for ``task`` (``name[id]``)
-    to log inside the task.
+    What went wrong is added to ``reports``, as an ERROR for ``task``
+    (``name[id]``) to log inside the task.
     """
-    try:
-        request_id: object = generator()
-    except Exception as exc:  # noqa: BLE001 (reported; the task runs under a random ID)
+    generated = generate_request_id(generator)
+    if generated.error is not None:
         message = (
             "The request ID generator given to install() raised for task %s; the task runs "
             "under a random request ID instead."
         )
-        reports.append(functools.partial(_task_logger.error, message, task, exc_info=exc))
-        return new_request_id()
-    if isinstance(request_id, str) and is_printable_ascii(request_id):
-        return request_id
-    message = (
-        "The request ID generator given to install() returned %s for task %s, not a non-empty "
-        "str of printable ASCII; the task runs under a random request ID instead."
-    )
-    reports.append(functools.partial(_task_logger.error, message, shown(request_id), task))
-    return new_request_id()
+        reports.append(
+            functools.partial(_task_logger.error, message, task, exc_info=generated.error)
+        )
+    elif generated.refused is not None:
+        message = (
+            "The request ID generator given to install() returned %s for task %s, not a "
+            "non-empty str of printable ASCII; the task runs under a random request ID instead."
+        )
+        reports.append(functools.partial(_task_logger.error, message, generated.refused, task))
+    return generated.request_id
 
 
 def _report_incoming(header: str, problems: list[Problem], task_name: str, task_id: object) -> None:
