@@ -50,6 +50,7 @@ from contextual import (
     current_request,
     get_current_user,
     get_request_id,
+    install_record_factory,
     request_context,
 )
 from contextual._propagation.carriers import register_carrier, unregister_carrier
@@ -1066,6 +1067,18 @@ def watch_lost(caplog: pytest.LogCaptureFixture) -> None:
     caplog.handler.addFilter(ContextFilter())
 
 
+def test_the_lost_task_report_survives_a_record_factory_with_task_fields(db, unreachable, caplog):
+    watch_lost(caplog)
+    factory = install_record_factory(sources=[integration.task_fields])
+    try:
+        with request_context(request_id="r-lost"), db.transaction():
+            result = enqueue_on_commit(unreachable.send_receipt, 1, manager=db.transactions)
+    finally:
+        factory.uninstall()
+    (record,) = caplog.records
+    assert (record.lost_task_id, record.task_id, record.request_id) == (result.id, "-", "r-lost")
+
+
 def test_a_publish_that_fails_after_the_commit_logs_the_lost_task(db, unreachable, caplog):
     watch_lost(caplog)
     with request_context(request_id="r-lost"), db.transaction():
@@ -1075,7 +1088,11 @@ def test_a_publish_that_fails_after_the_commit_logs_the_lost_task(db, unreachabl
     (record,) = caplog.records  # one: the transaction's generic record is not added
     name = "tests.unreachable.send_receipt"
     assert (record.levelno, record.name) == (logging.ERROR, "contextual.transactions")
-    assert (record.task_name, record.task_id, record.task_ids) == (name, result.id, [result.id])
+    assert (record.lost_task_name, record.lost_task_id, record.lost_task_ids) == (
+        name,
+        result.id,
+        [result.id],
+    )
     assert record.request_id == "r-lost"  # logged inside the context of the call
     assert record.exc_info is not None
     assert record.exc_info[0] is OperationalError
@@ -1094,10 +1111,10 @@ def test_a_lost_canvas_is_logged_with_every_task_id_it_froze(db, unreachable, ca
             chain(receipt.s(1), group(notify.si(), notify.si())), manager=db.transactions
         )
     (record,) = caplog.records
-    assert record.task_id == result.id
+    assert record.lost_task_id == result.id
     frozen = [result.parent.id, *(r.id for r in result.results), result.id]
-    assert record.task_ids == frozen
-    assert record.task_name == (
+    assert record.lost_task_ids == frozen
+    assert record.lost_task_name == (
         "chain(tests.unreachable.send_receipt, group(tests.unreachable.notify, "
         "tests.unreachable.notify))"
     )

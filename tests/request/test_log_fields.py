@@ -281,3 +281,31 @@ def test_the_request_fields_given_in_extra_keep_the_callers_values(lines):
         log.info("user", extra={"user_id": "bob"})
         log.info("both", extra={"request_id": "r-9", "user_id": None})
     assert stream.getvalue().splitlines() == ["r-1 bob user", "r-9 None both"]
+
+
+def test_a_source_fills_a_field_that_has_a_default(lines):
+    log, stream = lines
+    _format(
+        log,
+        "%(request_id)s %(job)s %(message)s",
+        ContextFilter(defaults={"job": "?"}, sources=[_job_fields]),
+    )
+    with _job.scope(job="nightly"):
+        log.info("from the source")
+    processor = add_context(defaults={"job": "?"}, sources=[_job_fields])
+    assert processor(None, "info", {})["job"] == "none"
+    assert stream.getvalue().splitlines() == ["- nightly from the source"]
+
+
+def test_with_warnings_made_errors_an_unknown_store_name_still_leaves_the_fields(lines):
+    log, stream = lines
+    _format(
+        log,
+        "%(request_id)s %(message)s",
+        ContextFilter(["contextual.request", "tests.log_fields.nope3"]),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with request_context(request_id="r-1"):
+            log.info("kept")
+    assert stream.getvalue().splitlines() == ["r-1 kept"]

@@ -23,6 +23,7 @@ from contextual import (
     update_request,
 )
 from contextual._request.request import REQUEST_STORE, Deferred, open_request, resolved
+from contextual.integrations.http import inject
 from contextual.integrations.loguru import patch_context
 from contextual.integrations.structlog import add_context
 
@@ -172,16 +173,39 @@ def test_a_deferred_user_travels_as_the_user_itself():
     assert pickle.loads(pickle.dumps(Deferred(_Lookup("bob")))) == "bob"  # noqa: S301
 
 
+class _WatchedLock:
+    """An RLock that tells, by an Event, when a second thread starts to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._owner: int | None = None
+        self.waiting = threading.Event()
+
+    def __enter__(self) -> None:
+        if self._owner is not None and self._owner != threading.get_ident():
+            self.waiting.set()
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner = None
+        self._lock.release()
+
+
 def test_threads_reading_a_deferred_user_at_once_look_it_up_once():
     started = threading.Event()
     release = threading.Event()
+    calls: list[int] = []
 
     def slow() -> str:
+        calls.append(threading.get_ident())
         started.set()
         assert release.wait(10)
         return "ada"
 
     user = Deferred(slow)
+    watched = _WatchedLock()
+    user._lock = watched  # type: ignore[assignment]
     seen: list[object] = []
 
     def read() -> None:
@@ -192,10 +216,12 @@ def test_threads_reading_a_deferred_user_at_once_look_it_up_once():
     assert started.wait(10)
     second = threading.Thread(target=read)
     second.start()
+    assert watched.waiting.wait(10)  # the second reader waits for the first's lookup
     release.set()
     first.join(10)
     second.join(10)
     assert seen == ["ada", "ada"]
+    assert len(calls) == 1
     assert repr(user) == "<Deferred user: 'ada'>"
 
 
@@ -258,3 +284,41 @@ def test_structlog_and_loguru_read_a_deferred_user():
         patch_context(["contextual.request"])(record)
     assert event == {"request_id": "r-1", "user_id": "ada"}
     assert record["extra"] == {"request_id": "r-1", "user_id": "ada"}
+
+
+def test_a_deferred_user_is_looked_up_to_send_it_only_when_it_is_allowed_to_travel():
+    lookup = _Lookup("ada")
+    with open_request("r-1", Deferred(lookup)):
+        headers: dict[str, str] = {}
+        inject(headers)
+        assert lookup.calls == 0
+        assert "baggage" not in headers
+        inject(headers, allow={"contextual.request": ["user_id"]})
+        assert lookup.calls == 1
+    assert headers["baggage"] == "contextual.request|user_id=ada"
+
+
+def test_a_failing_deferred_user_never_fails_a_send_nor_a_pool_payload():
+    def lookup() -> str:
+        msg = "database down"
+        raise OSError(msg)
+
+    with open_request("r-1", Deferred(lookup)):
+        headers: dict[str, str] = {}
+        inject(headers, allow={"contextual.request": ["user_id"]})
+        data = capture().to_dict()
+        raw = REQUEST_STORE["request"]
+    assert headers == {"X-Request-ID": "r-1"}
+    assert data["stores"]["contextual.request"]["user_id"] is None
+    assert pickle.loads(pickle.dumps(raw)).user_id is None  # noqa: S301 (our own bytes)
+
+
+@pytest.mark.parametrize("refused", ["request_id", "extra"])
+def test_update_request_refuses_a_new_id_or_an_extra_mapping(refused):
+    with request_context(request_id="r-1"):
+        with pytest.raises(TypeError, match=rf"doesn't take {refused}=.*nested request_context"):
+            update_request(**{refused: "r-2"})
+        assert get_request_id() == "r-1"
+        request = current_request()
+        assert request is not None
+        assert dict(request.extra) == {}

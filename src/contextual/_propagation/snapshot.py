@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, final
 
 from contextual._core.backends import run_with_threads
 from contextual._core.store import REGISTRY, backend_of, get_store
-from contextual._request.request import REQUEST_STORE, USER_KEY, resolved
+from contextual._request.request import REQUEST_STORE, USER_KEY, resolved_safely
 
 from .wire import check_characters, envelope, open_envelope
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from contextual._core.backends import ContextBackend, ThreadBackend, ThreadEntry
     from contextual._core.store import ContextStore
 
-__all__ = ["ContextThread", "Snapshot", "capture"]
+__all__ = ["ContextThread", "Snapshot", "capture", "stores_here"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -184,23 +184,11 @@ class Snapshot:
            What it returns is checked where it arrives: :meth:`from_dict`
            refuses control and format characters.
         """
-        stores: dict[str, dict[str, Any]] = {}
-        for ref in REGISTRY.view.propagating:
-            backend = ref()
-            if backend is None:
-                continue
-            # None: a thread store (no Context holds one), or nothing set
-            # there. Either way the receiving side's own defaults serve.
-            values = backend.values_in(self._context)
-            if values is not None:
-                stores[backend.name] = dict(values)
-        for backend, _, values in self._threads:
-            if values is not None and values is not backend.fresh:
-                stores[backend.name] = dict(values)
+        stores = _stores_of(self._context, self._threads)
         request = stores.get(REQUEST_STORE.name)
         if request is not None and USER_KEY in request:
             # A user looked up on first read travels as the user itself.
-            request[USER_KEY] = resolved(request[USER_KEY])
+            request[USER_KEY] = resolved_safely(request[USER_KEY])
         return envelope(stores)
 
     def _around(self, coro: Coroutine[Any, Any, _T]) -> _InSnapshot:
@@ -309,6 +297,11 @@ def capture() -> Snapshot:
 
     .. versionadded:: 0.1.0
     """
+    return Snapshot(*_taken())
+
+
+def _taken() -> tuple[contextvars.Context, tuple[ThreadEntry, ...]]:
+    """What a snapshot of here holds: a copy of the context, and the thread stores' entries."""
     view = REGISTRY.view
     context = contextvars.copy_context()
     for ref in view.acts_on_capture:
@@ -322,7 +315,37 @@ def capture() -> Snapshot:
         thread_backend = cast("ThreadBackend | None", ref())
         if thread_backend is not None:
             threads.append(thread_backend.carried())
-    return Snapshot(context, tuple(threads))
+    return context, tuple(threads)
+
+
+def _stores_of(
+    context: contextvars.Context, threads: tuple[ThreadEntry, ...]
+) -> dict[str, dict[str, Any]]:
+    """The values of the propagating stores in ``context`` and ``threads``, by store name."""
+    stores: dict[str, dict[str, Any]] = {}
+    for ref in REGISTRY.view.propagating:
+        backend = ref()
+        if backend is None:
+            continue
+        # None: a thread store (no Context holds one), or nothing set
+        # there. Either way the receiving side's own defaults serve.
+        values = backend.values_in(context)
+        if values is not None:
+            stores[backend.name] = dict(values)
+    for backend, _, values in threads:
+        if values is not None and values is not backend.fresh:
+            stores[backend.name] = dict(values)
+    return stores
+
+
+def stores_here() -> dict[str, dict[str, Any]]:
+    """Return what ``capture().to_dict()["stores"]`` would, with the user left unread.
+
+    For senders that pick some keys to send: a user looked up on first
+    read (a :class:`~contextual._request.request.Deferred`) is looked up
+    only if the sender keeps it.
+    """
+    return _stores_of(*_taken())
 
 
 # -- coroutines ----------------------------------------------------------------

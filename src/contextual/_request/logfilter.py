@@ -14,9 +14,10 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
 
+from contextual._core.fork import renew_locks_after_fork
 from contextual._core.store import ContextStore, backend_of, get_store, list_stores
 
-from .request import REQUEST_ID_KEY, REQUEST_KEY, REQUEST_STORE, USER_KEY, Deferred
+from .request import REQUEST_ID_KEY, REQUEST_KEY, REQUEST_STORE, USER_KEY, Deferred, resolved_safely
 
 if TYPE_CHECKING:
     from contextual._core.backends import Values
@@ -52,14 +53,6 @@ StoreSpec = ContextStore | str
 #: with no arguments for every record, in the code that logs, it returns the
 #: fields to add, every one of them every time.
 FieldSource: TypeAlias = Callable[[], Mapping[str, Any]]
-
-
-def _user(user: Deferred) -> Any:
-    """The user a Deferred stands for, or None if looking it up fails (a log call never does)."""
-    try:
-        return user.get()
-    except Exception:  # noqa: BLE001 (the lookup's own error; the record shows the default)
-        return None
 
 
 class FieldCollector:
@@ -129,14 +122,16 @@ class FieldCollector:
                 fields.pop(REQUEST_KEY, None)
                 user = fields.get(USER_KEY)
                 if type(user) is Deferred:
-                    fields[USER_KEY] = _user(user)
+                    fields[USER_KEY] = resolved_safely(user)
         else:
             values = _read_request()
             for key in self._defaults:
-                fields[key] = values.get(key)
+                value = values.get(key)
+                if value is not None:
+                    fields[key] = value
             user = fields.get(USER_KEY)
             if type(user) is Deferred:
-                fields[USER_KEY] = _user(user)
+                fields[USER_KEY] = resolved_safely(user)
         for source in self._sources:
             add_from_source(fields, source)
         for key, default in self._defaults.items():
@@ -166,8 +161,10 @@ class FieldCollector:
         except LookupError:
             # Not created yet, so it holds nothing; or a typo, which would
             # otherwise leave the fields out of every line, silently.
-            if name not in self._missing:
+            with _missing_lock:
+                first = name not in self._missing
                 self._missing.add(name)  # before warning: a warning may be logged
+            if first:
                 _warn_missing(name)
             return None
         reader = backend_of(store).get
@@ -189,31 +186,35 @@ class FieldCollector:
         return self._all_keys
 
 
-def add_from_source(fields: dict[str, Any], source: FieldSource, *, rename: bool = False) -> None:
-    """Add the fields ``source`` returns that ``fields`` doesn't hold; never raise.
-
-    With ``rename``, ``fields`` is a record's attributes: keys named like a
-    standard attribute get the ``ctx_`` prefix.
-    """
+def add_from_source(fields: dict[str, Any], source: FieldSource) -> None:
+    """Add what ``source`` returns where ``fields`` holds nothing (or ``None``); never raise."""
     try:
         produced = source()
         for key, value in produced.items():
-            name = _attribute_name(key) if rename else key
-            if name not in fields:
-                fields[name] = value
+            if fields.get(key) is None:
+                fields[key] = value
     except Exception:  # noqa: BLE001 (a log call must never fail because of context)
         return
 
 
 def _warn_missing(name: str) -> None:
     known = ", ".join(repr(store.name) for store in list_stores()) or "none"
-    warnings.warn(
-        f"no store is named {name!r}: the log fields of that store are left out until one "
-        f"is created with that name. Check the name given to ContextFilter (or to "
-        f"add_context() or patch_context()); the stores that exist now: {known}.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+    try:
+        warnings.warn(
+            f"no store is named {name!r}: the log fields of that store are left out until one "
+            f"is created with that name. Check the name given to ContextFilter (or to "
+            f"add_context() or patch_context()); the stores that exist now: {known}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    except Warning:
+        # Warnings made errors (-W error): a log call can't raise, and the
+        # record keeps its fields.
+        return
+
+
+# Guards each collector's set of names warned about: one warning per name.
+_missing_lock: Final = threading.Lock()
 
 
 def _check_sources(sources: object) -> tuple[FieldSource, ...]:
@@ -347,24 +348,23 @@ class ContextFilter(logging.Filter):
     ) -> None:
         super().__init__(name)
         self._collector = FieldCollector(stores, defaults=defaults, sources=sources)
-        self._sources = self._collector.sources
         # The common case, ContextFilter() for the request fields, takes a
         # path of its own: it runs for every record, and a log call costs
-        # only a few microseconds.
+        # only a few microseconds. Sources come before defaults: the
+        # collector's path.
         self._request_fields: tuple[tuple[str, Any], ...] | None = (
             None
-            if self._collector.all_keys
+            if self._collector.all_keys or self._collector.sources
             else tuple((_attribute_name(k), v) for k, v in self._collector.defaults().items())
         )
         # ContextFilter() as such, or with other defaults for the two
         # request fields: the defaults of request_id and user_id, for a path
         # written out for them (a loop over two fields costs a third more).
         self._two_request_fields: tuple[Any, Any] | None = None
-        if (
-            self._request_fields is not None
-            and not self._sources
-            and [k for k, _ in self._request_fields] == [REQUEST_ID_KEY, USER_KEY]
-        ):
+        if self._request_fields is not None and [k for k, _ in self._request_fields] == [
+            REQUEST_ID_KEY,
+            USER_KEY,
+        ]:
             self._two_request_fields = (self._request_fields[0][1], self._request_fields[1][1])
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -379,14 +379,12 @@ class ContextFilter(logging.Filter):
             if USER_KEY not in attributes:
                 value = values.get(USER_KEY)
                 if type(value) is Deferred:
-                    value = _user(value)
+                    value = resolved_safely(value)
                 attributes[USER_KEY] = two[1] if value is None else value
             return True
         request_fields = self._request_fields
         if request_fields is not None:
             _add_request_fields(attributes, request_fields)
-            for source in self._sources:
-                add_from_source(attributes, source, rename=True)
             return True
         for key, value in self._collector.collect_safely().items():
             name = _attribute_name(key)
@@ -403,7 +401,7 @@ def _add_request_fields(
         if key not in attributes:
             value = values.get(key)
             if type(value) is Deferred:
-                value = _user(value)
+                value = resolved_safely(value)
             attributes[key] = default if value is None else value
 
 
@@ -453,6 +451,7 @@ class RecordFactory:
 # Installing reads the current factory and then replaces it: two threads
 # installing at once must not lose one of them.
 _factory_lock: Final = threading.Lock()
+renew_locks_after_fork(globals(), "_factory_lock", "_missing_lock")
 
 
 def install_record_factory(

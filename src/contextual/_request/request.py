@@ -33,6 +33,7 @@ __all__ = [
     "read_request",
     "request_context",
     "resolved",
+    "resolved_safely",
     "update_request",
 ]
 
@@ -100,7 +101,7 @@ class Deferred:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Another process gets the user itself, never the lookup.
-        return (_identity, (self.get(),))
+        return (_identity, (resolved_safely(self),))
 
     def get(self) -> Any:
         """Return the user, looking it up first if no read has yet."""
@@ -132,14 +133,30 @@ def resolved(user: Any) -> Any:
     return user.get() if type(user) is Deferred else user
 
 
+def resolved_safely(user: Any) -> Any:
+    """Like :func:`resolved`, but ``None`` if the lookup raises: for log lines and senders.
+
+    The lookup reports its own errors (see :class:`Deferred`); a log call or
+    a message must not fail because of it.
+    """
+    if type(user) is not Deferred:
+        return user
+    try:
+        return user.get()
+    except Exception:  # noqa: BLE001 (the lookup's own error, reported by it)
+        return None
+
+
 @final
 class RequestContext(NamedTuple):
     """What :func:`request_context` opens: one request's ID, user and extras.
 
-    Frozen: a request's context never changes once opened; open a nested
-    :func:`request_context` to change it for a block. Picklable, so it
-    travels to other processes with the request store. (A named tuple, for
-    speed: one is made for every request.)
+    Frozen: one object never changes. :func:`update_request` replaces the
+    request's object with one that has the new user or extras, for the rest
+    of the request; a nested :func:`request_context` opens another request
+    for a block. Picklable, so it travels to other processes with the
+    request store. (A named tuple, for speed: one is made for every
+    request.)
 
     Attributes:
         request_id: The request's ID.
@@ -155,7 +172,7 @@ class RequestContext(NamedTuple):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # MappingProxyType can't be pickled; rebuild it from a dict.
-        return (_rebuild, (self.request_id, resolved(self.user_id), dict(self.extra)))
+        return (_rebuild, (self.request_id, resolved_safely(self.user_id), dict(self.extra)))
 
 
 def _rebuild(request_id: str, user_id: Any, extra: dict[str, Any]) -> RequestContext:
@@ -360,6 +377,9 @@ def update_request(*, user_id: Any = _KEEP, **extra: Any) -> RequestContext:
         NoRequestError: No request is open here. Open one with
             :func:`request_context`, or let the web framework's middleware
             open one for each request.
+        TypeError: ``request_id=`` or ``extra=`` is given: a request keeps
+            its ID (open a nested :func:`request_context` for another), and
+            extra values are keywords of their own.
 
     Example:
         >>> from contextual import get_current_user, request_context, update_request
@@ -370,6 +390,14 @@ def update_request(*, user_id: Any = _KEEP, **extra: Any) -> RequestContext:
 
     .. versionadded:: 0.2.0
     """
+    for refused in ("request_id", "extra"):
+        if refused in extra:
+            msg = (
+                f"update_request() doesn't take {refused}=: a request keeps its ID, and extra "
+                f"values are passed as keywords (update_request(plan='pro')). For a block with "
+                f"another ID, open a nested request_context(request_id=...)."
+            )
+            raise TypeError(msg)
     values = read_request()
     request: RequestContext | None = values.get(REQUEST_KEY)
     if request is None:

@@ -12,8 +12,10 @@ import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, final
 
-from contextual import capture, get_store
-from contextual._propagation.wire import REQUEST_ID_KEY, REQUEST_STORE_NAME
+from contextual import get_store
+from contextual._propagation.snapshot import stores_here
+from contextual._propagation.wire import REQUEST_ID_KEY, REQUEST_STORE_NAME, USER_KEY
+from contextual._request.request import resolved_safely
 
 __all__ = ["AllowList", "AllowSpec", "applied"]
 
@@ -98,7 +100,13 @@ class AllowList:
 
     def outgoing(self) -> dict[str, dict[str, Any]]:
         """The allowed values of the current context: what a message or request carries."""
-        return self.select(capture().to_dict()["stores"])
+        selected = self.select(stores_here())
+        request = selected.get(REQUEST_STORE_NAME)
+        if request is not None and USER_KEY in request:
+            # Looked up only now that it is known to travel (a Django user
+            # costs a query).
+            request[USER_KEY] = resolved_safely(request[USER_KEY])
+        return selected
 
 
 def _keys(store: str, keys: object) -> frozenset[str] | None:

@@ -1082,7 +1082,8 @@ def _report_lost(signature: _SignatureLike, result: object, exc: Exception) -> N
         ", ".join(_name(task_id) for task_id in ids),
         "outside any request" if request_id is None else f"in request {_name(request_id)}",
         exc_info=exc,
-        extra={"task_name": name, "task_id": ids[-1], "task_ids": ids},
+        # Not task_id: task_fields() gives every record of a task that name.
+        extra={"lost_task_name": name, "lost_task_id": ids[-1], "lost_task_ids": ids},
     )
 
 
