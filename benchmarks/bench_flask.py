@@ -31,12 +31,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyperf
-
-# bench_store.py, next to this file: the same Case, timer and metadata.
+# bench_store.py, next to this file: the same Case, timer and runner.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_store
-from bench_store import UNROLL, Case, LazyTimer, source_digest
+from bench_store import Case, run_cases
 
 import contextual
 
@@ -127,27 +124,7 @@ CASES: tuple[Case, ...] = (
 
 
 def main() -> None:
-    runner = pyperf.Runner(add_cmdline_args=bench_store._pass_only)
-    runner.argparser.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="PREFIX",
-        help="run only the benchmarks whose names start with PREFIX (repeatable)",
-    )
-    args = runner.parse_args()
-    runner.metadata["description"] = "contextual's Flask integration against the bare app"
-    runner.metadata["contextual_source"] = source_digest()
-    runner.metadata["contextual_path"] = str(Path(contextual.__file__).parent)
-    for case in CASES:
-        if args.only and not case.name.startswith(tuple(args.only)):
-            continue
-        runner.bench_time_func(
-            case.name,
-            LazyTimer(case),
-            inner_loops=UNROLL,
-            metadata={"label": case.label, "statement": case.shown},
-        )
+    run_cases(CASES, "contextual's Flask integration against the bare app")
 
 
 if __name__ == "__main__":

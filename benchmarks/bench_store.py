@@ -640,7 +640,8 @@ def _pass_only(cmd: list[str], args: Any) -> None:
         cmd.extend(("--only", prefix))
 
 
-def main() -> None:
+def run_cases(cases: tuple[Case, ...], description: str) -> None:
+    """Run ``cases`` as one pyperf script: the runner every benchmark script of run.py uses."""
     runner = pyperf.Runner(add_cmdline_args=_pass_only)
     runner.argparser.add_argument(
         "--only",
@@ -650,10 +651,10 @@ def main() -> None:
         help="run only the benchmarks whose names start with PREFIX (repeatable)",
     )
     args = runner.parse_args()
-    runner.metadata["description"] = "contextual against the primitives and its peers"
+    runner.metadata["description"] = description
     runner.metadata["contextual_source"] = source_digest()
     runner.metadata["contextual_path"] = str(Path(contextual.__file__).parent)
-    for case in CASES:
+    for case in cases:
         if args.only and not case.name.startswith(tuple(args.only)):
             continue
         runner.bench_time_func(
@@ -662,6 +663,10 @@ def main() -> None:
             inner_loops=UNROLL,
             metadata={"label": case.label, "statement": case.shown},
         )
+
+
+def main() -> None:
+    run_cases(CASES, "contextual against the primitives and its peers")
 
 
 if __name__ == "__main__":
