@@ -9,10 +9,12 @@ of their own (test_opentelemetry_processes.py, test_opentelemetry_http.py).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import logging
 import logging.config
 import re
+import sys
 import threading
 import wsgiref.util
 from collections.abc import Iterator
@@ -23,9 +25,11 @@ import structlog
 from loguru import logger as loguru_logger
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator, default_getter, default_setter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from contextual import (
     ContextExecutor,
@@ -473,12 +477,29 @@ def test_install_registers_the_carrier_and_carry_false_does_not():
 def test_the_carrier_captures_the_current_span_as_traceparent(tracer, installed):
     carrier = carrier_named("opentelemetry")
     assert carrier is not None
-    assert carrier.capture() is None  # outside any span, no baggage: nothing to carry
+    assert carrier.capture() is None  # outside any span: nothing to carry
     with tracer.start_as_current_span("sender") as span:
         text_map = carrier.capture()
     ids, flags = fields_of(span), span.get_span_context().trace_flags
     assert text_map == {"traceparent": f"00-{ids['trace_id']}-{ids['span_id']}-{flags:02x}"}
-    assert set(carrier.fields) == {"traceparent", "tracestate", "baggage"}
+    # The default propagator's fields, but its baggage.
+    assert set(propagate.get_global_textmap().fields) == {"traceparent", "tracestate", "baggage"}
+    assert set(carrier.fields) == {"traceparent", "tracestate"}
+
+
+def test_the_carrier_never_captures_opentelemetry_baggage(tracer, installed):
+    carrier = carrier_named("opentelemetry")
+    assert carrier is not None
+    token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        assert carrier.capture() is None  # baggage, but no span: nothing to carry
+        with tracer.start_as_current_span("sender") as span:
+            text_map = carrier.capture()
+        assert baggage.get_all() == {"tenant": "acme"}  # still current here
+    finally:
+        otel_context.detach(token)
+    ids, flags = fields_of(span), span.get_span_context().trace_flags
+    assert text_map == {"traceparent": f"00-{ids['trace_id']}-{ids['span_id']}-{flags:02x}"}
 
 
 def test_applied_makes_the_carried_span_the_parent_and_puts_the_context_back(
@@ -501,14 +522,126 @@ def test_applied_makes_the_carried_span_the_parent_and_puts_the_context_back(
 def test_applied_without_a_traceparent_keeps_the_current_span(tracer, spans, installed):
     carrier = carrier_named("opentelemetry")
     assert carrier is not None
-    with tracer.start_as_current_span("local"):
-        with carrier.applied({"baggage": "tenant=acme"}):
-            assert baggage.get_baggage("tenant") == "acme"
-            with tracer.start_as_current_span("child"):
-                pass
-        assert baggage.get_baggage("tenant") is None
+    with (
+        tracer.start_as_current_span("local"),
+        carrier.applied({"tracestate": "vendor=value"}),
+        tracer.start_as_current_span("child"),
+    ):
+        pass
     [local], [child] = ended(spans, "local"), ended(spans, "child")
     assert link(child)["parent"] == link(local)["ids"]
+
+
+def test_applied_takes_no_baggage_and_keeps_the_current_one(tracer, spans, installed):
+    carrier = carrier_named("opentelemetry")
+    assert carrier is not None
+    traceparent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    carried = {"traceparent": traceparent, "baggage": "tenant=evil,secret=x"}
+    token = otel_context.attach(baggage.set_baggage("tenant", "mine"))
+    try:
+        with carrier.applied({"baggage": "tenant=evil"}):
+            assert baggage.get_all() == {"tenant": "mine"}
+        with carrier.applied(carried), tracer.start_as_current_span("child"):
+            assert baggage.get_all() == {"tenant": "mine"}
+        assert baggage.get_all() == {"tenant": "mine"}
+    finally:
+        otel_context.detach(token)
+    [child] = ended(spans, "child")
+    assert link(child)["parent"] == ("1" * 32, "2" * 16)
+    with carrier.applied(carried):
+        assert baggage.get_all() == {}
+
+
+class _OwnHeadersPropagator(TextMapPropagator):
+    """Like Jaeger's: the span in one header, each baggage entry in a header of its own."""
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = default_setter) -> None:
+        span_context = trace.get_current_span(context).get_span_context()
+        if span_context.is_valid:
+            ids = f"{span_context.trace_id:032x}:{span_context.span_id:016x}"
+            setter.set(carrier, "X-Span", ids)
+        for key, value in baggage.get_all(context).items():
+            setter.set(carrier, f"x-baggage-{key}", str(value))
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = default_getter) -> Any:
+        context = otel_context.Context() if context is None else context
+        for key in getter.keys(carrier):
+            if key.startswith("x-baggage-"):
+                [value] = getter.get(carrier, key)
+                context = baggage.set_baggage(key.removeprefix("x-baggage-"), value, context)
+        [ids] = getter.get(carrier, "X-Span") or [""]
+        if not ids:
+            return context
+        trace_id, span_id = (int(part, 16) for part in ids.split(":"))
+        sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        span_context = trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=sampled)
+        return trace.set_span_in_context(trace.NonRecordingSpan(span_context), context)
+
+    @property
+    def fields(self) -> set[str]:
+        return {"X-Span"}  # as AWS X-Ray's X-Amzn-Trace-Id: not lowercase
+
+
+class _FixedBaggagePropagator(TextMapPropagator):
+    """Writes a baggage header of its own, whatever the context holds."""
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = default_setter) -> None:
+        del context
+        setter.set(carrier, "Baggage", "vendor=1")
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = default_getter) -> Any:
+        [header] = getter.get(carrier, "Baggage") or [""]
+        context = otel_context.Context() if context is None else context
+        return baggage.set_baggage("vendor", header, context) if header else context
+
+    @property
+    def fields(self) -> set[str]:
+        return {"Baggage"}
+
+
+PROPAGATORS = {
+    "default": (None, {"traceparent", "tracestate"}),
+    "trace context only": (TraceContextTextMapPropagator(), {"traceparent", "tracestate"}),
+    "baggage in headers of its own": (_OwnHeadersPropagator(), {"X-Span"}),
+    "a baggage header always": (
+        CompositePropagator([TraceContextTextMapPropagator(), _FixedBaggagePropagator()]),
+        {"traceparent", "tracestate"},
+    ),
+}
+
+
+@pytest.fixture(params=PROPAGATORS)
+def propagator_fields(request: pytest.FixtureRequest) -> Iterator[set[str]]:
+    propagator, fields = PROPAGATORS[request.param]
+    configured = propagate.get_global_textmap()
+    if propagator is not None:
+        propagate.set_global_textmap(propagator)
+    yield fields
+    propagate.set_global_textmap(configured)
+
+
+def test_whatever_the_propagator_the_span_travels_and_baggage_does_not(
+    tracer, spans, installed, propagator_fields
+):
+    carrier = carrier_named("opentelemetry")
+    assert carrier is not None
+    assert set(carrier.fields) == propagator_fields
+    token = otel_context.attach(baggage.set_baggage("tenant", "mine"))
+    try:
+        with tracer.start_as_current_span("sender"):
+            text_map = carrier.capture()
+        assert text_map is not None
+        assert set(text_map) <= propagator_fields
+        assert len(text_map) == 1  # the span's one header: no tracestate, no baggage
+        # What a caller adds, in the headers of every propagator here, is not taken.
+        carried = {**text_map, "baggage": "tenant=evil", "x-baggage-tenant": "evil"}
+        carried["Baggage"] = "vendor=evil"
+        with carrier.applied(carried), tracer.start_as_current_span("child"):
+            assert baggage.get_all() == {"tenant": "mine"}
+    finally:
+        otel_context.detach(token)
+    [sender], [child] = ended(spans, "sender"), ended(spans, "child")
+    assert link(child)["parent"] == link(sender)["ids"]
 
 
 @pytest.mark.parametrize(
@@ -610,3 +743,18 @@ def test_the_carried_context_is_otel_s_own_context_object(tracer, installed):
     assert text_map is not None
     with carrier.applied(text_map) as context:
         assert context is otel_context.get_current()
+
+
+# -- the module --------------------------------------------------------------------
+
+
+def test_import_without_the_opentelemetry_api_says_how_to_install(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delitem(sys.modules, "contextual.integrations.opentelemetry")
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    with pytest.raises(
+        ImportError,
+        match=r'needs the OpenTelemetry API.*pip install "contextual\[opentelemetry\]"',
+    ) as raised:
+        importlib.import_module("contextual.integrations.opentelemetry")
+    assert raised.value.name == "opentelemetry"
+    assert isinstance(raised.value.__cause__, ModuleNotFoundError)

@@ -17,6 +17,7 @@ span's IDs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import urllib.request
 import uuid
@@ -32,6 +33,7 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from contextual import ContextFilter, get_request_id, request_context
+from contextual._propagation.carriers import register_carrier, unregister_carrier
 from contextual.integrations import asgi, wsgi
 from contextual.integrations.http import (
     CarriedContext,
@@ -41,6 +43,7 @@ from contextual.integrations.http import (
     install_requests,
 )
 from contextual.integrations.opentelemetry import install, trace_fields, uninstall
+from support.carriers import FIELD, TestCarrier, named
 from support.http_servers import TIMEOUT, forget_reports, running_asgi, running_wsgi, serve_lifespan
 from support.middleware import WARNINGS_LOGGER
 from support.otel import AsgiServerSpan, Spans, WsgiServerSpan, ended, hex_ids, link, make_tracer
@@ -109,20 +112,117 @@ def test_inject_replaces_a_traceparent_of_any_case(tracer, installed):
     assert headers["traceparent"].split("-")[1:3] == list(ids(span))  # type: ignore[arg-type]
 
 
-def test_opentelemetry_baggage_joins_the_baggage_header_with_contextual_s(tracer, installed):
-    # A member of the same key (written by OpenTelemetry's own client
-    # instrumentation, say) is replaced, not sent twice.
-    headers = {"Baggage": "mine=1,, tenant = old;p=1"}
+def test_opentelemetry_baggage_is_not_sent_and_the_header_keeps_its_members(tracer, installed):
+    headers = {"Baggage": "mine=1"}
     token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
     try:
-        with request_context(request_id="r-2", user_id="ada"):
+        with request_context(request_id="r-2", user_id="ada"), tracer.start_as_current_span("s"):
             inject(headers, allow={"contextual.request": ["user_id"]})
     finally:
         otel_context.detach(token)
-    assert headers == {
-        "baggage": "mine=1,tenant=acme,contextual.request|user_id=ada",
-        "X-Request-ID": "r-2",
+    assert set(headers) == {"traceparent", "X-Request-ID", "baggage"}
+    assert headers["baggage"] == "mine=1,contextual.request|user_id=ada"
+
+
+INCOMING_BAGGAGE = "contextual.request|user_id=mallory,tenant=evil,secret=x"
+CALLER_TRACEPARENT = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+
+
+def test_a_caller_s_baggage_goes_no_further_when_nothing_is_allowed(tracer, spans, installed):
+    incoming = {
+        "traceparent": CALLER_TRACEPARENT,
+        "X-Request-ID": "r-7",
+        "baggage": INCOMING_BAGGAGE,
     }
+    carried = extract(incoming)
+    assert carried == CarriedContext(
+        "r-7", {}, {"opentelemetry": {"traceparent": CALLER_TRACEPARENT}}
+    )
+    outgoing: dict[str, str] = {}
+    forwarded: dict[str, str] = {}
+    with carried.applied():
+        assert baggage.get_all() == {}
+        inject(outgoing)
+        with tracer.start_as_current_span("work"):
+            inject(forwarded)
+    # The caller's span context travels on; its baggage, nothing of it.
+    assert outgoing == {"traceparent": CALLER_TRACEPARENT, "X-Request-ID": "r-7"}
+    [work] = ended(spans, "work")
+    assert link(work)["parent"] == ("1" * 32, "2" * 16)
+    trace_id, span_id = link(work)["ids"]
+    assert forwarded == {"traceparent": f"00-{trace_id}-{span_id}-01", "X-Request-ID": "r-7"}
+
+
+def test_a_caller_s_baggage_goes_on_as_far_as_both_allow_lists_let_it(installed):
+    allow = {"contextual.request": ["user_id"]}
+    incoming = {"traceparent": CALLER_TRACEPARENT, "baggage": INCOMING_BAGGAGE}
+    outgoing: dict[str, str] = {}
+    with extract(incoming, allow=allow).applied():
+        inject(outgoing, allow=allow)
+        inject(outgoing, allow=allow)  # a retry: the same headers, once each
+    assert outgoing["baggage"] == "contextual.request|user_id=mallory"
+    assert outgoing["traceparent"] == CALLER_TRACEPARENT
+
+
+@pytest.fixture
+def trace_context_only() -> Iterator[None]:
+    configured = propagate.get_global_textmap()
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    yield
+    propagate.set_global_textmap(configured)
+
+
+def test_with_a_propagator_of_trace_context_alone_the_span_still_travels(
+    tracer, spans, installed, trace_context_only
+):
+    incoming = {
+        "traceparent": CALLER_TRACEPARENT,
+        "baggage": INCOMING_BAGGAGE,
+        "X-Request-ID": "r-9",
+    }
+    carried = extract(incoming)
+    assert carried.carriers == {"opentelemetry": {"traceparent": CALLER_TRACEPARENT}}
+    outgoing: dict[str, str] = {}
+    with carried.applied(), tracer.start_as_current_span("work"):
+        inject(outgoing)
+    [work] = ended(spans, "work")
+    assert link(work)["parent"] == ("1" * 32, "2" * 16)
+    assert outgoing == {
+        "traceparent": "00-{}-{}-01".format(*link(work)["ids"]),
+        "X-Request-ID": "r-9",
+    }
+
+
+@pytest.fixture
+def baggage_carrier() -> Iterator[TestCarrier]:
+    """A carrier that writes and reads a baggage header, as no carrier should."""
+    carrier = named("with-baggage")
+    carrier.fields = (FIELD, "Baggage")  # type: ignore[assignment]
+    carrier.text_map = {FIELD: "v", "Baggage": "tenant=evil"}
+    register_carrier(carrier)
+    yield carrier
+    unregister_carrier(carrier.name)
+    carrier.fields, carrier.text_map = (FIELD,), None
+
+
+def test_no_carrier_writes_or_reads_the_baggage_header(baggage_carrier, caplog):
+    caplog.set_level(logging.WARNING, WARNINGS_LOGGER)
+    headers = {"baggage": "mine=1"}
+    with request_context(request_id="r-8", user_id="ada"):
+        inject(headers, allow={"contextual.request": ["user_id"]})
+        inject(headers, allow={"contextual.request": ["user_id"]})
+    assert headers == {
+        "baggage": "mine=1,contextual.request|user_id=ada",
+        FIELD: "v",
+        "X-Request-ID": "r-8",
+    }
+    said = (
+        "Left the 'Baggage' header that the carrier 'with-baggage' captured out of the "
+        "outgoing request: the baggage header carries only the values that the allow-list "
+        "lets out. Later problems of this kind are not reported."
+    )
+    assert [record.getMessage() for record in caplog.records] == [said]
+    assert extract(headers).carriers == {"with-baggage": {FIELD: "v"}}
 
 
 def test_without_install_inject_sends_no_span_context(tracer):
@@ -289,12 +389,29 @@ def _do_work(tracer: trace.Tracer, route: str, path: str) -> None:
         receiver_log.info("%s work %s", route, token)
 
 
+def _forwarded() -> bytes:
+    """What a service would send on to a third one, and OpenTelemetry's baggage there, as JSON."""
+    headers: dict[str, str] = {}
+    inject(headers)
+    return json.dumps({"headers": headers, "otel_baggage": dict(baggage.get_all())}).encode()
+
+
 class WsgiService:
-    """/b/<token>: server span, middleware, work span. /c/<token>: extract(), work span."""
+    """/b/<token>: server span, middleware, work span. /c/<token>: extract(), work span.
+
+    /d/<token>: the context OpenTelemetry's instrumentation attaches (the
+    caller's span context and baggage), middleware, and the headers that
+    inject() would send on from there.
+    """
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
         self.b = WsgiServerSpan(wsgi.RequestContextMiddleware(self.work), tracer)
+        self.d = wsgi.RequestContextMiddleware(self.forward)
+
+    def forward(self, _environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [_forwarded()]
 
     def work(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         _do_work(self.tracer, "b", environ["PATH_INFO"])
@@ -305,12 +422,19 @@ class WsgiService:
         path = environ["PATH_INFO"]
         if path.startswith("/b/"):
             return self.b(environ, start_response)
+        headers = {
+            key[5:].replace("_", "-").lower(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        if path.startswith("/d/"):
+            token = otel_context.attach(propagate.extract(headers))
+            try:
+                body = self.d(environ, start_response)
+                return [b"".join(body)]
+            finally:
+                otel_context.detach(token)
         if path.startswith("/c/"):
-            headers = {
-                key[5:].replace("_", "-"): value
-                for key, value in environ.items()
-                if key.startswith("HTTP_")
-            }
             with extract(headers).applied():
                 _do_work(self.tracer, "c", path)
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -318,11 +442,16 @@ class WsgiService:
 
 
 class AsgiService:
-    """The same two routes, on ASGI."""
+    """The same three routes, on ASGI."""
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
         self.b = AsgiServerSpan(asgi.RequestContextMiddleware(self.work), tracer)
+        self.d = asgi.RequestContextMiddleware(self.forward)
+
+    async def forward(self, _scope: Any, _receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": _forwarded()})
 
     async def work(self, scope: Any, _receive: Any, send: Any) -> None:
         _do_work(self.tracer, "b", scope["path"])
@@ -337,6 +466,13 @@ class AsgiService:
             await self.b(scope, receive, send)
             return
         headers = {key.decode(): value.decode() for key, value in scope["headers"]}
+        if path.startswith("/d/"):
+            token = otel_context.attach(propagate.extract(headers))
+            try:
+                await self.d(scope, receive, send)
+            finally:
+                otel_context.detach(token)
+            return
         with extract(headers).applied():
             _do_work(self.tracer, "c", path)
         await _ok(send)
@@ -469,3 +605,29 @@ def test_without_install_the_service_s_spans_have_no_parent_and_no_request_id(
     [server] = spans.wait_for(f"server /b/{token}")
     assert server.parent is None
     assert server.attributes == {}
+
+
+@pytest.mark.usefixtures("installed")
+def test_a_service_sends_on_the_caller_s_span_context_and_none_of_its_baggage(tracer, service_url):
+    token = uuid.uuid4().hex[:12]
+    with (
+        request_context(request_id=f"r-{token}"),
+        tracer.start_as_current_span("send") as span,
+        httpx.Client(timeout=TIMEOUT) as client,
+    ):
+        install_httpx(client)
+        response = client.get(f"{service_url}/d/{token}", headers={"baggage": INCOMING_BAGGAGE})
+    seen = response.json()
+    # OpenTelemetry's instrumentation took the caller's baggage in...
+    assert seen["otel_baggage"] == {
+        "contextual.request|user_id": "mallory",
+        "tenant": "evil",
+        "secret": "x",
+    }
+    # ...and contextual sends none of it on: the span context, and the request ID.
+    trace_id, span_id = ids(span)  # type: ignore[misc]
+    flags = span.get_span_context().trace_flags
+    assert seen["headers"] == {
+        "traceparent": f"00-{trace_id}-{span_id}-{flags:02x}",
+        "X-Request-ID": f"r-{token}",
+    }

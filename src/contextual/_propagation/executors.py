@@ -167,7 +167,7 @@ class ContextProcessPoolExecutor(ProcessPoolExecutor):
       key and its value measured pickled on its own: :class:`ValueError`,
       with the size and the limit. Send
       large data as an argument of the task; carry IDs in stores;
-    * a span context (with OpenTelemetry's baggage) that no HTTP header
+    * a span context that no HTTP header
       could carry as it is: a key that is not an HTTP field name or a value
       that is not printable ASCII, or more than 8192 bytes in all (keys and
       values, measured apart from the stores' limits): :class:`ValueError`,

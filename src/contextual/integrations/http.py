@@ -37,10 +37,13 @@ kind of problem is reported once per process, as a warning on the
 
 With :func:`contextual.integrations.opentelemetry.install`, the span context
 travels too: :func:`inject` adds the headers of OpenTelemetry's configured
-propagator (``traceparent`` and ``tracestate``; its baggage members join the
-``baggage`` header), and :meth:`CarriedContext.applied` makes the span
-context that :func:`extract` found current, so that a span started there is
-a child of the caller's.
+propagator (``traceparent`` and ``tracestate``), and
+:meth:`CarriedContext.applied` makes the span context that :func:`extract`
+found current, so that a span started there is a child of the caller's.
+The ``baggage`` header stays contextual's alone, whatever carriers are
+registered: no carrier writes it or reads it, so OpenTelemetry's baggage is
+neither sent nor taken, and what goes out in it is what the allow-list lets
+out, nothing a caller sent.
 
 Incoming baggage is the caller's word: whoever reaches the service can set
 any key the receiving side allows, ``user_id`` included. Let baggage in
@@ -188,11 +191,10 @@ def inject(
     With :func:`contextual.integrations.opentelemetry.install`, it also sets
     the headers that OpenTelemetry's configured propagator writes for the
     current span context (``traceparent``, ``tracestate``), replacing those
-    the request had; the members of OpenTelemetry's baggage join the
-    ``baggage`` header, after the members it had (replacing those of the
-    same keys). Headers that no HTTP request can carry as they are (not
-    printable ASCII, or over 8192 bytes in all) are left out, with a
-    warning the first time.
+    the request had; OpenTelemetry's baggage is not sent. Headers that no
+    HTTP request can carry as they are (not printable ASCII, or over 8192
+    bytes in all), and a ``baggage`` header a carrier writes, are left out,
+    with a warning the first time.
 
     Args:
         headers: The outgoing request's headers, changed in place.
@@ -244,10 +246,11 @@ def extract(
 
     With :func:`contextual.integrations.opentelemetry.install`, it also
     takes the headers that OpenTelemetry's configured propagator reads
-    (``traceparent``, ``tracestate``, ``baggage``), for
+    for the span context (``traceparent``, ``tracestate``), for
     :meth:`CarriedContext.applied` to make the caller's span context
     current. OpenTelemetry's propagator checks them there: a malformed
-    ``traceparent`` gives no parent.
+    ``traceparent`` gives no parent. The ``baggage`` header goes to no
+    carrier: OpenTelemetry's baggage is not taken from it.
 
     The Baggage header is the caller's word: whoever can reach the service
     can set any allowed key, ``user_id`` included. Allow keys only on
@@ -325,10 +328,11 @@ def _carried(headers: Mapping[str, str]) -> dict[str, dict[str, str]]:
         by_name.setdefault(key.lower(), []).append(value)
     carried: dict[str, dict[str, str]] = {}
     for carrier in carriers:
+        # The baggage header is read under the allow-list alone.
         text_map = {
             field: ",".join(by_name[field.lower()])
             for field in carrier.fields
-            if field.lower() in by_name
+            if field.lower() in by_name and field.lower() != HEADER
         }
         if text_map:
             carried[carrier.name] = text_map
@@ -453,8 +457,6 @@ def install_requests(
 
 def _inject(headers: MutableMapping[str, str], allow: AllowList, header: str) -> None:
     problems: list[Problem] = []
-    # First, so that contextual's baggage members merge into a baggage
-    # header that OpenTelemetry's propagator may have written.
     for carrier, text_map in capture_all():
         try:
             check_text_map(carrier.name, text_map)
@@ -468,8 +470,17 @@ def _inject(headers: MutableMapping[str, str], allow: AllowList, header: str) ->
             continue
         for key, value in text_map.items():
             if key.lower() == HEADER:
-                value = _merged_baggage(_values(headers, HEADER), value)  # noqa: PLW2901
-            _replace(headers, key, value)
+                # What goes out in it is what the allow-list lets out.
+                problems.append(
+                    Problem(
+                        f"outgoing carrier {carrier.name} baggage",
+                        f"Left the {shown(key)} header that the carrier {carrier.name!r} "
+                        "captured out of the outgoing request: the baggage header carries "
+                        "only the values that the allow-list lets out.",
+                    )
+                )
+            else:
+                _replace(headers, key, value)
     stores = allow.outgoing()
     request_id = stores.get(REQUEST_STORE_NAME, {}).get(REQUEST_ID_KEY)
     if request_id is not None:
@@ -489,27 +500,6 @@ def _inject(headers: MutableMapping[str, str], allow: AllowList, header: str) ->
     if baggage is not None or existing:
         _replace(headers, HEADER, baggage)
     report_once(problems + more)
-
-
-def _merged_baggage(existing: list[str], members: str) -> str:
-    """Return the Baggage header ``existing`` with ``members`` after it, which replace their keys.
-
-    A client's OpenTelemetry instrumentation may have written the same
-    members already: they must not go twice. Malformed members are left for
-    :func:`~._baggage.write` to drop and report.
-    """
-    keys = {_member_key(member) for member in members.split(",")}
-    kept = [
-        member
-        for value in existing
-        for member in value.split(",")
-        if member.strip(" \t") and _member_key(member) not in keys
-    ]
-    return ",".join([*kept, members])
-
-
-def _member_key(member: str) -> str:
-    return member.partition("=")[0].strip(" \t")
 
 
 def _values(headers: Mapping[str, str], name: str) -> list[str]:

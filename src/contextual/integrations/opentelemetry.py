@@ -23,7 +23,13 @@ yours to choose. Two independent parts:
   :func:`~contextual.integrations.http.inject` and
   :func:`~contextual.integrations.http.extract` (so the httpx and requests
   hooks too), and Celery tasks. Spans made there are children of the span
-  that sent the work.
+  that sent the work. The span context alone travels: OpenTelemetry's
+  baggage is neither sent nor taken from what arrives, so the ``baggage``
+  header carries only what an allow-list of
+  :mod:`~contextual.integrations.http` lets through, and a caller's
+  baggage never goes on to the services called from there. Baggage stays
+  OpenTelemetry's business: its own instrumentations propagate it, if you
+  use them.
 
 Within one process nothing is needed: OpenTelemetry keeps the current span
 in a ContextVar, which :func:`~contextual.capture` copies like any other, so
@@ -40,9 +46,6 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING, Final, final
 
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-
 from contextual._core.fork import renew_locks_after_fork
 from contextual._propagation.carriers import register_carrier, unregister_carrier
 from contextual._propagation.wire import Reported
@@ -52,7 +55,20 @@ from ._headers import logger, on_request_opened
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
+    from opentelemetry.propagators.textmap import TextMapPropagator
+
 __all__ = ["install", "trace_fields", "uninstall"]
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+except ImportError as exc:
+    msg = (
+        "contextual.integrations.opentelemetry needs the OpenTelemetry API, which is not "
+        "installed here: install it with the 'opentelemetry' extra "
+        '(pip install "contextual[opentelemetry]").'
+    )
+    raise ImportError(msg, name=exc.name) from exc
 
 # What trace_fields() gives outside a valid span.
 _NO_TRACE: Final = "-"
@@ -133,10 +149,10 @@ def install(*, span_attribute: str | None = "request_id", carry: bool = True) ->
 
     **The span context across processes.** With ``carry``, the span
     context current where work is handed over travels with it, written and
-    read by OpenTelemetry's configured propagator
-    (``opentelemetry.propagate.inject()`` and ``extract()``: W3C
-    ``traceparent`` and ``tracestate``, and OpenTelemetry's baggage, unless
-    you configured another):
+    read by OpenTelemetry's configured propagator (the one
+    ``opentelemetry.propagate.inject()`` and ``extract()`` use: W3C
+    ``traceparent`` and ``tracestate``, unless you configured another, such
+    as B3):
 
     * a :class:`~contextual.ContextProcessPoolExecutor` task runs with it
       current, under every start method (the worker imports this module,
@@ -153,8 +169,21 @@ def install(*, span_attribute: str | None = "request_id", carry: bool = True) ->
       :func:`contextual.integrations.celery.install` set up runs with it
       current, when the worker called this function too.
 
-    A span started there is a child of the span that sent the work. What
-    can't be written or read (a propagator that raises, a malformed
+    A span started there is a child of the span that sent the work.
+    OpenTelemetry's baggage does not travel, whichever propagator writes
+    it (the default one's ``baggage`` header, Jaeger's ``uberctx-``
+    headers): contextual writes the current span alone, reads the span
+    alone, and leaves the baggage current there as it was. Over HTTP, the
+    ``baggage`` header is contextual's, bounded by the allow-lists of
+    :func:`~contextual.integrations.http.inject` and
+    :func:`~contextual.integrations.http.extract`: what a caller sends
+    in it goes on only where both allow it (``extract()``'s into a store,
+    ``inject()``'s out of it again). To share a value with the work, put
+    it in a store (and allow it, for HTTP); baggage you put in
+    OpenTelemetry's context stays OpenTelemetry's, for its own
+    instrumentations to propagate.
+
+    What can't be written or read (a propagator that raises, a malformed
     ``traceparent``) is skipped: the work runs without a parent, and a
     propagator that raises is reported once on the
     ``contextual.integrations`` logger.
@@ -251,10 +280,20 @@ class _SpanAttribute:
 # Each kind of propagator failure, reported once per process.
 _reported: Final = Reported()
 
+# OpenTelemetry's baggage header: never carried (see _Carrier).
+_BAGGAGE: Final = "baggage"
+
 
 @final
 class _Carrier:
-    """OpenTelemetry's current context, through its configured propagator.
+    """OpenTelemetry's current span context, through its configured propagator.
+
+    The span context alone: never OpenTelemetry's baggage, which the
+    propagator would otherwise write and read beside it (the W3C
+    ``baggage`` header of the default propagator, the ``uberctx-`` headers
+    of Jaeger's). Baggage that came in with a request would go out with
+    every request sent from there, past the allow-lists that bound what
+    contextual carries between services.
 
     A module-level singleton that pickles by reference: a process-pool
     payload names it, and the worker imports this module to read it.
@@ -269,8 +308,8 @@ class _Carrier:
 
     @property
     def fields(self) -> frozenset[str]:
-        """The header names the configured propagator reads and writes."""
-        return frozenset(propagate.get_global_textmap().fields)
+        """The header names of the configured propagator, but ``baggage``."""
+        return _span_fields(propagate.get_global_textmap())
 
     def __repr__(self) -> str:
         return f"<{__name__} carrier>"
@@ -279,10 +318,15 @@ class _Carrier:
         return "_CARRIER"
 
     def capture(self) -> dict[str, str] | None:
-        """Return what the configured propagator writes for the current context."""
+        """Return what the configured propagator writes for the current span, and only that."""
         text_map: dict[str, str] = {}
         try:
-            propagate.inject(text_map)
+            propagator = propagate.get_global_textmap()
+            # The current span in a context of its own: no propagator finds
+            # any baggage to write there, whatever headers it writes it in.
+            span_only = trace.set_span_in_context(_get_current_span(), otel_context.Context())
+            propagator.inject(text_map, context=span_only)
+            text_map = _picked(text_map, _span_fields(propagator))
         except Exception:  # noqa: BLE001 (reported; the work goes on without it)
             _report("inject", "writing")
             return None
@@ -290,11 +334,19 @@ class _Carrier:
 
     @contextlib.contextmanager
     def applied(self, carried: Mapping[str, str], /) -> Iterator[object]:
-        """Make the context the propagator reads from ``carried`` current, for the block."""
+        """Make the span context the propagator reads from ``carried`` current, for the block.
+
+        Only the span context: the current baggage stays as it is, whatever
+        ``carried`` holds.
+        """
         try:
-            # Over the current context: what ``carried`` doesn't hold (no
-            # traceparent, say) stays as it is.
-            context = propagate.extract(dict(carried), context=otel_context.get_current())
+            propagator = propagate.get_global_textmap()
+            text_map = _picked(carried, _span_fields(propagator))
+            current = otel_context.get_current()
+            # Over the current context: without a (valid) traceparent, the
+            # current span stays.
+            span = trace.get_current_span(propagator.extract(text_map, context=current))
+            context = trace.set_span_in_context(span, current)
         except Exception:  # noqa: BLE001 (reported; the work goes on without it)
             _report("extract", "reading")
             context = None
@@ -306,6 +358,21 @@ class _Carrier:
             yield context
         finally:
             otel_context.detach(token)
+
+
+def _span_fields(propagator: TextMapPropagator) -> frozenset[str]:
+    """Return the header names ``propagator`` writes and reads, but ``baggage``, as it spells them.
+
+    Its own spelling: its ``extract()`` looks them up so (AWS X-Ray's
+    ``X-Amzn-Trace-Id``, say).
+    """
+    return frozenset(field for field in propagator.fields if field.lower() != _BAGGAGE)
+
+
+def _picked(text_map: Mapping[str, str], fields: frozenset[str]) -> dict[str, str]:
+    """Return the entries of ``text_map`` that ``fields`` name, whatever the case."""
+    wanted = {field.lower() for field in fields}
+    return {key: value for key, value in text_map.items() if key.lower() in wanted}
 
 
 def _report(kind: str, doing: str) -> None:
