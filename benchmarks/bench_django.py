@@ -39,8 +39,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pyperf
-
 # bench_store.py, next to this file: the same Case, timer and metadata.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_store
@@ -180,28 +178,7 @@ CASES: tuple[bench_store.Case, ...] = (
 
 
 def main() -> None:
-    # The same command line as bench_store.py's, so that run.py passes both the same.
-    runner = pyperf.Runner(add_cmdline_args=bench_store._pass_only)
-    runner.argparser.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="PREFIX",
-        help="run only the benchmarks whose names start with PREFIX (repeatable)",
-    )
-    args = runner.parse_args()
-    runner.metadata["description"] = "a Django request through contextual and django-guid"
-    runner.metadata["contextual_source"] = bench_store.source_digest()
-    runner.metadata["contextual_path"] = str(Path(bench_store.contextual.__file__).parent)
-    for case in CASES:
-        if args.only and not case.name.startswith(tuple(args.only)):
-            continue
-        runner.bench_time_func(
-            case.name,
-            bench_store.LazyTimer(case),
-            inner_loops=bench_store.UNROLL,
-            metadata={"label": case.label, "statement": case.shown},
-        )
+    bench_store.run_cases(CASES, "a Django request through contextual and django-guid")
 
 
 if __name__ == "__main__":

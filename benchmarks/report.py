@@ -240,6 +240,13 @@ TARGETS: tuple[Ratio, ...] = (
         1.0,
     ),
     Ratio(
+        "Django RequestContextMiddleware / django-guid middleware (request)",
+        "django.contextual",
+        "django.guid",
+        "<=",
+        1.0,
+    ),
+    Ratio(
         "db.execute / sqlite3 cursor (one-row SELECT)",
         "db.execute",
         "raw.sqlite_execute",
@@ -341,6 +348,13 @@ INFORMATIVE: tuple[Ratio, ...] = (
         "flask.contextual_user",
         "flask.bare_hook",
     ),
+    Ratio("Django request: RequestContextMiddleware / bare", "django.contextual", "django.bare"),
+    Ratio(
+        "Django request: RequestContextMiddleware, GET_USER None / bare",
+        "django.contextual_no_user",
+        "django.bare",
+    ),
+    Ratio("Django request: django-guid / bare", "django.guid", "django.bare"),
     Ratio(
         "sqlite3 connect per query / db.execute (connection reuse)",
         "raw.sqlite_connect_per_query",

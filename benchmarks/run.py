@@ -4,10 +4,11 @@ Usage::
 
     python benchmarks/run.py [--fast] [-o FILE] [other pyperf options]
 
-It runs ``bench_store.py``, then ``bench_flask.py``, which add their
-results to one file. The results go to ``benchmarks/results.json`` (ignored by git) unless ``-o``
-says otherwise; an old file there is replaced. Options run.py does not know,
-such as ``--rigorous`` or ``--processes 5``, go to pyperf unchanged.
+It runs ``bench_store.py``, then ``bench_flask.py`` and ``bench_django.py``,
+which add their results to one file. The results go to
+``benchmarks/results.json`` (ignored by git) unless ``-o`` says otherwise;
+an old file there is replaced. Options run.py does not know, such as
+``--rigorous`` or ``--processes 5``, go to pyperf unchanged.
 
 The benchmarks import a copy of ``src/contextual`` taken when run.py starts,
 so every worker process measures the same code even if the tree is edited
@@ -30,7 +31,7 @@ import report
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent / "src" / "contextual"
 # The pyperf scripts, run one after the other into one results file.
-SCRIPTS = ("bench_store.py", "bench_flask.py")
+SCRIPTS = ("bench_store.py", "bench_flask.py", "bench_django.py")
 
 
 def snapshot(into: Path) -> dict[str, str]:

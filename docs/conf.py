@@ -129,6 +129,8 @@ else:
 nitpick_ignore_regex += [
     (r"py:class", r"(contextual\.[\w.]+\.)?_[A-Z]\w*(\.args|\.kwargs)?"),
     (r"py:class", r"Future"),
+    # Django has no intersphinx inventory here: its names stay plain text.
+    (r"py:(class|exc|obj|meth|func)", r"django\..+"),
 ]
 
 # -- HTML -----------------------------------------------------------------------

@@ -29,6 +29,9 @@ def _load(name: str):
 
 bench = _load("bench_store")
 flask_bench = _load("bench_flask")
+# Loaded, not run here: its cases configure Django, which the test project
+# already has in this process (tests/integrations/test_django_bench.py runs it).
+django_bench = _load("bench_django")
 sys.modules.setdefault("report", _load("report"))
 report = sys.modules["report"]
 
@@ -57,7 +60,7 @@ def test_every_case_runs_one_loop(case, run_in_new_thread):
 
 
 def test_every_ratio_names_measured_cases():
-    names = {case.name for case in (*bench.CASES, *flask_bench.CASES)}
+    names = {case.name for case in (*bench.CASES, *flask_bench.CASES, *django_bench.CASES)}
     for ratio in (*report.TARGETS, *report.INFORMATIVE):
         assert {ratio.numerator, ratio.denominator} <= names, ratio.label
 

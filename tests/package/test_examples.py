@@ -267,7 +267,10 @@ NEEDS_A_SERVER = {
 
 # Examples whose output depends on time or on a terminal: their own tests run them.
 TESTED_ELSEWHERE = {
-    "flask_server.py": "tests/integrations/test_flask_example.py","spinner_supervisor.py": "tests/spinner/test_spinner.py"}
+    "django_app.py": "tests/integrations/test_django_example.py",
+    "flask_server.py": "tests/integrations/test_flask_example.py",
+    "spinner_supervisor.py": "tests/spinner/test_spinner.py",
+}
 
 # Examples that print the fresh request IDs they make: new on every run.
 PRINTS_FRESH_IDS = {"wsgi_server.py", "asgi_server.py"}
