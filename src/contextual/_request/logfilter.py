@@ -85,7 +85,7 @@ class FieldCollector:
         stores: ContextStore | str | Iterable[ContextStore | str] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
-        sources: Iterable[FieldSource] = (),
+        sources: Iterable[Callable[[], Mapping[str, Any]]] = (),
     ) -> None:
         specs = _store_specs(stores)
         _check_defaults(defaults)
@@ -343,7 +343,7 @@ class ContextFilter(logging.Filter):
         stores: ContextStore | str | Iterable[ContextStore | str] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
-        sources: Iterable[FieldSource] = (),
+        sources: Iterable[Callable[[], Mapping[str, Any]]] = (),
         name: str = "",
     ) -> None:
         super().__init__(name)
@@ -458,7 +458,7 @@ def install_record_factory(
     stores: ContextStore | str | Iterable[ContextStore | str] = (),
     *,
     defaults: Mapping[str, Any] | None = None,
-    sources: Iterable[FieldSource] = (),
+    sources: Iterable[Callable[[], Mapping[str, Any]]] = (),
 ) -> RecordFactory:
     """Add context to every log record, however loggers and handlers are set up.
 

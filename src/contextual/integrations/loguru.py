@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 from contextual._request.logfilter import FieldCollector
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from contextual import ContextStore
-    from contextual._request.logfilter import FieldSource
 
 __all__ = ["patch_context"]
 
@@ -55,7 +54,7 @@ class patch_context:  # noqa: N801 (a patcher factory, named like one)
         stores: ContextStore | str | Iterable[ContextStore | str] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
-        sources: Iterable[FieldSource] = (),
+        sources: Iterable[Callable[[], Mapping[str, Any]]] = (),
     ) -> None:
         self._collector = FieldCollector(stores, defaults=defaults, sources=sources)
 

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 from contextual._request.logfilter import FieldCollector
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, MutableMapping
+    from collections.abc import Callable, Iterable, Mapping, MutableMapping
 
     from contextual import ContextStore
-    from contextual._request.logfilter import FieldSource
 
 __all__ = ["add_context"]
 
@@ -53,7 +52,7 @@ class add_context:  # noqa: N801 (a processor factory, named like one)
         stores: ContextStore | str | Iterable[ContextStore | str] = (),
         *,
         defaults: Mapping[str, Any] | None = None,
-        sources: Iterable[FieldSource] = (),
+        sources: Iterable[Callable[[], Mapping[str, Any]]] = (),
     ) -> None:
         self._collector = FieldCollector(stores, defaults=defaults, sources=sources)
 
