@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 from contextual import ContextStore, ContextualError, list_stores
+from contextual._core.backends import Saved
 from contextual._core.decorate import AsyncToo, decorate
 from contextual._core.store import backend_of
 
@@ -188,18 +189,17 @@ class empty_stores(_Helper):  # noqa: N801 (used like a function: with empty_sto
 
     __slots__ = ("_saved",)
 
+    _saved: Saved
+
     def _enter(self) -> None:
-        # Each backend once: two stores of one name share theirs.
-        backends = list(dict.fromkeys(backend_of(store) for store in _selected(self._stores)))
-        self._saved = [(backend, backend.save_here()) for backend in backends]
+        backends = [backend_of(store) for store in _selected(self._stores)]
+        self._saved = Saved(backends)
         for backend in backends:
             backend.empty_here()
 
     def _exit(self, failed: bool) -> None:
         del failed  # restored either way
-        saved, self._saved = self._saved, []
-        for backend, values in saved:
-            backend.restore_here(values)
+        self._saved.restore()
 
 
 def _describe(store: ContextStore, before: dict[str, Any], after: dict[str, Any]) -> str:

@@ -429,6 +429,86 @@ def test_a_non_propagating_thread_store_keeps_what_the_app_wrote(unique_name):
     assert seen == [None, "conn-1", "conn-1", "conn-1"]
 
 
+class HeldApp:
+    """Each request (``/<tenant>``) records the tenant it finds, writes its own, then waits.
+
+    ``wrote[tenant]`` is set once it has written; it answers once
+    ``go[tenant]`` is set.
+    """
+
+    def __init__(self, store: ContextStore, *tenants: str) -> None:
+        self.store = store
+        self.found: dict[str, Any] = {}
+        self.wrote = {tenant: asyncio.Event() for tenant in tenants}
+        self.go = {tenant: asyncio.Event() for tenant in tenants}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        tenant = scope["path"].strip("/")
+        self.found[tenant] = self.store.get("tenant")
+        self.store["tenant"] = tenant
+        self.wrote[tenant].set()
+        await self.go[tenant].wait()
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    def start(self, wrapped: App, tenant: str) -> asyncio.Task[None]:
+        client = Client()
+        scope = {**http_scope(), "path": f"/{tenant}", "raw_path": f"/{tenant}".encode()}
+        return asyncio.create_task(wrapped(scope, client.receive, client.send))
+
+
+@pytest.mark.parametrize(("first", "last"), [("globex", "acme"), ("acme", "globex")])
+def test_overlapping_requests_leave_thread_stores_as_before_the_first_began(
+    unique_name, first, last
+):
+    store = ContextStore(unique_name, backend="thread")
+    app = HeldApp(store, "globex", "acme", "initech")
+    wrapped = RequestContextMiddleware(app)
+
+    async def main() -> list[Any]:
+        store["tenant"] = "before"
+        tasks = {}
+        for tenant in ("globex", "acme"):  # globex begins first, acme while it is open
+            tasks[tenant] = app.start(wrapped, tenant)
+            await app.wrote[tenant].wait()
+        app.go[first].set()
+        await tasks[first]
+        held = [store.get("tenant")]
+        app.go[last].set()
+        await tasks[last]
+        held.append(store.get("tenant"))
+        app.go["initech"].set()
+        await app.start(wrapped, "initech")
+        return held
+
+    held = asyncio.run(main())
+    assert app.found == {"globex": "before", "acme": "globex", "initech": "before"}
+    assert held == ["acme", "before"], "nothing is put back while a request is open"
+
+
+def test_an_overlapping_request_cancelled_is_counted_off(unique_name):
+    store = ContextStore(unique_name, backend="thread")
+    app = HeldApp(store, "globex", "acme")
+    wrapped = RequestContextMiddleware(app)
+
+    async def main() -> Any:
+        store["tenant"] = "before"
+        globex = app.start(wrapped, "globex")
+        await app.wrote["globex"].wait()
+        acme = app.start(wrapped, "acme")
+        await app.wrote["acme"].wait()
+        globex.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await globex
+        assert store["tenant"] == "acme", "acme is still open"
+        app.go["acme"].set()
+        await acme
+        return store.get("tenant")
+
+    assert asyncio.run(main()) == "before"
+    assert app.found == {"globex": "before", "acme": "globex"}
+
+
 def test_concurrent_requests_on_one_loop_each_see_their_own():
     mismatches: list[Any] = []
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextvars
 import gc
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -286,6 +289,200 @@ def test_the_opened_request_is_a_context_manager_that_closes_it(unique_name):
         assert get_request_id() == request_id == "r-1"
     assert get_request_id() is None
     assert dict(store) == {}
+
+
+class Overlapping:
+    """Requests of one ``overlapping`` opener, each in a context of its own, as tasks are."""
+
+    def __init__(self) -> None:
+        self.opener: RequestOpener[Any] = RequestOpener(
+            "X-Request-ID", None, None, new_request_id, USER_LOGGER, overlapping=True
+        )
+        self.requests: dict[str, tuple[contextvars.Context, Any]] = {}
+
+    def open(self, request_id: str) -> None:
+        context = contextvars.copy_context()
+        request, _ = context.run(self.opener.open, (request_id,), {})
+        self.requests[request_id] = (context, request)
+
+    def close(self, request_id: str) -> None:
+        context, request = self.requests.pop(request_id)
+        context.run(request.__exit__, None, None, None)
+
+
+@pytest.mark.parametrize("order", [("r-b", "r-a"), ("r-a", "r-b")])
+def test_overlapping_requests_put_thread_stores_back_once_the_last_closes(unique_name, order):
+    store = ContextStore(unique_name, backend="thread")
+    store["tenant"] = "before"
+    requests = Overlapping()
+    requests.open("r-b")
+    store["tenant"] = "globex"
+    requests.open("r-a")
+    found_by_a = store["tenant"]
+    store["tenant"] = "acme"
+    requests.close(order[0])
+    after_one = store["tenant"]
+    requests.close(order[1])
+    assert (found_by_a, after_one) == ("globex", "acme"), "nothing put back while one is open"
+    assert store["tenant"] == "before"
+
+
+def test_overlapping_openers_share_the_threads_count_of_open_requests(unique_name):
+    # Two middleware on one event loop: their requests share the thread stores.
+    store = ContextStore(unique_name, backend="thread")
+    store["tenant"] = "before"
+    one, other = Overlapping(), Overlapping()
+    one.open("r-1")
+    store["tenant"] = "globex"
+    other.open("r-2")
+    store["tenant"] = "acme"
+    one.close("r-1")
+    after_one = store["tenant"]
+    other.close("r-2")
+    assert (after_one, store["tenant"]) == ("acme", "before")
+
+
+def test_overlapping_requests_after_others_ended_find_the_thread_as_it_is_then(unique_name):
+    store = ContextStore(unique_name, backend="thread")
+    requests = Overlapping()
+    requests.open("r-1")
+    store["tenant"] = "acme"
+    requests.close("r-1")
+    store["tenant"] = "between"
+    requests.open("r-2")
+    requests.open("r-3")
+    store["tenant"] = "globex"
+    requests.close("r-2")
+    requests.close("r-3")
+    assert store["tenant"] == "between"
+
+
+def test_a_store_defined_while_overlapping_requests_are_open_is_put_back_as_found_next(
+    unique_name,
+):
+    first = ContextStore(unique_name, backend="thread")
+    first["tenant"] = "before"
+    requests = Overlapping()
+    requests.open("r-1")
+    first["tenant"] = "acme"
+    later = ContextStore(f"{unique_name}.later", backend="thread")
+    later["tenant"] = "found"
+    requests.open("r-2")
+    later["tenant"] = "globex"
+    requests.open("r-3")
+    later["tenant"] = "initech"
+    for request_id in ("r-1", "r-2", "r-3"):
+        requests.close(request_id)
+    assert first["tenant"] == "before", "as it was when the first request began"
+    assert later["tenant"] == "found", "as the first request opened after it found it"
+
+
+@pytest.mark.parametrize("overlapping", [False, True])
+def test_a_request_that_fails_before_it_opens_puts_thread_stores_back(unique_name, overlapping):
+    store = ContextStore(unique_name, backend="thread")
+    store["tenant"] = "before"
+
+    def generator() -> str:
+        store["tenant"] = "acme"
+        raise RuntimeError("generator bug")
+
+    def refuse(record: logging.LogRecord) -> bool:
+        raise RuntimeError("filter bug")
+
+    failing = RequestOpener(
+        "X-Request-ID", None, None, generator, USER_LOGGER, overlapping=overlapping
+    )
+    logger = logging.getLogger(WARNINGS_LOGGER)
+    logger.addFilter(refuse)
+    try:
+        with pytest.raises(RuntimeError, match="filter bug"):
+            failing.open((), {})
+    finally:
+        logger.removeFilter(refuse)
+    assert get_request_id() is None
+    assert store["tenant"] == "before"
+    # Not left counted as open: the next request puts the thread back as it closes.
+    requests = Overlapping()
+    requests.open("r-1")
+    store["tenant"] = "globex"
+    requests.close("r-1")
+    assert store["tenant"] == "before"
+
+
+def test_an_overlapping_request_closed_from_another_thread_is_counted_off_there_alone(
+    unique_name, run_in_new_thread
+):
+    store = ContextStore(unique_name, backend="thread")
+    store["tenant"] = "before"
+    requests = Overlapping()
+    requests.open("r-1")
+    requests.open("r-2")
+    store["tenant"] = "acme"
+
+    def close_there() -> Any:
+        store["tenant"] = "theirs"
+        requests.close("r-1")
+        return store["tenant"]
+
+    assert run_in_new_thread(close_there) == "theirs"
+    assert store["tenant"] == "acme", "r-2 is still open"
+    requests.close("r-2")
+    assert store["tenant"] == "before"
+
+
+def test_the_last_overlapping_request_closed_from_another_thread_puts_nothing_back(
+    unique_name, run_in_new_thread
+):
+    store = ContextStore(unique_name, backend="thread")
+    store["tenant"] = "before"
+    requests = Overlapping()
+    requests.open("r-1")
+    store["tenant"] = "acme"
+
+    def close_there() -> Any:
+        store["tenant"] = "theirs"
+        requests.close("r-1")
+        return store["tenant"]
+
+    assert run_in_new_thread(close_there) == "theirs"
+    assert store["tenant"] == "acme", "only this thread could put it back"
+    # Counted off all the same: the next request here finds, and leaves, "acme".
+    requests.open("r-2")
+    store["tenant"] = "globex"
+    requests.close("r-2")
+    assert store["tenant"] == "acme"
+
+
+FORK_SCRIPT = """
+import logging, os
+from contextual import ContextStore, new_request_id
+from contextual.integrations._headers import RequestOpener
+
+store = ContextStore("forked.tenants", backend="thread")
+opener = RequestOpener(
+    "X-Request-ID", None, None, new_request_id, logging.getLogger("t"), overlapping=True
+)
+store["tenant"] = "before"
+request, _ = opener.open(("r-1",), {})
+store["tenant"] = "acme"
+pid = os.fork()  # r-1 is open: it never closes in the child
+if pid == 0:
+    other, _ = opener.open(("r-2",), {})
+    store["tenant"] = "globex"
+    other.__exit__(None, None, None)
+    os._exit(0 if store["tenant"] == "acme" else 1)
+_, status = os.waitpid(pid, 0)
+request.__exit__(None, None, None)
+print(os.waitstatus_to_exitcode(status), store["tenant"])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_a_forked_child_counts_none_of_the_parents_overlapping_requests_open():
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout.split() == ["0", "before"], result.stderr
 
 
 # -- hooks ---------------------------------------------------------------------------

@@ -378,11 +378,33 @@ class TenantWsgiApp(TenantApp):
 
 
 class TenantAsgiApp(TenantApp):
+    """``/hold/<name>`` also waits, once it has written, until :meth:`release` lets it answer."""
+
+    def __init__(self, unique_name: str) -> None:
+        super().__init__(unique_name)
+        self.held: dict[str, threading.Event] = {}
+        self.releases: dict[str, asyncio.Event] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def holding(self, name: str) -> threading.Event:
+        """Set once ``/hold/<name>`` has written its tenant and waits."""
+        return self.held.setdefault(name, threading.Event())
+
+    def release(self, name: str) -> None:
+        """Let ``/hold/<name>`` answer (from any thread)."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.releases[name].set)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await serve_lifespan(receive, send)
             return
-        self.visit(scope["path"])
+        name = self.visit(scope["path"])
+        if scope["path"].startswith("/hold/"):
+            self.loop = asyncio.get_running_loop()
+            release = self.releases[name] = asyncio.Event()
+            self.holding(name).set()
+            await release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -480,4 +502,34 @@ def test_uvicorn_a_non_propagating_thread_store_keeps_its_connection_across_requ
     assert visit(uvicorn_tenants.url, "/tenant/acme", "/tenant/globex") == [200, 200]
     app: TenantApp = uvicorn_tenants.app
     assert [found["connection"] for found in app.found] == ["conn-1", "conn-1"]
+    one_thread(app)
+
+
+def test_uvicorn_overlapping_requests_leave_the_thread_as_before_the_first_began(
+    uvicorn_tenants: Running,
+):
+    # globex begins and writes; acme begins while it is open and finds its
+    # write; globex ends, then acme: the next request finds the thread as
+    # it was before globex began.
+    app: TenantAsgiApp = uvicorn_tenants.app
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(base_url=uvicorn_tenants.url, timeout=TIMEOUT) as client:
+            globex = asyncio.create_task(client.get("/hold/globex"))
+            assert await asyncio.to_thread(app.holding("globex").wait, TIMEOUT)
+            acme = asyncio.create_task(client.get("/hold/acme"))
+            assert await asyncio.to_thread(app.holding("acme").wait, TIMEOUT)
+            app.release("globex")
+            statuses = [(await globex).status_code]
+            app.release("acme")
+            statuses.append((await acme).status_code)
+            statuses.append((await client.get("/tenant/initech")).status_code)
+            return statuses
+
+    assert asyncio.run(main()) == [200, 200, 200]
+    assert tenants_found(app) == [
+        ("/hold/globex", None),
+        ("/hold/acme", "globex"),
+        ("/tenant/initech", None),
+    ]
     one_thread(app)

@@ -21,6 +21,10 @@ The interface is small and the same for both backends:
   it, ``acts_on_capture`` (then capture calls its ``on_capture(context)``)
   or ``carried_by_thread`` (then its ``carried()``).
 
+:class:`Saved` keeps what ``save_here()`` returned for several backends,
+to put them all back later: the request middleware and the test helpers
+use it.
+
 ``get`` and ``set`` are C-level callables wherever the backend can have
 them (a ContextVar's bound methods, a ``functools.partial`` of
 ``getattr``/``setattr``): every read and write of a store, and every scope,
@@ -35,7 +39,7 @@ import threading
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias, cast, final
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "BACKEND_CLASSES",
@@ -44,6 +48,7 @@ __all__ = [
     "Backend",
     "BackendKind",
     "ContextBackend",
+    "Saved",
     "Scoped",
     "ThreadBackend",
     "ThreadEntry",
@@ -362,6 +367,38 @@ BACKEND_CLASSES: Final[dict[str, type[ContextBackend | ThreadBackend]]] = {
     "thread": ThreadBackend,
 }
 """The backend class of each kind, by name."""
+
+
+@final
+class Saved:
+    """Some backends' values in the current thread or context, to put back once.
+
+    Each backend is saved once, however often it is given. :meth:`restore`
+    puts the values back where it runs: call it in the thread (for
+    ``"thread"`` backends) or the context (``"context"``) that saved them.
+    It holds the backends alive until it has put them back.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, backends: Iterable[Backend] = ()) -> None:
+        values = {}
+        for backend in backends:
+            values[backend] = backend.save_here()
+        self._values = values
+
+    def add(self, backends: Iterable[Backend]) -> None:
+        """Save the current values of those of ``backends`` not saved yet."""
+        values = self._values
+        for backend in backends:
+            if backend not in values:
+                values[backend] = backend.save_here()
+
+    def restore(self) -> None:
+        """Put every saved backend back as it was when it was saved, here; then forget them."""
+        values, self._values = self._values, {}
+        for backend, saved in values.items():
+            backend.restore_here(saved)
 
 
 def run_with_threads(

@@ -65,6 +65,7 @@ __all__ = [
     "ContextStore",
     "StoreScope",
     "backend_of",
+    "carried_thread_backends",
     "get_store",
     "list_stores",
     "propagating_stores",
@@ -1031,3 +1032,17 @@ def list_stores() -> list[ContextStore]:
 def propagating_stores() -> list[ContextStore]:
     """Return every live ``propagate=True`` store, both backends."""
     return cast("list[ContextStore]", REGISTRY.propagating())
+
+
+def carried_thread_backends() -> list[Backend]:
+    """Return the live backends of the ``propagate=True`` ``"thread"`` stores.
+
+    Those whose values :func:`~contextual.capture` takes from the thread.
+    Lock-free: it reads the registry's view, as capture does.
+    """
+    backends = []
+    for ref in REGISTRY.view.carried_by_thread:
+        backend = ref()
+        if backend is not None:
+            backends.append(backend)
+    return backends

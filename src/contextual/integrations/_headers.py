@@ -7,9 +7,11 @@ can't forge a log line, and writes the ID into response headers without
 touching the other headers. With a Baggage allow-list, it also restores
 the allowed values an incoming Baggage header carries, for the request.
 Every request it opens puts the ``propagate=True`` ``"thread"`` stores back
-as they were when it began, once it closes, and runs the hooks registered
-with :func:`on_request_opened` (OpenTelemetry's, to put the request ID on
-the request's span).
+as they were when it began, once it closes (for requests that overlap on
+one thread, an event loop's: once the last of them closes, as they were
+when the first began), and runs the hooks registered with
+:func:`on_request_opened` (OpenTelemetry's, to put the request ID on the
+request's span).
 The rule for request IDs, the escaping of log lines, and the request rebuilt
 from what arrived are ``contextual._propagation.wire``'s.
 """
@@ -23,8 +25,9 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, AnyStr, Final, Generic, TypeAlias, TypeVar, final
 
-from contextual._core.fork import renew_locks_after_fork
-from contextual._core.store import REGISTRY
+from contextual._core.backends import Saved
+from contextual._core.fork import after_fork_in_child, renew_locks_after_fork
+from contextual._core.store import REGISTRY, carried_thread_backends
 from contextual._propagation.wire import (
     Reported,
     escape_for_log,
@@ -37,13 +40,11 @@ from ._baggage import read
 from ._carrier import applied
 
 if TYPE_CHECKING:
-    import weakref
     from collections.abc import Callable, Iterable, Sequence
     from types import TracebackType
 
     from typing_extensions import Self
 
-    from contextual._core.backends import Backend, Values
     from contextual._propagation.wire import Arrival, Problem
 
     from ._carrier import AllowList
@@ -91,7 +92,10 @@ def check_callable(option: str, value: object) -> None:
             f"starts, where nothing can await it; got the coroutine function {value!r}."
         )
         if option == "get_user":
-            msg += " Look the user up in the app instead, inside a nested request_context()."
+            msg += (
+                " Look the user up in the app instead, and set it for the rest of the "
+                "request with update_request(user_id=...)."
+            )
         raise TypeError(msg)
 
 
@@ -239,35 +243,25 @@ def _call_hooks(hooks: tuple[Callable[[str], object], ...], request_id: str) -> 
             logger.exception("The request hook %r raised; the request goes on.", hook)
 
 
-# (backend, what its save_here() returned) for each thread store a request puts back.
-_Saved: TypeAlias = "list[tuple[Backend, Values | None]]"
+# What closes a request before it is open: nothing.
+_NOT_OPEN: Final = contextlib.nullcontext()
 
 
-def _save_threads(refs: tuple[weakref.ref[Backend], ...]) -> _Saved:
-    """Return what puts the current thread's values of these stores back."""
-    saved = []
-    for ref in refs:
-        backend = ref()
-        if backend is not None:
-            saved.append((backend, backend.save_here()))
-    return saved
-
-
-@final
 class _PuttingBack:
-    """An opened request that, when it closes, puts thread stores back as they were.
+    """An opened request that, when it closes, has thread stores put back.
 
-    Only in the thread that opened it: a ``close()`` from another thread
-    (rare, and against :pep:`3333`'s spirit) must not give that thread the
-    opening thread's values.
+    Made as the request begins, before it is open: closed then (the
+    request failed to open), it only has the stores put back.
     """
 
-    __slots__ = ("_opened", "_saved", "_thread")
+    __slots__ = ("_opened",)
 
-    def __init__(self, opened: Opened, saved: _Saved) -> None:
+    _opened: Opened
+
+    def around(self, opened: Opened) -> Self:
+        """Close ``opened`` too, first; return this."""
         self._opened = opened
-        self._saved = saved
-        self._thread = threading.get_ident()
+        return self
 
     def __enter__(self) -> Self:
         return self
@@ -281,9 +275,102 @@ class _PuttingBack:
         try:
             self._opened.__exit__(exc_type, exc, tb)
         finally:
-            if threading.get_ident() == self._thread:
-                for backend, values in self._saved:
-                    backend.restore_here(values)
+            self._put_back()
+
+    def _put_back(self) -> None:
+        raise NotImplementedError
+
+
+@final
+class _Once(_PuttingBack):
+    """Puts the thread stores back as the request found them, when it closes.
+
+    Only in the thread that opened it: a ``close()`` from another thread
+    (rare, and against :pep:`3333`'s spirit) must not give that thread the
+    opening thread's values.
+    """
+
+    __slots__ = ("_saved", "_thread")
+
+    def __init__(self) -> None:
+        self._opened = _NOT_OPEN
+        self._saved = Saved(carried_thread_backends())
+        self._thread = threading.get_ident()
+
+    def _put_back(self) -> None:
+        if threading.get_ident() == self._thread:
+            self._saved.restore()
+
+
+@final
+class _Overlapping:
+    """The requests an overlapping opener has open in one thread, and what the first found.
+
+    One per thread. Requests that overlap there (on an event loop) share
+    its thread stores, so none of them can put back what it found alone:
+    the last to close would put back what another one wrote. The first to
+    open saves the stores, the last to close puts them back.
+    """
+
+    __slots__ = ("_open", "_saved", "_thread", "_view")
+
+    def __init__(self) -> None:
+        # One item per open request rather than an int: append() and pop()
+        # are atomic on every build, so a request closed from another thread
+        # can't lose a count.
+        self._open: list[None] = []
+        self._saved = Saved()
+        self._thread = threading.get_ident()
+        self._view: object = None
+
+    def begin(self, view: object) -> Self:
+        """Count a request opening in this thread; ``view`` is the registry's."""
+        if not self._open:
+            self._saved = Saved(carried_thread_backends())
+            self._view = view
+        elif view is not self._view:
+            # Stores defined since the first request began: as this one finds them.
+            self._saved.add(carried_thread_backends())
+            self._view = view
+        self._open.append(None)
+        return self
+
+    def close(self) -> None:
+        """Count a request closing; the last one here puts the thread stores back."""
+        requests = self._open
+        requests.pop()
+        # From another thread: counted, but that thread's stores are its own.
+        if not requests and threading.get_ident() == self._thread:
+            self._saved.restore()
+
+
+class _PerThread(threading.local):
+    def __init__(self) -> None:
+        self.requests = _Overlapping()
+
+
+_per_thread: Final = _PerThread()
+
+
+@after_fork_in_child
+def _forget_open_requests() -> None:  # pragma: no cover - runs in forked children only
+    # The parent's open requests never close in the child: counted, they
+    # would keep its thread stores from ever being put back.
+    _per_thread.requests = _Overlapping()
+
+
+@final
+class _Last(_PuttingBack):
+    """Puts the thread stores back when the last request open in the thread closes."""
+
+    __slots__ = ("_requests",)
+
+    def __init__(self, requests: _Overlapping) -> None:
+        self._opened = _NOT_OPEN
+        self._requests = requests
+
+    def _put_back(self) -> None:
+        self._requests.close()
 
 
 def _no_op() -> None:  # pragma: no cover - for awaitables without close(), rare
@@ -318,13 +405,31 @@ class RequestOpener(Generic[_C]):
         user_logger: Where a failing ``get_user`` is reported.
         baggage: The stores and keys to restore from the Baggage header, or
             ``None`` to leave it alone.
+        overlapping: Whether requests may overlap in one thread, as they do
+            on an event loop (ASGI, Django's async path). Then the
+            ``propagate=True`` ``"thread"`` stores, which the requests of a
+            thread share, are put back once the last request open in the
+            thread closes, as they were when the first one began; not when
+            each one closes, which would let the last to close put back a
+            value another one wrote. The count of open requests is the
+            thread's, shared by every overlapping opener (two middleware on
+            one loop). ``False`` (WSGI: one request at a time per thread)
+            puts them back when each request closes, as it found them.
 
     Raises:
         ValueError: ``header`` is not an HTTP field name.
         TypeError: ``get_user``, ``validator`` or ``generator`` is not callable.
     """
 
-    __slots__ = ("_baggage", "_generator", "_get_user", "_user_logger", "_validator", "header")
+    __slots__ = (
+        "_baggage",
+        "_generator",
+        "_get_user",
+        "_overlapping",
+        "_user_logger",
+        "_validator",
+        "header",
+    )
 
     def __init__(  # noqa: PLR0913 (one argument per middleware option)
         self,
@@ -335,6 +440,7 @@ class RequestOpener(Generic[_C]):
         user_logger: logging.Logger,
         *,
         baggage: AllowList | None = None,
+        overlapping: bool = False,
     ) -> None:
         # Checked at run time too: typos here would only show at the first request.
         check_header_name(header)
@@ -351,6 +457,7 @@ class RequestOpener(Generic[_C]):
         self._generator = generator
         self._user_logger = user_logger
         self._baggage = baggage
+        self._overlapping = overlapping
 
     def open(
         self,
@@ -375,34 +482,45 @@ class RequestOpener(Generic[_C]):
         ``request_id`` never comes from baggage.
 
         Once the request is open, the hooks registered with
-        :func:`on_request_opened` run in it. When it closes, every
-        ``propagate=True`` ``"thread"`` store is put back as it was when
-        ``open`` was called, in this thread (as :meth:`Snapshot.run
+        :func:`on_request_opened` run in it. When it closes, in this thread,
+        every ``propagate=True`` ``"thread"`` store is put back as it was
+        when ``open`` was called (as :meth:`Snapshot.run
         <contextual.Snapshot.run>` puts its thread back), so that a value the
-        app left in one doesn't reach the thread's next request.
+        app left in one doesn't reach the thread's next request. With
+        ``overlapping``, when the last request open in this thread closes,
+        they are put back as they were when the first one was opened (a
+        store defined since then, as the first request opened after it
+        found it). A store defined while a request is open is not put back
+        by that request.
         """
-        # Read first: the request begins here, get_user included.
-        threads = REGISTRY.view.carried_by_thread
-        saved = _save_threads(threads) if threads else None
-        carried: dict[str, dict[str, Any]] | None = None
-        problems: list[Problem] | None = None
-        if self._baggage is not None and baggage:
-            carried, problems = read(",".join(baggage), self._baggage)
-        arrival = rebuild_request(values[0] if len(values) == 1 else None, carried, self._validator)
-        request_id = arrival.request_id
-        rejected = None
-        reason = ""
-        if request_id is None:
-            request_id, rejected, reason = self._refuse(values, arrival)
-        found: Any = None
-        user_error: Exception | None = None
-        if self._get_user is not None:
-            found, user_error = _lookup_user(self._get_user, carrier)
-        if found is None and user_error is None:
-            found = arrival.user if user is None else user
-        request = open_request(request_id, found)
-        opened: Opened = _PuttingBack(request, saved) if saved else request
+        # Read first: the request begins here, get_user included. Where no
+        # such store exists, this check is all a request pays. (While one
+        # is counted open in this thread, the stores it saved are held
+        # alive, so they are listed: the next request is counted too.)
+        view = REGISTRY.view.carried_by_thread
+        putting_back = self._begin(view) if view else None
+        # What closes what is open so far, should opening the request fail.
+        opened: Opened = _NOT_OPEN if putting_back is None else putting_back
         try:
+            carried: dict[str, dict[str, Any]] | None = None
+            problems: list[Problem] | None = None
+            if self._baggage is not None and baggage:
+                carried, problems = read(",".join(baggage), self._baggage)
+            arrival = rebuild_request(
+                values[0] if len(values) == 1 else None, carried, self._validator
+            )
+            request_id = arrival.request_id
+            rejected = None
+            reason = ""
+            if request_id is None:
+                request_id, rejected, reason = self._refuse(values, arrival)
+            found, user_error = (
+                (None, None) if self._get_user is None else _lookup_user(self._get_user, carrier)
+            )
+            if found is None and user_error is None:
+                found = arrival.user if user is None else user
+            request = open_request(request_id, found)
+            opened = request if putting_back is None else putting_back.around(request)
             if rejected is not None or user_error is not None:
                 self._report(request_id, rejected, reason, arrival.error, user_error)
             if problems:
@@ -416,10 +534,15 @@ class RequestOpener(Generic[_C]):
             if hooks:
                 _call_hooks(hooks, request_id)
         except BaseException:
-            # A logger's filter may raise: the request must not stay open.
+            # A logger's filter may raise: the request must not stay open, and
+            # the count of requests open in this thread must stay right.
             opened.__exit__(None, None, None)
             raise
         return opened, request_id
+
+    def _begin(self, view: object) -> _PuttingBack:
+        """Save what a request opening in this thread puts back when it closes."""
+        return _Last(_per_thread.requests.begin(view)) if self._overlapping else _Once()
 
     def _report(
         self,

@@ -83,15 +83,19 @@ class RequestContextMiddleware:
     ``"thread"`` stores belong to the event loop's thread: every request it
     serves at once shares them, so one request's writes show in the
     others while both are open. Use ``"context"`` stores for request data
-    in async apps. When the app's call ends (returns, raises or is
-    cancelled), every ``propagate=True`` ``"thread"`` store is put back as
-    it was when the request began (as :meth:`Snapshot.run
-    <contextual.Snapshot.run>` does), so a value the app left in one
-    doesn't outlive it; requests that overlap each put back what they
-    found when they began, and the last to end has the last word.
-    ``propagate=False`` ones keep what the app wrote, by design: they hold
-    the thread's own resources (a database connection, say), meant to
-    outlive one request.
+    in async apps. Once no request is open in the thread any more, every
+    ``propagate=True`` ``"thread"`` store is put back as it was before the
+    first of them began: when the app's call of the last open request ends
+    (returns, raises or is cancelled), whatever order the requests ended
+    in, so a value an app left in one doesn't reach a later request. While
+    others are open, a request that ends puts nothing back: that would
+    undo what one still open wrote, or, ending last, bring back what one
+    that ended before it wrote. A WebSocket is open for its whole
+    connection: while one is, nothing is put back. A store defined while
+    requests are open is put back as the first request that began after
+    its definition found it. ``propagate=False`` ones keep what the app
+    wrote, by design: they hold the thread's own resources (a database
+    connection, say), meant to outlive one request.
 
     Args:
         app: The ASGI 3 application.
@@ -174,7 +178,10 @@ class RequestContextMiddleware:
         baggage: Mapping[str, bool | Iterable[str]] | Iterable[str] | None = None,
     ) -> None:
         allow = None if baggage is None else AllowList(baggage)
-        self._opener = RequestOpener(header, get_user, validator, generator, _logger, baggage=allow)
+        # Requests overlap on the event loop's thread: they share its thread stores.
+        self._opener = RequestOpener(
+            header, get_user, validator, generator, _logger, baggage=allow, overlapping=True
+        )
         self._app = app
         self._echo = echo
         # ASGI header names are lowercase bytes, both ways.

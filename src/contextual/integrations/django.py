@@ -265,9 +265,12 @@ class RequestContextMiddleware:
         generator = _function(options, "GENERATOR", new_request_id)
         if generator is None:
             raise _improperly_configured("GENERATOR", "must be a function, got None.")
+        self._async = iscoroutinefunction(get_response)
         try:
+            # Async requests overlap on the event loop's thread: its thread
+            # stores are put back when the last of them closes.
             self._opener: RequestOpener[_Request] = RequestOpener(
-                header, None, validator, generator, _logger, baggage=allow
+                header, None, validator, generator, _logger, baggage=allow, overlapping=self._async
             )
         except ValueError as exc:
             raise _improperly_configured("HEADER", str(exc)) from exc
@@ -276,7 +279,6 @@ class RequestContextMiddleware:
         self._echo = echo
         self._baggage = allow is not None
         self._get_response = get_response
-        self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
         elif self._user_of is not None:
