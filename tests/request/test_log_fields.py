@@ -309,3 +309,10 @@ def test_with_warnings_made_errors_an_unknown_store_name_still_leaves_the_fields
         with request_context(request_id="r-1"):
             log.info("kept")
     assert stream.getvalue().splitlines() == ["r-1 kept"]
+
+
+def test_sources_may_come_from_any_iterable(lines):
+    log, stream = lines
+    _format(log, "%(job)s %(message)s", ContextFilter(sources=iter([_job_fields])))
+    log.info("iterated")
+    assert stream.getvalue().splitlines() == ["none iterated"]
