@@ -753,7 +753,7 @@ def test_import_without_the_opentelemetry_api_says_how_to_install(monkeypatch: p
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     with pytest.raises(
         ImportError,
-        match=r'needs the OpenTelemetry API.*pip install "contextual\[opentelemetry\]"',
+        match=r"needs the OpenTelemetry API.*pip install 'contextual\[opentelemetry\]'",
     ) as raised:
         importlib.import_module("contextual.integrations.opentelemetry")
     assert raised.value.name == "opentelemetry"

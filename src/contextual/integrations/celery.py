@@ -66,6 +66,7 @@ from contextual._propagation.wire import (
 from contextual.db import TransactionManager
 
 from ._carrier import AllowList, AllowSpec, applied
+from ._extra import missing_library
 from ._headers import check_callable
 
 if TYPE_CHECKING:
@@ -83,11 +84,7 @@ try:
     _Signature: Any = importlib.import_module("celery.canvas").Signature
     _Task: Any = importlib.import_module("celery.app.task").Task
 except ImportError as exc:
-    msg = (
-        "contextual.integrations.celery needs Celery, which is not installed here: "
-        "install it with the 'celery' extra (pip install 'contextual[celery]')."
-    )
-    raise ImportError(msg, name=exc.name) from exc
+    raise missing_library(__name__, "Celery", "celery", exc) from exc
 
 #: The message header that carries the context: ``{"format": 1, "stores":
 #: {store name: {key: value}}}``, the allowed part of

@@ -63,6 +63,7 @@ from contextual import get_current_user, new_request_id
 from contextual._request.request import Deferred
 
 from ._carrier import AllowList
+from ._extra import missing_library
 from ._headers import DEFAULT_HEADER, RequestOpener, check_callable
 
 if TYPE_CHECKING:
@@ -87,11 +88,7 @@ try:
     _FileResponse: type[Any] = importlib.import_module("django.http").FileResponse
     _connections: Any = importlib.import_module("django.db").connections
 except ImportError as exc:
-    msg = (
-        "contextual.integrations.django needs Django, which is not installed here: "
-        "install it with the 'django' extra (pip install 'contextual[django]')."
-    )
-    raise ImportError(msg, name=exc.name) from exc
+    raise missing_library(__name__, "Django", "django", exc) from exc
 
 _logger = logging.getLogger(__name__)
 

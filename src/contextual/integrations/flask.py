@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from contextual import new_request_id
 
+from ._extra import missing_library
 from ._headers import DEFAULT_HEADER
 from .wsgi import RequestContextMiddleware
 
@@ -35,11 +36,7 @@ __all__ = ["EXTENSION", "install"]
 try:
     from flask import Flask
 except ImportError as exc:
-    msg = (
-        "contextual.integrations.flask needs Flask, which is not installed here: "
-        "install it with the 'flask' extra (pip install 'contextual[flask]')."
-    )
-    raise ImportError(msg, name=exc.name) from exc
+    raise missing_library(__name__, "Flask", "flask", exc) from exc
 
 #: The key of ``app.extensions`` under which :func:`install` records the
 #: :class:`~contextual.integrations.wsgi.RequestContextMiddleware` it put

@@ -50,6 +50,7 @@ from contextual._core.fork import renew_locks_after_fork
 from contextual._propagation.carriers import register_carrier, unregister_carrier
 from contextual._propagation.wire import Reported
 
+from ._extra import missing_library
 from ._headers import logger, on_request_opened
 
 if TYPE_CHECKING:
@@ -63,12 +64,7 @@ try:
     from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
 except ImportError as exc:
-    msg = (
-        "contextual.integrations.opentelemetry needs the OpenTelemetry API, which is not "
-        "installed here: install it with the 'opentelemetry' extra "
-        '(pip install "contextual[opentelemetry]").'
-    )
-    raise ImportError(msg, name=exc.name) from exc
+    raise missing_library(__name__, "the OpenTelemetry API", "opentelemetry", exc) from exc
 
 # What trace_fields() gives outside a valid span.
 _NO_TRACE: Final = "-"
