@@ -316,3 +316,11 @@ def test_sources_may_come_from_any_iterable(lines):
     _format(log, "%(job)s %(message)s", ContextFilter(sources=iter([_job_fields])))
     log.info("iterated")
     assert stream.getvalue().splitlines() == ["none iterated"]
+
+
+def test_request_fields_given_in_extra_win_over_sources_too(lines):
+    log, stream = lines
+    _format(log, "%(request_id)s %(job)s %(message)s", ContextFilter(sources=[_job_fields]))
+    with request_context(request_id="r-1"), _job.scope(job="nightly"):
+        log.info("mine", extra={"request_id": "r-9", "job": "given"})
+    assert stream.getvalue().splitlines() == ["r-9 given mine"]

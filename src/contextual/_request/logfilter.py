@@ -348,23 +348,24 @@ class ContextFilter(logging.Filter):
     ) -> None:
         super().__init__(name)
         self._collector = FieldCollector(stores, defaults=defaults, sources=sources)
+        self._sources = self._collector.sources
         # The common case, ContextFilter() for the request fields, takes a
         # path of its own: it runs for every record, and a log call costs
-        # only a few microseconds. Sources come before defaults: the
-        # collector's path.
+        # only a few microseconds.
         self._request_fields: tuple[tuple[str, Any], ...] | None = (
             None
-            if self._collector.all_keys or self._collector.sources
+            if self._collector.all_keys
             else tuple((_attribute_name(k), v) for k, v in self._collector.defaults().items())
         )
         # ContextFilter() as such, or with other defaults for the two
         # request fields: the defaults of request_id and user_id, for a path
         # written out for them (a loop over two fields costs a third more).
         self._two_request_fields: tuple[Any, Any] | None = None
-        if self._request_fields is not None and [k for k, _ in self._request_fields] == [
-            REQUEST_ID_KEY,
-            USER_KEY,
-        ]:
+        if (
+            self._request_fields is not None
+            and not self._sources
+            and [k for k, _ in self._request_fields] == [REQUEST_ID_KEY, USER_KEY]
+        ):
             self._two_request_fields = (self._request_fields[0][1], self._request_fields[1][1])
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -384,13 +385,43 @@ class ContextFilter(logging.Filter):
             return True
         request_fields = self._request_fields
         if request_fields is not None:
-            _add_request_fields(attributes, request_fields)
+            if self._sources:
+                _add_request_fields_and_sources(attributes, request_fields, self._sources)
+            else:
+                _add_request_fields(attributes, request_fields)
             return True
         for key, value in self._collector.collect_safely().items():
             name = _attribute_name(key)
             if name not in attributes:
                 attributes[name] = value
         return True
+
+
+def _add_request_fields_and_sources(
+    attributes: dict[str, Any],
+    request_fields: tuple[tuple[str, Any], ...],
+    sources: tuple[FieldSource, ...],
+) -> None:
+    # The collector's rule (a store's value, else a source's, else the
+    # default), without its dicts: trace IDs go into every line.
+    produced: dict[str, Any] = {}
+    for source in sources:
+        add_from_source(produced, source)
+    values = _read_request()
+    for key, default in request_fields:
+        from_source = produced.pop(key, None)
+        if key in attributes:
+            continue
+        value = values.get(key)
+        if type(value) is Deferred:
+            value = resolved_safely(value)
+        if value is None:
+            value = from_source
+        attributes[key] = default if value is None else value
+    for key, value in produced.items():
+        name = _attribute_name(key)
+        if name not in attributes:
+            attributes[name] = value
 
 
 def _add_request_fields(
