@@ -64,6 +64,10 @@ def running_asgi(app: Any, **options: Any) -> Iterator[str]:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # Longer than any test: uvicorn closes a connection idle for 5 s by
+        # default, and a client that picks that connection from its pool as
+        # it closes gets a reset (httpx.ReadError) under a slow, loaded run.
+        timeout_keep_alive=120,
         **options,
     )
     server = uvicorn.Server(config)
