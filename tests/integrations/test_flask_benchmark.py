@@ -6,27 +6,12 @@ keeps the benchmark from rotting as Flask and the integration change.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from support.benchmarks import load_benchmark
 
 # It imports bench_store.py from its own folder, as the script it is.
-bench = _load("bench_flask")
+bench = load_benchmark("bench_flask")
 
 
 def test_case_names_are_unique_and_prefixed():

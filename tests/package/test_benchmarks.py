@@ -6,7 +6,6 @@ only keeps the benchmark code from rotting as the library changes.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,25 +13,14 @@ from pathlib import Path
 import pyperf
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from support.benchmarks import BENCHMARKS, load_benchmark
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("bench_store")
-flask_bench = _load("bench_flask")
+bench = load_benchmark("bench_store")
+flask_bench = load_benchmark("bench_flask")
 # Loaded, not run here: its cases configure Django, which the test project
 # already has in this process (tests/integrations/test_django_bench.py runs it).
-django_bench = _load("bench_django")
-sys.modules.setdefault("report", _load("report"))
+django_bench = load_benchmark("bench_django")
+sys.modules.setdefault("report", load_benchmark("report"))
 report = sys.modules["report"]
 
 
